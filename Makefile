@@ -1,0 +1,28 @@
+# pneumoscan: `make demo IMAGES=<dir>` and `make test` are the two commands that matter.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The Lambda runs python3.13; develop on it when present, else the newest Python 3 here.
+PYTHON ?= $(firstword $(shell command -v python3.13) $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.12 python3))
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+DATA ?= ../shared/data
+
+.PHONY: help venv test
+
+help:
+	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
+	@echo "make test                install what is needed and run every test"
+	@echo "make train               train and export the model into model/"
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@
+
+venv: $(INSTALLED)
+
+test: $(INSTALLED)
+	$(PY) -m pytest

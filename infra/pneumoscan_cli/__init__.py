@@ -1,0 +1,1 @@
+"""The `pneumoscan` operator CLI: local stack, uploads, results, offline scoring."""
