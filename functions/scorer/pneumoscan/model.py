@@ -65,11 +65,14 @@ class PneumoniaModel:
                 f"{self.metadata['file']} has sha256 {digest}, model.json says {self.metadata.get('sha256')}")
         try:
             self._interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+            self._interpreter.allocate_tensors()
+            # The signature names the outputs; only its tensor indices are kept, because a live
+            # runner would pin buffers and block resizing the batch later.
             runner = self._interpreter.get_signature_runner()
             self._input = next(iter(runner.get_input_details().values()))
             outputs = runner.get_output_details()
             self._outputs = {name: outputs[name] for name in (PROBABILITY_OUTPUT, FEATURE_MAP_OUTPUT)}
-            self._interpreter.allocate_tensors()
+            del runner
         except (ValueError, RuntimeError, KeyError, StopIteration) as exc:
             raise ModelLoadError(f"{self.metadata['file']} is not a usable pneumoscan model: {exc}") from exc
         self._batch_size = int(self._input["shape"][0])
