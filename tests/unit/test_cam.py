@@ -1,0 +1,141 @@
+"""Class activation maps: hand-computed values, shares, hot region and the overlay PNG."""
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import cam, images
+
+
+def _jpeg(size, *, colour="L", exif_orientation=None, fill=None):
+    rng = np.random.default_rng(7)
+    channels = () if colour == "L" else (3,)
+    pixels = rng.integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8) if fill is None else fill
+    image = Image.fromarray(pixels, mode=colour)
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_cam_is_feature_map_times_weights_plus_bias():
+    feature_map = np.array([[[1.0, 2.0, 0.0], [0.0, 0.0, 4.0]],
+                            [[3.0, 1.0, 2.0], [0.5, 0.0, 0.0]]], dtype=np.float32)
+    weights = cam.CamWeights(np.array([1.0, -2.0, 0.5], dtype=np.float32), 0.25)
+    # By hand: 1-4+0+.25, 0-0+2+.25 / 3-2+1+.25, .5-0+0+.25
+    expected = np.array([[-2.75, 2.25], [2.25, 0.75]], dtype=np.float32)
+    np.testing.assert_allclose(cam.class_activation_map(feature_map, weights), expected)
+
+
+def test_evidence_is_the_positive_part_for_the_label_given():
+    activation = np.array([[-2.0, 1.0], [0.5, -0.25]], dtype=np.float32)
+    np.testing.assert_allclose(cam.evidence(activation, positive=True), [[0, 1.0], [0.5, 0]])
+    np.testing.assert_allclose(cam.evidence(activation, positive=False), [[2.0, 0], [0, 0.25]])
+
+
+def test_weights_come_from_model_json_and_must_match_the_feature_map():
+    weights = cam.CamWeights.from_metadata({"cam": {"weights": [0.5, 1.5], "bias": -1}})
+    assert weights.weights.tolist() == [0.5, 1.5] and weights.bias == -1.0
+    with pytest.raises(cam.CamUnavailable):
+        cam.CamWeights.from_metadata({"name": "no cam section"})
+    with pytest.raises(cam.CamUnavailable, match="does not match"):
+        cam.class_activation_map(np.zeros((7, 7, 3), np.float32), weights)
+
+
+def test_heat_in_the_border_and_outside_the_chest_is_measured():
+    corner = np.zeros((10, 10), np.float32)
+    corner[0, 0] = 1.0
+    summary = cam.summarise(corner, (1000, 800))
+    # Bilinear upsampling lets a little of the corner cell's heat bleed past the border.
+    assert summary.border_share > 0.95 and summary.outside_chest_share > 0.99 and summary.outside_chest
+
+    centre = np.zeros((10, 10), np.float32)
+    centre[4:6, 4:6] = 1.0
+    summary = cam.summarise(centre, (1000, 800))
+    assert summary.border_share == pytest.approx(0.0, abs=1e-6)
+    assert summary.outside_chest_share == pytest.approx(0.0, abs=1e-6) and not summary.outside_chest
+
+    nothing = cam.summarise(np.zeros((7, 7), np.float32), (1000, 800))
+    assert nothing.hot_region is None and nothing.border_share == 0.0
+
+
+def test_hot_region_is_the_peak_blob_in_image_pixels():
+    heat = np.zeros((10, 10), np.float32)
+    heat[2, 7] = 1.0  # cell centred at 75 % across, 25 % down
+    heat[8, 1] = 0.4  # a weaker, separate blob is not part of the region
+    box = cam.summarise(heat, (1000, 500)).hot_region
+    # Bilinear upsampling halves the cell's value 5 grid steps from its centre,
+    # so the region spans about one cell: x 70-80 %, y 20-30 % (+- one 1 % step).
+    assert abs(box.x - 700) <= 10 and abs(box.x + box.width - 800) <= 10
+    assert abs(box.y - 100) <= 5 and abs(box.y + box.height - 150) <= 5
+
+
+def test_overlay_is_a_png_of_the_documented_size():
+    decoded = images.decode(_jpeg((2000, 1500)), target_size=(224, 224))
+    feature_map = np.random.default_rng(1).random((7, 7, 4), dtype=np.float32)
+    weights = cam.CamWeights(np.array([1, -1, 0.5, 0.25], np.float32), -0.1)
+    explanation = cam.explain(feature_map, weights, decoded, probability=0.8, label="PNEUMONIA", positive=True)
+
+    overlay = Image.open(io.BytesIO(explanation.overlay_png))
+    assert overlay.format == "PNG"
+    # X-ray scaled to 512 on its long side (512x384), plus the legend column and title row.
+    assert overlay.size == (512 + cam.LEGEND_WIDTH, 384 + cam.TITLE_HEIGHT) == cam.overlay_size((2000, 1500))
+    overlay.load()  # decodes every row: a truncated or corrupt PNG raises here
+    box = explanation.summary.hot_region
+    assert 0 <= box.x < box.x + box.width <= 2000 and 0 <= box.y < box.y + box.height <= 1500
+
+
+def test_hot_region_uses_the_upright_image_when_exif_rotates_it():
+    decoded = images.decode(_jpeg((300, 200), exif_orientation=6))
+    assert decoded.image.size == (200, 300)
+    assert cam.upright_size(decoded) == (200, 300)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_cam_of_a_hand_set_tflite_model_matches_the_hand_computation(tmp_path):
+    """A real LiteRT model with hand-set weights, through PneumoniaModel and model.json."""
+    import tensorflow as tf
+
+    from pneumoscan.model import PneumoniaModel
+
+    kernel = np.array([2.0, -1.0], np.float32)  # 1x1 conv, two channels, ReLU after
+    conv_bias = np.array([0.0, 1.0], np.float32)
+    dense, dense_bias = np.array([1.5, -0.5], np.float32), 0.1
+
+    class HandSet(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.uint8, name="image")])
+        def serve(self, image):
+            pixels = tf.cast(image, tf.float32) / 255.0
+            feature_map = tf.nn.relu(pixels * kernel + conv_bias)
+            logit = tf.reduce_mean(feature_map, axis=[1, 2]) @ dense[:, None] + dense_bias
+            return {"probability": tf.sigmoid(logit), "feature_map": feature_map}
+
+    module = HandSet()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    model_bytes = converter.convert()
+    (tmp_path / "hand.tflite").write_bytes(model_bytes)
+    metadata = {"name": "hand-set", "version": "0", "file": "hand.tflite",
+                "sha256": hashlib.sha256(model_bytes).hexdigest(),
+                "input": {"height": 8, "width": 8, "channels": 1}, "labels": ["NORMAL", "PNEUMONIA"],
+                "threshold": 0.5, "cam": {"weights": dense.tolist(), "bias": dense_bias}}
+    (tmp_path / "model.json").write_text(json.dumps(metadata))
+
+    image = np.zeros((1, 8, 8, 1), np.uint8)
+    image[0, 2, 5, 0] = 255
+    prediction = PneumoniaModel(tmp_path).predict(image)
+    activation = cam.class_activation_map(prediction.feature_map[0], cam.CamWeights.from_metadata(metadata))
+
+    # By hand: a white pixel gives features (2, 0) -> 1.5*2 + 0.1 = 3.1; black gives (0, 1) -> -0.5 + 0.1.
+    expected = np.full((8, 8), -0.4, np.float32)
+    expected[2, 5] = 3.1
+    np.testing.assert_allclose(activation, expected, atol=1e-5)
+    # The map averages to the model's logit: CAM and score are the same computation.
+    logit = (3.1 - 0.4 * 63) / 64
+    assert prediction.probability[0] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
