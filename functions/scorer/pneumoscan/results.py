@@ -13,6 +13,7 @@ Reads served without a Scan:
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -81,3 +82,66 @@ def to_dynamodb(value: Any) -> Any:
 def previous_score(item: dict) -> dict:
     """The part of an existing item that a rescore keeps under `previous`."""
     return {field: item[field] for field in PREVIOUS_FIELDS if field in item}
+
+
+class ConcurrentWrite(RuntimeError):
+    """Another worker changed the item between our read and our write; retry the record."""
+
+
+class ResultStore:
+    """Writes one item per object key, at most once per (object version, model).
+
+    S3 and SQS deliver at least once, so every write is conditional on the item we
+    read before scoring (optimistic locking on `write_id`): a duplicate delivery finds
+    its own result already there and is skipped, a newer model replaces the item on
+    purpose and keeps the old score under `previous`, and two workers racing on the
+    same object cannot both win. This needs no second table, unlike powertools
+    idempotency, and the decision is made from the result itself.
+    """
+
+    def __init__(self, table):
+        self.table = table
+
+    def current(self, object_key: str) -> dict | None:
+        return self.table.get_item(Key={KEY: object_key}, ConsistentRead=True).get("Item")
+
+    @staticmethod
+    def already_done(item: dict | None, *, version_id: str | None, etag: str | None,
+                     model_sha256: str) -> bool:
+        """True when `item` is this object version's result from this model."""
+        if not item or item.get("model_sha256") != model_sha256:
+            return False
+        if version_id and item.get("version_id"):
+            return item["version_id"] == version_id
+        return bool(etag) and item.get("etag") == etag
+
+    def save(self, item: dict, seen: dict | None) -> str:
+        """Write `item` unless `seen` (what `current` returned) changed meanwhile.
+
+        Returns "written", "rescored" (a different model's result was replaced) or
+        "duplicate" (an identical result landed first). Raises ConcurrentWrite when a
+        different result landed first.
+        """
+        item = dict(item, write_id=uuid.uuid4().hex)
+        rescored = bool(seen) and seen.get("model_sha256") != item.get("model_sha256")
+        if rescored:
+            item["previous"] = previous_score(seen)
+        if seen is None:
+            condition = {"ConditionExpression": "attribute_not_exists(#key)",
+                         "ExpressionAttributeNames": {"#key": KEY}}
+        elif "write_id" in seen:
+            condition = {"ConditionExpression": "#write_id = :seen",
+                         "ExpressionAttributeNames": {"#write_id": "write_id"},
+                         "ExpressionAttributeValues": {":seen": seen["write_id"]}}
+        else:  # an item written by something else than this store
+            condition = {"ConditionExpression": "attribute_not_exists(#write_id)",
+                         "ExpressionAttributeNames": {"#write_id": "write_id"}}
+        try:
+            self.table.put_item(Item=to_dynamodb(item), **condition)
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            landed = self.current(item[KEY])
+            if self.already_done(landed, version_id=item.get("version_id"), etag=item.get("etag"),
+                                 model_sha256=item.get("model_sha256", "")):
+                return "duplicate"
+            raise ConcurrentWrite(f"item {key_digest(item[KEY])} changed while it was being scored")
+        return "rescored" if rescored else "written"
