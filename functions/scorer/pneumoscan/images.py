@@ -2,22 +2,42 @@
 
 This is the one implementation used by training evaluation, the CLI and the Lambda,
 so a model sees exactly the same pixels wherever it runs. Anything that is not a
-usable image raises `ImageRejected` with a short machine-readable `reason`.
+usable image raises `ImageRejected` with a short machine-readable `reason`:
+
+    empty               the object has zero bytes
+    not_an_image        text, PDF or anything else that is no image at all
+    unsupported_format  an image, but not JPEG or PNG (GIF, BMP, TIFF, WebP, DICOM, ...)
+    too_many_pixels     the header declares more than MAX_PIXELS (refused before decoding)
+    too_small           a side shorter than MIN_SIDE
+    unsupported_mode    a pixel layout we cannot map to greyscale/RGB
+    truncated           the file ends before the image data does
+    corrupt             the data fails its integrity checks or cannot be decoded
+
+Only Pillow's JPEG and PNG decoders are ever used. Pillow hides libjpeg's warnings
+(corrupt entropy-coded data decodes "successfully" into grey or smeared blocks), so
+JPEG scan data is first checked by libjpeg-turbo in strict mode (simplejpeg), and PNG
+chunks by their CRCs, before Pillow decodes the pixels.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG")
+# Pillow's JPEG factory reports multi-picture JPEGs (some camera/PACS exports) as MPO;
+# the first picture is an ordinary baseline/progressive JPEG.
+_JPEG_FORMATS = ("JPEG", "MPO")
 # A declared size above this is refused from the header, before any decoding: real
-# radiographs stay below ~50 MP, and Pillow's own bomb limit (~89 MP) is far too lax
-# for a 1-2 GB Lambda.
+# radiographs stay below ~50 MP, and Pillow's own bomb limits (~89 MP warns, ~179 MP
+# fails) are far too lax for a 1-2 GB Lambda.
 MAX_PIXELS = 52_000_000
 MIN_SIDE = 64
 # Objects larger than this are refused from their ContentLength, never downloaded.
@@ -29,6 +49,11 @@ _DIRECT_MODES = {"L": "L", "RGB": "RGB", "1": "L", "P": "RGB", "PA": "RGB",
                  "LA": "L", "RGBA": "RGB", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
 # High bit-depth modes (16-bit PNG exports, float) are windowed to their own range.
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+# EXIF orientations 5-8 store the image transposed: the upright width is the stored height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
 
 class ImageRejected(ValueError):
@@ -45,7 +70,7 @@ class DecodedImage:
     """An upright 8-bit image ready for `to_model_input`, plus what the source was."""
 
     image: Image.Image
-    width: int
+    width: int   # of the upright source image, before any reduced decode
     height: int
     format: str
     mode: str
@@ -60,15 +85,7 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     """
     if not data:
         raise ImageRejected("empty", "the object has zero bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except UnidentifiedImageError as exc:
-        raise ImageRejected("not_an_image", f"not a {' or '.join(SUPPORTED_FORMATS)} image") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
-
+    image = _open_header(data)
     width, height = image.size
     source_format, source_mode = image.format or "unknown", image.mode
     if width * height > MAX_PIXELS:
@@ -79,26 +96,142 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     if source_mode not in _DIRECT_MODES and source_mode not in _WIDE_MODES:
         raise ImageRejected("unsupported_mode", f"pixel mode {source_mode} is not supported")
 
+    if source_format in _JPEG_FORMATS:
+        _verify_jpeg_scan(data)
+    else:
+        _verify_png_chunks(data)
     try:
-        if target_size is not None and source_format == "JPEG":
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        if target_size is not None and source_format in _JPEG_FORMATS:
             image.draft(_DIRECT_MODES.get(source_mode, "RGB"), target_size)
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow reports truncated files and broken scan data as OSError.
-        raise ImageRejected("corrupt", f"{source_format} data could not be decoded ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        raise _decode_failure(source_format, exc) from exc
 
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
     return DecodedImage(_to_8bit(image), width, height, source_format, source_mode)
+
+
+def _open_header(data: bytes) -> ImageFile.ImageFile:
+    """Parse only the header, with no decoder but JPEG's and PNG's allowed to look."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            "too_many_pixels", f"the header declares more than {MAX_PIXELS} pixels ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        if data.startswith((_JPEG_SOI, _PNG_SIGNATURE)):
+            kind = "JPEG" if data.startswith(_JPEG_SOI) else "PNG"
+            raise ImageRejected("corrupt", f"{kind} signature but its header cannot be parsed") from exc
+        other = _sniff_other_format(data)
+        if other:
+            raise ImageRejected(
+                "unsupported_format",
+                f"{other} is not supported, only {' and '.join(SUPPORTED_FORMATS)}") from exc
+        raise ImageRejected(
+            "not_an_image", f"{_describe_non_image(data)}, not a {' or '.join(SUPPORTED_FORMATS)} image"
+        ) from exc
+    except (OSError, ValueError, EOFError) as exc:
+        # A JPEG or PNG plugin accepted the signature, then the header ran out or made no sense.
+        raise _decode_failure("image header", exc) from exc
+
+
+# Signatures of image formats we refuse by name (so the reason says what was sent),
+# checked without handing the bytes to any of Pillow's other decoders.
+_OTHER_SIGNATURES = (
+    ("GIF", lambda d: d[:6] in (b"GIF87a", b"GIF89a")),
+    ("BMP", lambda d: d[:2] == b"BM" and len(d) > 18
+        and struct.unpack_from("<I", d, 14)[0] in (12, 40, 52, 56, 64, 108, 124)),
+    ("TIFF", lambda d: d[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")),
+    ("WebP", lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP"),
+    ("DICOM", lambda d: d[128:132] == b"DICM"),
+    ("JPEG 2000", lambda d: d[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or d[:4] == b"\xff\x4f\xff\x51"),
+    ("HEIF/AVIF", lambda d: d[4:8] == b"ftyp" and d[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis")),
+)
+
+
+def _sniff_other_format(data: bytes) -> str | None:
+    return next((name for name, matches in _OTHER_SIGNATURES if matches(data)), None)
+
+
+def _describe_non_image(data: bytes) -> str:
+    if data.startswith(b"%PDF-"):
+        return "a PDF document"
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the 4 KiB boundary is still text.
+        if exc.start < len(head) - 4:
+            return "unrecognised binary data"
+    return "text" if b"\x00" not in head else "unrecognised binary data"
+
+
+def _verify_jpeg_scan(data: bytes) -> None:
+    """Run libjpeg-turbo over the entropy-coded data with its warnings made errors.
+
+    libjpeg treats a bad Huffman code, a scan that ends early or junk before a marker
+    as warnings and keeps going; Pillow silences them and returns the damaged pixels.
+    The smallest IDCT scale keeps this pass cheap: the scan is parsed in full anyway.
+    """
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as exc:
+        message = str(exc)
+        reason = "truncated" if "Premature end of JPEG file" in message else "corrupt"
+        raise ImageRejected(reason, f"JPEG data is damaged ({message})") from exc
+
+
+def _verify_png_chunks(data: bytes) -> None:
+    """Walk the chunks to IEND, checking every CRC (Pillow skips the IDAT ones)."""
+    offset = len(_PNG_SIGNATURE)
+    while True:
+        if offset + 12 > len(data):
+            raise ImageRejected("truncated", f"PNG ends at byte {len(data)} before its IEND chunk")
+        length, chunk_type = struct.unpack_from(">I4s", data, offset)
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            raise ImageRejected(
+                "truncated", f"PNG chunk {chunk_type!r} at byte {offset} runs past the end of the file")
+        (stored_crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[offset + 4:end]) != stored_crc:
+            raise ImageRejected("corrupt", f"PNG chunk {chunk_type!r} at byte {offset} fails its CRC")
+        if chunk_type == b"IEND":
+            return
+        offset = end + 4
+
+
+def _decode_failure(source_format: str, exc: Exception) -> ImageRejected:
+    message = str(exc)
+    reason = "truncated" if "truncated" in message.lower() else "corrupt"
+    return ImageRejected(reason, f"{source_format} data could not be decoded ({message})")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode in _WIDE_MODES:
-        pixels = np.asarray(image, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        return Image.fromarray(((pixels - low) * scale).round().astype(np.uint8), mode="L")
+        return _window_to_8bit(np.asarray(image))
     target = _DIRECT_MODES[image.mode]
     return image if image.mode == target else image.convert(target)
+
+
+def _window_to_8bit(pixels: np.ndarray) -> Image.Image:
+    """Stretch the image's own min..max range onto 0..255 (16-bit exports rarely use all 16 bits)."""
+    low, high = pixels.min(), pixels.max()
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize <= 2:
+        # A lookup table keeps a 50 MP 16-bit image at one uint8 copy instead of several float32 ones.
+        levels = np.arange(int(high) + 1, dtype=np.float32)
+        table = _stretch(levels, float(low), float(high))
+        return Image.fromarray(table[pixels], mode="L")
+    return Image.fromarray(_stretch(pixels.astype(np.float32), float(low), float(high)), mode="L")
+
+
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.clip((values - low) * scale, 0, 255).round().astype(np.uint8)
 
 
 def to_model_input(image: Image.Image, height: int, width: int, channels: int) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""Every kind of input the pipeline must handle, generated at test time.
+
+Valid-but-unusual images are derived from one real full-resolution radiograph in
+../shared/data (never copied into the project); broken inputs are built from it or
+from scratch. Each case says how it must end: `SCORED`, or `FAILED` with a reason
+code from `pneumoscan.images`. The same table drives the decoder's unit tests, the
+handler's end-to-end tests and the comparison of `pneumoscan score` with the Lambda.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan.images import MAX_PIXELS, MIN_SIDE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PNEUMOSCAN_DATA", REPO_ROOT.parent / "shared" / "data"))
+FULLRES_DIR = DATA_DIR / "xray_fullres_sample"
+# A greyscale original of about 1.9 MP (8-bit, like most of the sample).
+REFERENCE_XRAY = FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg"
+
+
+@dataclass(frozen=True)
+class InputCase:
+    name: str
+    suffix: str                      # what the object is called, whatever it really is
+    make: Callable[[], bytes]
+    status: str                      # "SCORED" or "FAILED"
+    reason: str | None = None        # ImageRejected.reason when FAILED
+    # Valid cases only: the upright 8-bit greyscale pixels the decoder must reproduce.
+    upright: Callable[[], Image.Image] | None = None
+
+
+@cache
+def reference_bytes() -> bytes:
+    return REFERENCE_XRAY.read_bytes()
+
+
+@cache
+def reference_image() -> Image.Image:
+    """The reference radiograph as upright 8-bit greyscale, fully decoded."""
+    with Image.open(io.BytesIO(reference_bytes())) as image:
+        return image.convert("L")
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _scan_start(jpeg: bytes) -> int:
+    """Offset of the first byte of entropy-coded data after the first SOS segment."""
+    sos = jpeg.index(b"\xff\xda")
+    (length,) = struct.unpack_from(">H", jpeg, sos + 2)
+    return sos + 2 + length
+
+
+# --- valid but unusual -------------------------------------------------------------
+
+def png_16bit_grey() -> bytes:
+    # A 12-bit detector range inside a 16-bit container, as DICOM-to-PNG exports write it.
+    pixels = np.asarray(reference_image(), dtype=np.uint16) * 16 + 200
+    return _encode(Image.fromarray(pixels), "PNG")
+
+
+def png_16bit_expected() -> Image.Image:
+    # The decoder windows to the image's own range: the 12-bit data stretched back to 0..255.
+    pixels = np.asarray(reference_image(), dtype=np.float32)
+    low, high = pixels.min(), pixels.max()
+    return Image.fromarray(((pixels - low) * 255.0 / (high - low)).round().astype(np.uint8), "L")
+
+
+def png_rgba() -> bytes:
+    rgba = reference_image().convert("RGBA")
+    rgba.putalpha(255)
+    return _encode(rgba, "PNG")
+
+
+def png_palette() -> bytes:
+    # 256 grey levels fit a palette exactly, so nothing is lost.
+    return _encode(reference_image().convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "PNG")
+
+
+def png_grey_8bit() -> bytes:
+    return _encode(reference_image(), "PNG")
+
+
+def jpeg_cmyk() -> bytes:
+    return _encode(reference_image().convert("RGB").convert("CMYK"), "JPEG", quality=95)
+
+
+def jpeg_progressive() -> bytes:
+    return _encode(reference_image(), "JPEG", quality=95, progressive=True)
+
+
+def jpeg_rgb() -> bytes:
+    return _encode(reference_image().convert("RGB"), "JPEG", quality=95)
+
+
+def jpeg_exif_rotated() -> bytes:
+    """Stored rotated by 90 degrees, with EXIF orientation 6 saying how to stand it up."""
+    stored = reference_image().transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    return _encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+@cache
+def jpeg_50mp() -> bytes:
+    """About 50 MP (7100 x 7040), below MAX_PIXELS: a large but plausible radiograph."""
+    big = reference_image().resize((7100, 7040), Image.Resampling.BILINEAR)
+    return _encode(big, "JPEG", quality=85)
+
+
+def jpeg_50mp_expected() -> Image.Image:
+    return reference_image().resize((7100, 7040), Image.Resampling.BILINEAR)
+
+
+# --- everything else ---------------------------------------------------------------
+
+def zero_bytes() -> bytes:
+    return b""
+
+
+def text_named_jpeg() -> bytes:
+    return "patient list: Ünal, Zoë, 王芳\nnot an image at all\n".encode() * 20
+
+
+def pdf_named_jpeg() -> bytes:
+    return (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+            b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+
+
+def truncated_jpeg() -> bytes:
+    data = reference_bytes()
+    return data[: len(data) * 2 // 3]
+
+
+def jpeg_corrupt_scan() -> bytes:
+    """A zeroed 512-byte sector in the middle of the scan: Pillow alone decodes it 'fine'."""
+    data = bytearray(reference_bytes())
+    middle = (_scan_start(bytes(data)) + len(data)) // 2
+    data[middle:middle + 512] = bytes(512)
+    return bytes(data)
+
+
+def png_corrupt_idat() -> bytes:
+    data = bytearray(png_grey_8bit())
+    idat = data.index(b"IDAT")
+    data[idat + 200:idat + 216] = bytes(16)
+    return bytes(data)
+
+
+def truncated_png() -> bytes:
+    data = png_grey_8bit()
+    return data[: len(data) // 2]
+
+
+def gif_image() -> bytes:
+    return _encode(reference_image().resize((256, 256)), "GIF")
+
+
+def bmp_image() -> bytes:
+    return _encode(reference_image().resize((256, 256)), "BMP")
+
+
+def tiff_image() -> bytes:
+    return _encode(reference_image().resize((256, 256)), "TIFF")
+
+
+def webp_image() -> bytes:
+    return _encode(reference_image().resize((256, 256)), "WEBP")
+
+
+def too_small_jpeg() -> bytes:
+    return _encode(reference_image().resize((MIN_SIDE - 1, 200)), "JPEG")
+
+
+def png_bomb() -> bytes:
+    """A few hundred bytes that declare 20000 x 20000 pixels (400 MP) of zeros."""
+    width = height = 20_000
+    row = b"\x00" + bytes(width)  # filter byte + one greyscale row
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def jpeg_bomb_just_over_cap() -> bytes:
+    """A real 64x64 JPEG whose SOF0 is edited to declare just over MAX_PIXELS (far below Pillow's limit)."""
+    data = bytearray(_encode(reference_image().resize((64, 64)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    side = int(MAX_PIXELS ** 0.5) + 8
+    struct.pack_into(">HH", data, sof + 5, side, side)
+    return bytes(data)
+
+
+VALID_CASES = [
+    InputCase("png_16bit_grey", ".png", png_16bit_grey, "SCORED", upright=png_16bit_expected),
+    InputCase("png_rgba", ".png", png_rgba, "SCORED", upright=reference_image),
+    InputCase("png_palette", ".PNG", png_palette, "SCORED", upright=reference_image),
+    InputCase("jpeg_cmyk", ".jpg", jpeg_cmyk, "SCORED", upright=reference_image),
+    InputCase("jpeg_progressive", ".jpeg", jpeg_progressive, "SCORED", upright=reference_image),
+    InputCase("jpeg_rgb", ".JPG", jpeg_rgb, "SCORED", upright=reference_image),
+    InputCase("jpeg_exif_rotated", ".jpeg", jpeg_exif_rotated, "SCORED", upright=reference_image),
+]
+LARGE_CASE = InputCase("jpeg_50mp", ".jpeg", jpeg_50mp, "SCORED", upright=jpeg_50mp_expected)
+
+INVALID_CASES = [
+    InputCase("zero_bytes", ".jpeg", zero_bytes, "FAILED", "empty"),
+    InputCase("text_named_jpeg", ".jpeg", text_named_jpeg, "FAILED", "not_an_image"),
+    InputCase("pdf_named_jpeg", ".jpeg", pdf_named_jpeg, "FAILED", "not_an_image"),
+    InputCase("truncated_jpeg", ".jpeg", truncated_jpeg, "FAILED", "truncated"),
+    InputCase("jpeg_corrupt_scan", ".jpeg", jpeg_corrupt_scan, "FAILED", "corrupt"),
+    InputCase("png_corrupt_idat", ".png", png_corrupt_idat, "FAILED", "corrupt"),
+    InputCase("truncated_png", ".png", truncated_png, "FAILED", "truncated"),
+    InputCase("gif", ".jpeg", gif_image, "FAILED", "unsupported_format"),
+    InputCase("bmp", ".png", bmp_image, "FAILED", "unsupported_format"),
+    InputCase("tiff", ".jpeg", tiff_image, "FAILED", "unsupported_format"),
+    InputCase("webp", ".jpeg", webp_image, "FAILED", "unsupported_format"),
+    InputCase("too_small", ".jpeg", too_small_jpeg, "FAILED", "too_small"),
+    InputCase("png_bomb_400mp", ".png", png_bomb, "FAILED", "too_many_pixels"),
+    InputCase("jpeg_just_over_cap", ".jpeg", jpeg_bomb_just_over_cap, "FAILED", "too_many_pixels"),
+]
+
+CASES = VALID_CASES + INVALID_CASES
