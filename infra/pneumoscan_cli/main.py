@@ -2,8 +2,16 @@
 
 import typer
 
+from . import demo, local, results, score, upload
+
 app = typer.Typer(help="Score chest X-rays for pneumonia, locally or on a deployed stack.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+app.add_typer(local.app, name="local")
+app.command()(upload.upload)
+app.command()(results.results)
+app.command()(score.score)
+app.command()(demo.demo)
 
 if __name__ == "__main__":
     app()

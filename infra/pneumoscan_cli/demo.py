@@ -1,0 +1,76 @@
+"""`pneumoscan demo DIR`: the whole pipeline on this machine in one command.
+
+local up -> upload DIR -> wait for every score -> results table + summary -> clean shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pneumoscan.model import ModelLoadError, PneumoniaModel
+from pneumoscan.results import STATUS_FAILED
+
+from .aws import local_target
+from .files import collect_files
+from .local import _running_state, start_local_stack, stop_local_stack
+from .results import results_table
+from .upload import DEFAULT_WAIT_TIMEOUT_S, check_batch_name, default_batch_name, upload_files, wait_for_scores
+
+console = Console(stderr=True)
+WHERE_TO_GET_XRAYS = (
+    "Point it at a folder of chest X-rays (JPEG/PNG), e.g. ../shared/data/xray_fullres_sample "
+    "(200 full-resolution originals), or the Kaggle dataset 'Chest X-Ray Images (Pneumonia)' "
+    "(https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia).")
+
+
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Folder of X-rays (JPEG/PNG, searched recursively).")],
+    batch: Annotated[str | None, typer.Option(help="Batch name (default: a UTC timestamp).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes running the handler.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = DEFAULT_WAIT_TIMEOUT_S,
+    model_dir: Annotated[Path | None, typer.Option(help="Model folder (default: model/ of the repo).")] = None,
+) -> None:
+    """Start the local stack, score DIR through S3 -> SQS -> handler -> DynamoDB, show the results, stop."""
+    if not directory.is_dir():
+        raise typer.BadParameter(f"{directory} is not a folder. {WHERE_TO_GET_XRAYS}")
+    files = collect_files([directory])
+    if not files:
+        raise typer.BadParameter(f"{directory} holds no JPEG or PNG files. {WHERE_TO_GET_XRAYS}")
+    try:
+        model = PneumoniaModel(model_dir)  # fail here, not as a stuck queue, when there is no model
+    except ModelLoadError as exc:
+        console.print(f"[red]{exc}[/red]\nTrain and export one with `make train`.")
+        raise typer.Exit(2) from None
+    batch = check_batch_name(batch or default_batch_name())
+
+    running = _running_state()
+    stack = None if running else start_local_stack(workers=workers, model_dir=model_dir)
+    try:
+        target = stack.target if stack else local_target()
+        if running:
+            console.print(f"using the local stack already running on {target.endpoint_url}")
+        started = time.perf_counter()
+        uploaded = upload_files(target, files, batch)
+        try:
+            items = wait_for_scores(target, batch, uploaded, timeout_s=timeout)
+        except TimeoutError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        elapsed = time.perf_counter() - started
+    finally:
+        if stack is not None:
+            console.print("stopping the local stack ...")
+            stop_local_stack(stack)
+
+    Console().print(results_table(items, title=f"batch {batch} - model {model.version}"))
+    failures = sum(1 for item in items if item.get("status") == STATUS_FAILED)
+    positives = sum(1 for item in items if item.get("label") == model.metadata["labels"][1])
+    console.print(
+        f"[bold]{len(items)} image(s)[/bold]: {positives} {model.metadata['labels'][1]}, "
+        f"{len(items) - positives - failures} {model.metadata['labels'][0]}, {failures} failed; "
+        f"{len(items) / elapsed:.1f} images/s end to end (upload to last result, {elapsed:.1f} s)")

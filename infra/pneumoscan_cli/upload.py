@@ -1,0 +1,122 @@
+"""`pneumoscan upload`: put X-rays under `<incoming prefix><batch>/` and optionally follow scoring."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
+
+from pneumoscan.results import KEY
+
+from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
+from .files import LocalFile, collect_files
+from .results import batch_items, summary_line
+
+console = Console(stderr=True)
+UPLOAD_THREADS = 8
+POLL_INTERVAL_S = 1.0
+DEFAULT_WAIT_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    key: str
+    etag: str
+    size: int
+
+
+def default_batch_name() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def check_batch_name(batch: str) -> str:
+    if not batch or "/" in batch or batch in {".", ".."}:
+        raise typer.BadParameter(f"batch name {batch!r} must be one folder name (no '/')")
+    return batch
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def upload_files(target: Target, files: list[LocalFile], batch: str, *, show_progress: bool = True
+                 ) -> list[Uploaded]:
+    """PUT every file as `<prefix><batch>/<relative path>`, in parallel."""
+    s3 = target.client("s3")
+    prefix = f"{target.incoming_prefix}{check_batch_name(batch)}/"
+
+    def put(file: LocalFile) -> Uploaded:
+        body = file.path.read_bytes()
+        key = prefix + file.relative
+        response = s3.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=file.content_type)
+        return Uploaded(key, response["ETag"].strip('"'), len(body))
+
+    uploaded: list[Uploaded] = []
+    with _progress() as progress, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        task = progress.add_task(f"uploading to {target.bucket}/{prefix}", total=len(files),
+                                 visible=show_progress)
+        for result in pool.map(put, files):
+            uploaded.append(result)
+            progress.advance(task)
+    return uploaded
+
+
+def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
+                    timeout_s: float = DEFAULT_WAIT_TIMEOUT_S, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Poll batch-index until every uploaded object has an item for the bytes we uploaded.
+
+    Returns the batch's items for the uploaded keys; raises TimeoutError naming what is missing.
+    """
+    expected = {item.key: item.etag for item in uploaded}
+    deadline = time.monotonic() + timeout_s
+    with _progress() as progress:
+        task = progress.add_task(f"scoring batch {batch}", total=len(expected), visible=show_progress)
+        while True:
+            # An item for an older upload under the same key does not count: match the ETag.
+            done = {item[KEY]: item for item in batch_items(target, batch)
+                    if item[KEY] in expected and str(item.get("etag", "")).strip('"') == expected[item[KEY]]}
+            progress.update(task, completed=len(done))
+            if len(done) == len(expected):
+                return [done[key] for key in sorted(done)]
+            if time.monotonic() >= deadline:
+                missing = sorted(set(expected) - set(done))
+                raise TimeoutError(f"{len(missing)} of {len(expected)} object(s) not scored after {timeout_s:.0f}s, "
+                                   f"e.g. {missing[:3]} (see the DLQ and the worker log)")
+            time.sleep(POLL_INTERVAL_S)
+
+
+def upload(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders: their JPEG/PNG files).")],
+    batch: Annotated[str | None, typer.Option(help="Batch name (default: a UTC timestamp).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow scoring until every upload has a result.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = DEFAULT_WAIT_TIMEOUT_S,
+    stack: StackOption = None, endpoint_url: EndpointOption = None, region: RegionOption = None,
+    bucket: BucketOption = None, table: TableOption = None,
+) -> None:
+    """Upload X-rays for scoring; with --wait, follow them until scored."""
+    target = resolve_target(stack, endpoint_url, region, bucket, table)
+    files = collect_files(paths)
+    if not files:
+        raise typer.BadParameter("no JPEG or PNG files found in the given paths")
+    batch = check_batch_name(batch or default_batch_name())
+    uploaded = upload_files(target, files, batch)
+    console.print(f"uploaded {len(uploaded)} file(s), {sum(u.size for u in uploaded) / 1e6:.1f} MB, "
+                  f"batch [bold]{batch}[/bold]")
+    if wait:
+        try:
+            items = wait_for_scores(target, batch, uploaded, timeout_s=timeout)
+        except TimeoutError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        console.print(summary_line(items))
+    console.print(f"see them with: pneumoscan results --batch {batch}")
