@@ -20,11 +20,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pneumoscan import images, results
+from pneumoscan import cam, images, results
 from pneumoscan.events import ObjectCreated, UnknownEvent, parse_message
 from pneumoscan.model import ModelLoadError, PneumoniaModel
 
 INCOMING_PREFIX = os.environ.get(results.INCOMING_PREFIX_ENV, results.DEFAULT_INCOMING_PREFIX)
+RESULTS_PREFIX = os.environ.get("RESULTS_PREFIX", results.RESULTS_PREFIX)
 MAX_OBJECT_BYTES = int(os.environ.get("MAX_OBJECT_BYTES", images.MAX_BYTES))
 INFERENCE_THREADS = int(os.environ.get("INFERENCE_THREADS", "1"))
 # Keys may carry patient identifiers: only DEBUG logging shows them in clear.
@@ -54,6 +55,8 @@ def _load_model() -> PneumoniaModel:
 
 
 model = _load_model()
+# A model without CAM weights breaks the model contract: fail at init like a corrupt model.
+cam_weights = cam.CamWeights.from_metadata(model.metadata)
 
 
 @contextmanager
@@ -118,8 +121,11 @@ def _score_object(created: ObjectCreated) -> None:
             item.update(image_width=decoded.width, image_height=decoded.height,
                         image_format=decoded.format, image_mode=decoded.mode)
             with _timed(timings, "inference"):
-                probability = float(model.predict(pixels).probability[0])
-        label = model.label(probability)
+                prediction = model.predict(pixels)
+            probability = float(prediction.probability[0])
+            label = model.label(probability)
+            with _timed(timings, "overlay"):
+                item.update(_write_overlay(created, prediction.feature_map[0], decoded, probability, label))
         item.update(status=results.STATUS_SCORED, probability=probability, label=label)
         outcome = label
     except Rejected as rejected:
@@ -178,6 +184,19 @@ def _decode(data: bytes):
         return images.load_model_input(data, height, width, channels)
     except images.ImageRejected as exc:
         raise Rejected(exc.reason, exc.detail) from exc
+
+
+def _write_overlay(created: ObjectCreated, feature_map, decoded: images.DecodedImage,
+                   probability: float, label: str) -> dict:
+    """Class activation map of the label given: PNG overlay under the results prefix
+    (outside the notification prefix, so it never triggers a scoring) plus the item's
+    `overlay_key`, `hot_region` and `cam` shares. A failed put raises: the record is retried."""
+    explanation = cam.explain(feature_map, cam_weights, decoded, probability=probability, label=label,
+                              positive=label == model.metadata["labels"][1])
+    key = cam.overlay_key(RESULTS_PREFIX, created.key)
+    s3_client.put_object(Bucket=created.bucket, Key=key, Body=explanation.overlay_png,
+                         ContentType="image/png", Metadata={"model-version": model.version})
+    return explanation.item_fields(key)
 
 
 def _report(item: dict, written: str) -> None:

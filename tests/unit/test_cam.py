@@ -91,10 +91,15 @@ def test_overlay_is_a_png_of_the_documented_size():
     assert 0 <= box.x < box.x + box.width <= 2000 and 0 <= box.y < box.y + box.height <= 1500
 
 
-def test_hot_region_uses_the_upright_image_when_exif_rotates_it():
-    decoded = images.decode(_jpeg((300, 200), exif_orientation=6))
-    assert decoded.image.size == (200, 300)
-    assert cam.upright_size(decoded) == (200, 300)
+def test_hot_region_is_in_upright_pixels_when_exif_rotates_the_image():
+    pixels = np.zeros((200, 300), np.uint8)  # stored landscape, shown portrait (orientation 6)
+    decoded = images.decode(_jpeg((300, 200), exif_orientation=6, fill=pixels))
+    weights = cam.CamWeights(np.ones(1, np.float32), 0.0)
+    feature_map = np.zeros((4, 4, 1), np.float32)
+    feature_map[3, 0] = 1.0  # bottom-left of the upright image
+    box = cam.explain(feature_map, weights, decoded, probability=0.9, label="PNEUMONIA",
+                      positive=True).summary.hot_region
+    assert box.x == 0 and box.y + box.height == 300 and box.width < 100 and box.height < 150
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -42,6 +42,12 @@ OUTSIDE_CHEST_FLAG = 0.5
 # Shares and the hot region are measured on a grid of this many cells a side (1 % steps).
 ANALYSIS_GRID = 100
 
+# Result item attributes written by the Lambda and read by `pneumoscan report`.
+ITEM_OVERLAY_KEY = "overlay_key"
+ITEM_HOT_REGION = "hot_region"
+ITEM_CAM = "cam"
+OVERLAY_FOLDER = "overlays/"
+
 # Anchors of a perceptually ordered dark-to-bright map (after matplotlib's inferno).
 _COLOUR_ANCHORS = np.array([
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99),
@@ -100,6 +106,21 @@ class CamSummary:
 class Explanation:
     summary: CamSummary
     overlay_png: bytes
+
+    def item_fields(self, overlay_key: str) -> dict:
+        """What a result item records about the CAM (floats; the writer converts them)."""
+        fields = {ITEM_OVERLAY_KEY: overlay_key,
+                  ITEM_CAM: {"border_share": round(self.summary.border_share, 4),
+                             "outside_chest_share": round(self.summary.outside_chest_share, 4),
+                             "outside_chest": self.summary.outside_chest}}
+        if self.summary.hot_region is not None:
+            fields[ITEM_HOT_REGION] = self.summary.hot_region.as_dict()
+        return fields
+
+
+def overlay_key(results_prefix: str, object_key: str) -> str:
+    """`results/overlays/<object key>.png`: outside the incoming prefix, so never rescored."""
+    return f"{results_prefix}{OVERLAY_FOLDER}{object_key}.png"
 
 
 def class_activation_map(feature_map: np.ndarray, cam: CamWeights) -> np.ndarray:
@@ -250,19 +271,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def upright_size(decoded: DecodedImage) -> tuple[int, int]:
-    """Full-resolution size as viewers show it (EXIF rotation applied)."""
-    shown_width, shown_height = decoded.image.size
-    if (shown_width > shown_height) != (decoded.width > decoded.height) and decoded.width != decoded.height:
-        return decoded.height, decoded.width
-    return decoded.width, decoded.height
-
-
 def explain(feature_map: np.ndarray, cam: CamWeights, decoded: DecodedImage, *,
             probability: float, label: str, positive: bool) -> Explanation:
     """Everything the pipeline records about one image's CAM: summary plus overlay PNG."""
     heat = evidence(class_activation_map(feature_map, cam), positive)
-    image_size = upright_size(decoded)
+    image_size = (decoded.width, decoded.height)
     summary = summarise(heat, image_size)
     overlay = render_overlay(decoded.image, heat, probability=probability, label=label,
                              summary=summary, image_size=image_size)
