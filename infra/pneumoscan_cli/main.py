@@ -2,7 +2,7 @@
 
 import typer
 
-from . import demo, local, results, score, upload
+from . import demo, local, report, results, score, upload
 
 app = typer.Typer(help="Score chest X-rays for pneumonia, locally or on a deployed stack.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -12,6 +12,7 @@ app.command()(upload.upload)
 app.command()(results.results)
 app.command()(score.score)
 app.command()(demo.demo)
+app.command()(report.report)
 
 if __name__ == "__main__":
     app()
