@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DATA ?= ../shared/data
 
-.PHONY: help venv test
+.PHONY: help venv test build
 
 help:
 	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
@@ -24,5 +24,15 @@ $(INSTALLED): pyproject.toml
 
 venv: $(INSTALLED)
 
-test: $(INSTALLED)
+# checkov in its own venv: its pins clash with the dev tools'.
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q 'checkov==3.3.30'
+
+# The Lambda artifact (cross-platform arm64 wheels, no Docker); the check runs inside the build.
+build: $(INSTALLED)
+	$(VENV)/bin/sam build --template template.yaml
+
+test: $(INSTALLED) $(CHECKOV)
 	$(PY) -m pytest

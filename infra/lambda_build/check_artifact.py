@@ -1,0 +1,134 @@
+"""Check a built scorer Lambda folder before it ships: `python check_artifact.py DIR`.
+
+Fails (exit 1, one line per problem) unless the unzipped artifact is under the size
+budget, every wheel and shared library is built for the python3.13 arm64 runtime,
+the model and its metadata match, nothing the runtime provides or never loads is
+bundled, and every module the handler imports is either in the folder, in the
+standard library or provided by the runtime. Prints a size summary either way.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+MAX_UNZIPPED_BYTES = 100 * 1000 * 1000
+ELF_MACHINE_AARCH64 = 183
+RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
+FORBIDDEN_PATHS = ("__pycache__", "model/reference")
+# cp313 wheels, stable-ABI wheels from any CPython 3 up to 3.13, or pure Python.
+RUNTIME_WHEEL_TAG = re.compile(r"(cp313-cp313|cp3(\d+)-abi3)-manylinux[\w.]*_aarch64|py\d*-none-any")
+
+
+def tree_size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def wheel_problems(root: Path) -> list[str]:
+    problems = []
+    for wheel_file in root.glob("*.dist-info/WHEEL"):
+        tags = [line.split(":", 1)[1].strip() for line in wheel_file.read_text().splitlines()
+                if line.startswith("Tag:")]
+        for tag in tags:
+            match = RUNTIME_WHEEL_TAG.fullmatch(tag)
+            if not match or (match.group(2) and int(match.group(2)) > 13):
+                problems.append(f"{wheel_file.parent.name}: wheel tag {tag} is not python3.13 arm64")
+    return problems
+
+
+def library_problems(root: Path) -> list[str]:
+    problems = []
+    for library in root.rglob("*.so*"):
+        if not library.is_file():
+            continue
+        header = library.read_bytes()[:20]
+        if header[:4] != b"\x7fELF":
+            continue
+        machine = int.from_bytes(header[18:20], "little")
+        if machine != ELF_MACHINE_AARCH64:
+            problems.append(f"{library.relative_to(root)}: ELF machine {machine}, not aarch64")
+        if ".cpython-" in library.name and ".cpython-313-" not in library.name:
+            problems.append(f"{library.relative_to(root)}: extension not built for CPython 3.13")
+    return problems
+
+
+def model_problems(root: Path) -> list[str]:
+    metadata_path = root / "model" / "model.json"
+    if not metadata_path.is_file():
+        return ["model/model.json is missing"]
+    metadata = json.loads(metadata_path.read_text())
+    model_path = root / "model" / metadata["file"]
+    if not model_path.is_file():
+        return [f"model/{metadata['file']} is missing"]
+    if hashlib.sha256(model_path.read_bytes()).hexdigest() != metadata["sha256"]:
+        return [f"model/{metadata['file']} does not match the sha256 in model.json"]
+    extra = sorted(p.name for p in (root / "model").iterdir() if p.name not in {"model.json", metadata["file"]})
+    return [f"model/ holds files the function never reads: {extra}"] if extra else []
+
+
+def bundling_problems(root: Path) -> list[str]:
+    problems = [f"{name} is bundled but the runtime provides it" for name in sorted(RUNTIME_PROVIDED)
+                if (root / name).exists()]
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        if any(part in relative for part in FORBIDDEN_PATHS):
+            problems.append(f"{relative} should not be bundled")
+    return problems
+
+
+def import_problems(root: Path) -> list[str]:
+    """Every import of app.py and pneumoscan/ resolves inside the artifact, the stdlib or the runtime."""
+    problems = []
+    available = {path.stem if path.suffix == ".py" else path.name.split(".")[0] for path in root.iterdir()}
+    available |= set(sys.stdlib_module_names) | RUNTIME_PROVIDED
+    for source in [root / "app.py", *sorted((root / "pneumoscan").glob("*.py"))]:
+        tree = ast.parse(source.read_text(), filename=str(source))
+        # `except ImportError:` fallbacks (tflite_runtime for older images) are optional.
+        optional = {id(node) for handler in ast.walk(tree) if isinstance(handler, ast.ExceptHandler)
+                    and isinstance(handler.type, ast.Name) and handler.type.id == "ImportError"
+                    for node in ast.walk(handler)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: a sibling module of the package
+                    sibling = (node.module or "").split(".")[0]
+                    if sibling and not (source.parent / f"{sibling}.py").exists():
+                        problems.append(f"{source.relative_to(root)} imports .{sibling}, which is not bundled")
+                    continue
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top, _, rest = name.partition(".")
+                if top == "pneumoscan" and rest and not (root / "pneumoscan" / f"{rest.split('.')[0]}.py").exists():
+                    problems.append(f"{source.relative_to(root)} imports {name}, which is not bundled")
+                elif top not in available and top != "__future__":
+                    problems.append(f"{source.relative_to(root)} imports {top}, which is not bundled")
+    return problems
+
+
+def main(folder: str) -> int:
+    root = Path(folder)
+    size = tree_size(root)
+    problems = [*wheel_problems(root), *library_problems(root), *model_problems(root),
+                *bundling_problems(root), *import_problems(root)]
+    if size >= MAX_UNZIPPED_BYTES:
+        problems.append(f"unzipped artifact is {size / 1e6:.1f} MB, the budget is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB")
+    largest = sorted(((tree_size(p) if p.is_dir() else p.stat().st_size, p.name) for p in root.iterdir()),
+                     reverse=True)[:6]
+    print(f"artifact {root}: {size / 1e6:.1f} MB unzipped; largest: "
+          + ", ".join(f"{name} {bytes_ / 1e6:.1f}" for bytes_, name in largest))
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
