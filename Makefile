@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DATA ?= ../shared/data
 
-.PHONY: help venv test build
+.PHONY: help venv test build chromium
 
 help:
 	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
@@ -34,5 +34,11 @@ $(CHECKOV):
 build: $(INSTALLED)
 	$(VENV)/bin/sam build --template template.yaml
 
-test: $(INSTALLED) $(CHECKOV)
+# Headless Chromium (Debian's package) opens the HTML report in its test.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
+
+test: $(INSTALLED) $(CHECKOV) chromium
 	$(PY) -m pytest
