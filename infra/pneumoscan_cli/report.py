@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import track
 
 from pneumoscan import cam, images
+from pneumoscan.model import ModelLoadError, PneumoniaModel
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
 
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
@@ -344,18 +345,12 @@ def report(
             target = resolve_target(stack, endpoint_url, region, bucket, table)
             entries, source = entries_from_stack(target, batch), f"batch {batch} ({target.source})"
         else:
-            from pneumoscan.model import ModelLoadError, PneumoniaModel  # LiteRT only when scoring offline
-
             files = [found.path for found in collect_files(paths)]
             if not files:
                 raise typer.BadParameter("no JPEG or PNG files under the given paths")
-            try:
-                model = PneumoniaModel(model_dir)
-            except ModelLoadError as exc:
-                raise TargetError(str(exc)) from exc
-            entries = list(entries_from_files(files, model))
+            entries = list(entries_from_files(files, PneumoniaModel(model_dir)))
             source = ", ".join(str(p) for p in paths)
-    except TargetError as exc:
+    except (TargetError, ModelLoadError, cam.CamUnavailable) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     output.write_text(render_html(entries, source=source), encoding="utf-8")
