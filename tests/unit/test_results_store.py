@@ -7,24 +7,13 @@ import pytest
 from moto import mock_aws
 
 from pneumoscan import results
+from pneumoscan_cli.template import read_settings
 from pneumoscan.results import ConcurrentWrite, ResultStore
 
 
-def create_results_table(dynamodb, name: str = "results"):
-    """The table as template.yaml declares it (tests/unit/test_template.py holds them equal)."""
-    return dynamodb.create_table(
-        TableName=name, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"}
-                              for a in (results.KEY, results.BATCH, results.OUTCOME_DAY, results.SCORED_AT)],
-        KeySchema=[{"AttributeName": results.KEY, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {"IndexName": results.BATCH_INDEX, "Projection": {"ProjectionType": "ALL"},
-             "KeySchema": [{"AttributeName": results.BATCH, "KeyType": "HASH"},
-                           {"AttributeName": results.KEY, "KeyType": "RANGE"}]},
-            {"IndexName": results.OUTCOME_INDEX, "Projection": {"ProjectionType": "ALL"},
-             "KeySchema": [{"AttributeName": results.OUTCOME_DAY, "KeyType": "HASH"},
-                           {"AttributeName": results.SCORED_AT, "KeyType": "RANGE"}]},
-        ])
+def create_results_table(dynamodb):
+    """The table exactly as template.yaml declares it."""
+    return dynamodb.create_table(**read_settings().table_definition)
 
 
 @pytest.fixture

@@ -1,0 +1,197 @@
+"""template.yaml: the flow, the lock-down, and the contract with pneumoscan.results."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pneumoscan import results
+from pneumoscan_cli.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+VENV_BIN = Path(sys.executable).parent
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def resources(template):
+    return template["Resources"]
+
+
+def statements(policy_document):
+    return policy_document["Statement"]
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_cfn_lint_is_clean():
+    run = subprocess.run([VENV_BIN / "cfn-lint", TEMPLATE], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_sam_validate_lint_is_clean():
+    run = subprocess.run([VENV_BIN / "sam", "validate", "--lint", "--template", TEMPLATE],
+                         capture_output=True, text=True, cwd=ROOT, env={"SAM_CLI_TELEMETRY": "0",
+                                                                        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+                                                                        "AWS_DEFAULT_REGION": "us-east-1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_is_justified(resources):
+    if not CHECKOV.exists():
+        pytest.fail("checkov is missing: `make test` installs it into .venv-checkov")
+    run = subprocess.run([CHECKOV, "-f", TEMPLATE, "--skip-download", "--output", "json", "--quiet"],
+                         capture_output=True, text=True, cwd=ROOT)
+    report = json.loads(run.stdout)
+    summary = report["summary"]
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert summary["failed"] == 0, failed
+    assert summary["passed"] > 20 and summary["parsing_errors"] == 0
+    for logical_id, resource in resources.items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert len(skip.get("comment", "")) > 40, f"{logical_id} skips {skip['id']} without a reason"
+
+
+def test_bucket_policies_deny_every_request_without_tls(resources):
+    for policy_id, bucket_id in (("ImagesBucketPolicy", "ImagesBucket"), ("AccessLogsBucketPolicy", "AccessLogsBucket")):
+        policy = resources[policy_id]["Properties"]
+        assert policy["Bucket"] == {"Ref": bucket_id}
+        deny = [s for s in statements(policy["PolicyDocument"]) if s["Effect"] == "Deny"]
+        assert len(deny) == 1, policy_id
+        assert deny[0]["Principal"] == "*" and deny[0]["Action"] == "s3:*"
+        assert deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert deny[0]["Resource"] == [{"Fn::GetAtt": [bucket_id, "Arn"]}, {"Fn::Sub": f"${{{bucket_id}.Arn}}/*"}]
+
+
+def test_function_role_allows_exactly_the_actions_it_needs(resources):
+    policy = resources["ScorerFunction"]["Properties"]["Policies"]
+    granted = {sid["Sid"]: (sorted(as_list(sid["Action"])), sid["Resource"]) for sid in statements(policy[0])}
+    assert len(policy) == 1 and all(s["Effect"] == "Allow" for s in statements(policy[0]))
+    assert granted == {
+        "ReadUploadsOnly": (["s3:GetObject", "s3:GetObjectVersion"], {"Fn::Sub": "${ImagesBucket.Arn}/${IncomingPrefix}*"}),
+        "TellDeletedFromDenied": (["s3:ListBucket"], {"Fn::GetAtt": ["ImagesBucket", "Arn"]}),
+        "WriteOverlaysOnly": (["s3:PutObject"], {"Fn::Sub": "${ImagesBucket.Arn}/${ResultsPrefix}*"}),
+        "WriteOwnResults": (["dynamodb:GetItem", "dynamodb:PutItem"], {"Fn::GetAtt": ["ResultsTable", "Arn"]}),
+        "UseDataKey": (["kms:Decrypt", "kms:GenerateDataKey"], {"Fn::GetAtt": ["DataKey", "Arn"]}),
+    }
+    # Polling rights come from the SQS event source, which SAM scopes to that one queue.
+    event = resources["ScorerFunction"]["Properties"]["Events"]["Uploads"]
+    assert event["Type"] == "SQS" and event["Properties"]["Queue"] == {"Fn::GetAtt": ["ScoringQueue", "Arn"]}
+
+
+def test_images_bucket_is_locked_down(resources):
+    bucket = resources["ImagesBucket"]
+    properties = bucket["Properties"]
+    assert all(properties["PublicAccessBlockConfiguration"][flag] is True for flag in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    encryption = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert properties["VersioningConfiguration"]["Status"] == "Enabled"
+    assert any("NoncurrentVersionExpiration" in rule for rule in properties["LifecycleConfiguration"]["Rules"])
+    assert properties["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogsBucket"}
+    assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+
+
+def test_only_the_incoming_prefix_notifies_the_queue(template, resources):
+    queue_configurations = resources["ImagesBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert len(queue_configurations) == 1
+    notification = queue_configurations[0]
+    assert notification["Event"] == "s3:ObjectCreated:*"
+    assert notification["Queue"] == {"Fn::GetAtt": ["ScoringQueue", "Arn"]}
+    assert notification["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": {"Ref": "IncomingPrefix"}}]
+    parameters = template["Parameters"]
+    assert parameters["IncomingPrefix"]["Default"] == results.DEFAULT_INCOMING_PREFIX
+    assert parameters["ResultsPrefix"]["Default"] == results.RESULTS_PREFIX
+    assert not results.RESULTS_PREFIX.startswith(results.DEFAULT_INCOMING_PREFIX)
+
+
+def test_queue_policy_names_the_bucket_that_notifies_it(resources):
+    """The bucket name is spelled twice to break the bucket <-> queue policy cycle: keep them equal."""
+    bucket_name = resources["ImagesBucket"]["Properties"]["BucketName"]["Fn::Sub"]
+    allow = statements(resources["ScoringQueuePolicy"]["Properties"]["PolicyDocument"])[0]
+    source_arn = allow["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    assert source_arn[0] == "arn:${AWS::Partition}:s3:::" + bucket_name[0]
+    assert source_arn[1] == bucket_name[1]
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"} and allow["Action"] == "sqs:SendMessage"
+    assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert resources["ImagesBucket"]["DependsOn"] == "ScoringQueuePolicy"
+
+
+def test_queue_redrive_and_timeouts(template, resources):
+    queue = resources["ScoringQueue"]["Properties"]
+    dlq = resources["ScoringDeadLetterQueue"]["Properties"]
+    function_timeout = template["Globals"]["Function"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * function_timeout
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["ScoringDeadLetterQueue", "Arn"]},
+                                      "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
+    assert queue["KmsMasterKeyId"] == dlq["KmsMasterKeyId"] == {"Ref": "DataKey"}
+
+
+def test_function_is_python313_arm64_built_by_makefile_with_partial_batch_responses(template, resources):
+    function = resources["ScorerFunction"]
+    globals_ = template["Globals"]["Function"]
+    assert globals_["Runtime"] == "python3.13" and globals_["Architectures"] == ["arm64"]
+    assert function["Metadata"]["BuildMethod"] == "makefile"
+    assert (ROOT / function["Properties"]["CodeUri"] / "Makefile").is_file()
+    event = function["Properties"]["Events"]["Uploads"]["Properties"]
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["BatchSize"] == {"Ref": "BatchSize"}
+    assert event["MaximumBatchingWindowInSeconds"] == {"Ref": "MaximumBatchingWindowInSeconds"}
+    assert event["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
+
+
+def test_globals_set_every_setting_the_handler_reads(template):
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["RESULTS_TABLE"] == {"Ref": "ResultsTable"}
+    assert variables["INCOMING_PREFIX"] == {"Ref": "IncomingPrefix"}
+    assert variables["PNEUMOSCAN_MODEL_DIR"] == "/var/task/model"
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "pneumoscan"
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Pneumoscan"
+    assert {"LOG_LEVEL", "MAX_OBJECT_BYTES", "INFERENCE_THREADS", "RESULTS_PREFIX"} <= set(variables)
+
+
+def test_table_key_design_matches_the_results_contract(resources):
+    table = resources["ResultsTable"]
+    properties = table["Properties"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": results.KEY, "KeyType": "HASH"}]
+    indexes = {index["IndexName"]: index for index in properties["GlobalSecondaryIndexes"]}
+    assert [k["AttributeName"] for k in indexes[results.BATCH_INDEX]["KeySchema"]] == [results.BATCH, results.KEY]
+    assert [k["AttributeName"] for k in indexes[results.OUTCOME_INDEX]["KeySchema"]] == [
+        results.OUTCOME_DAY, results.SCORED_AT]
+    assert all(index["Projection"] == {"ProjectionType": "ALL"} for index in indexes.values())
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["DeletionProtectionEnabled"] is True
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+
+
+def test_alarms_watch_the_dlq_the_queue_age_and_function_errors(resources):
+    alarms = {(r["Properties"]["Namespace"], r["Properties"]["MetricName"]): r["Properties"]
+              for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["ScoringDeadLetterQueue", "QueueName"]}
+    assert alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["ScoringQueue", "QueueName"]}
+    assert alarms[("AWS/Lambda", "Errors")]["Dimensions"][0]["Value"] == {"Ref": "ScorerFunction"}
+
+
+def test_outputs_name_what_the_cli_needs(template):
+    assert {"ImagesBucketName", "ScoringQueueUrl", "DeadLetterQueueUrl", "ResultsTableName",
+            "IncomingPrefix"} <= set(template["Outputs"])
+
+
+def test_sample_events_exist_for_sam_local_invoke():
+    for name in ("sqs-s3-object-created.json", "sqs-s3-test-event.json"):
+        event = json.loads((ROOT / "events" / name).read_text())
+        assert event["Records"][0]["eventSource"] == "aws:sqs"
