@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import boto3
-import click
 import typer
 from botocore.config import Config
+
+try:  # typer vendors click from 0.2x on; its commands only recognise that click's exceptions
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import ClickException
 
 from pneumoscan.results import DEFAULT_INCOMING_PREFIX
 
@@ -34,7 +38,11 @@ STACK_OUTPUTS = {"bucket": "ImagesBucketName", "queue_url": "ScoringQueueUrl",
                  "incoming_prefix": "IncomingPrefix"}
 
 
-class TargetError(click.ClickException):
+class CommandError(ClickException):
+    """An error the CLI reports as one line (`Error: ...`, exit 1), not a traceback."""
+
+
+class TargetError(CommandError):
     """No stack to talk to: nothing running locally, or a deployed stack lacks an output."""
 
 
@@ -73,7 +81,7 @@ class Target:
         return self._clients[service]
 
     def to_state(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if not key.startswith("_")}
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if not name.startswith("_")}
 
 
 def write_state(target: Target, **extra: Any) -> Path:

@@ -20,13 +20,12 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 
-from .aws import LOCAL_CREDENTIALS, Target, read_state, state_dir, state_path, write_state
+from .aws import LOCAL_CREDENTIALS, CommandError, Target, read_state, state_dir, state_path, write_state
 from .template import DEFAULT_TEMPLATE, LAMBDA_DEFAULT_TIMEOUT, StackSettings, TemplateError, read_settings
 
 console = Console(stderr=True)
@@ -228,7 +227,7 @@ def start_local_stack(template: Path = DEFAULT_TEMPLATE, parameter_overrides: di
     try:
         settings = read_settings(template, parameter_overrides=parameter_overrides)
     except TemplateError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(str(exc)) from None
     stack = LocalStack(settings, worker_log=state_dir() / "worker.log", **options)
     target = stack.start()
     write_state(target, pid=os.getpid(), workers=[worker.pid for worker in stack.workers],

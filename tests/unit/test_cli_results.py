@@ -1,0 +1,167 @@
+"""`pneumoscan results` and `upload`: the table's read patterns, never a Scan, against moto."""
+
+import csv
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pytest
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from pneumoscan.results import outcome_day, to_dynamodb, utc_timestamp
+from pneumoscan_cli import aws
+from pneumoscan_cli.files import collect_files
+from pneumoscan_cli.main import app
+from pneumoscan_cli.results import Label, Status, days_between, find_results, parse_time
+from pneumoscan_cli.template import read_settings
+from pneumoscan_cli.upload import upload_files, wait_for_scores
+
+SETTINGS = read_settings()
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+runner = CliRunner()
+
+
+def _item(key, batch, label=None, probability=None, reason=None, at=NOW, etag="e"):
+    scored_at = utc_timestamp(at)
+    item = {"object_key": key, "batch": batch, "etag": etag, "scored_at": scored_at,
+            "model_version": "test", "timings_ms": {"total": 1.5}}
+    if reason:
+        item |= {"status": "FAILED", "reason": reason, "error": "bad", "outcome_day": outcome_day("FAILED", scored_at)}
+    else:
+        item |= {"status": "SCORED", "label": label, "probability": probability,
+                 "outcome_day": outcome_day(label, scored_at)}
+    return item
+
+
+ITEMS = [
+    _item("incoming/b1/2.jpeg", "b1", "PNEUMONIA", 0.93),
+    _item("incoming/b1/1.jpeg", "b1", "NORMAL", 0.12),
+    _item("incoming/b1/3.jpeg", "b1", reason="not_an_image"),
+    _item("incoming/b2/old.jpeg", "b2", "PNEUMONIA", 0.81, at=NOW - timedelta(days=3)),
+    _item("incoming/b2/new.jpeg", "b2", "PNEUMONIA", 0.77, at=NOW - timedelta(hours=1)),
+]
+
+
+@pytest.fixture
+def target(tmp_path, monkeypatch):
+    monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path))
+    for name in ("AWS_ENDPOINT_URL", "PNEUMOSCAN_STACK", "PNEUMOSCAN_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        target = aws.Target(bucket=SETTINGS.bucket, table=SETTINGS.table, region=SETTINGS.region, source="local")
+        target.client("dynamodb").create_table(**SETTINGS.table_definition)
+        target.client("s3").create_bucket(Bucket=SETTINGS.bucket)
+        table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+        for item in ITEMS:
+            table.put_item(Item=to_dynamodb(item))
+        aws.write_state(target)
+
+        def no_scan(**_):
+            raise AssertionError("results must never Scan the table")
+        target.client("dynamodb").meta.events.register("before-call.dynamodb.Scan", no_scan)
+        # The CLI builds its own Target from the state file: give it the guarded client.
+        monkeypatch.setattr(aws, "local_target", lambda: target)
+        yield target
+
+
+def _keys(items):
+    return [item["object_key"] for item in items]
+
+
+def test_a_batch_comes_back_in_key_order(target):
+    assert _keys(find_results(target, batch="b1")) == [
+        "incoming/b1/1.jpeg", "incoming/b1/2.jpeg", "incoming/b1/3.jpeg"]
+    assert _keys(find_results(target, batch="b1", label=Label.pneumonia)) == ["incoming/b1/2.jpeg"]
+    assert _keys(find_results(target, batch="b1", status=Status.failed)) == ["incoming/b1/3.jpeg"]
+
+
+def test_positives_and_failures_in_a_window_use_one_query_per_day(target):
+    calls = []
+    target.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query",
+                                                   lambda params, **_: calls.append(params))
+    positives = find_results(target, label=Label.pneumonia, since=NOW - timedelta(days=4))
+    assert _keys(positives) == ["incoming/b2/old.jpeg", "incoming/b2/new.jpeg", "incoming/b1/2.jpeg"]
+    assert len(calls) == 5  # today and the four days before, PNEUMONIA only
+    assert all(call["IndexName"] == "outcome-index" for call in calls)
+    assert _keys(find_results(target, label=Label.pneumonia)) == ["incoming/b2/new.jpeg", "incoming/b1/2.jpeg"]
+    assert _keys(find_results(target, status=Status.failed)) == ["incoming/b1/3.jpeg"]
+    assert len(find_results(target, since=NOW - timedelta(days=7))) == len(ITEMS)
+
+
+def test_label_and_failed_together_are_refused(target):
+    result = runner.invoke(app, ["results", "--label", "pneumonia", "--status", "failed"])
+    assert result.exit_code != 0
+    assert "FAILED item has no label" in result.output
+
+
+def test_json_is_one_array_and_csv_has_a_header(target):
+    result = runner.invoke(app, ["results", "--batch", "b1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert _keys(items) == ["incoming/b1/1.jpeg", "incoming/b1/2.jpeg", "incoming/b1/3.jpeg"]
+    assert items[1]["probability"] == pytest.approx(0.93) and items[0]["timings_ms"] == {"total": 1.5}
+
+    result = runner.invoke(app, ["results", "--label", "PNEUMONIA", "--since", "7d", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["object_key"] for row in rows] == ["incoming/b2/old.jpeg", "incoming/b2/new.jpeg",
+                                                    "incoming/b1/2.jpeg"]
+
+
+def test_table_output_names_every_item(target):
+    result = runner.invoke(app, ["results", "--batch", "b1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "not_an_image" in result.output and "0.930" in result.output
+
+
+def test_without_a_running_stack_the_error_says_how_to_start_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path / "none"))
+    result = runner.invoke(app, ["results", "--batch", "b1"])
+    assert result.exit_code == 1
+    assert "pneumoscan local up" in result.output
+
+
+def test_times_parse_as_iso_or_age():
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    assert parse_time("2h", now) == now - timedelta(hours=2)
+    assert parse_time("7d", now) == now - timedelta(days=7)
+    assert parse_time("2026-11-20", now) == datetime(2026, 11, 20, tzinfo=timezone.utc)
+    assert parse_time("2026-11-20T10:00:00Z", now) == datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
+    assert days_between(now - timedelta(days=2), now) == ["2026-11-23", "2026-11-24", "2026-11-25"]
+
+
+def test_upload_keys_and_wait_matches_the_uploaded_bytes(target, tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.JPEG").write_bytes(b"one")
+    (folder / "sub" / "b.png").write_bytes(b"two")
+    (folder / "notes.txt").write_bytes(b"skipped: not an image name")
+    (folder / ".hidden.jpg").write_bytes(b"skipped: hidden")
+    files = collect_files([folder])
+    assert [file.relative for file in files] == ["a.JPEG", "sub/b.png"]
+
+    uploaded = upload_files(target, files, "b3", show_progress=False)
+    assert [u.key for u in uploaded] == ["incoming/b3/a.JPEG", "incoming/b3/sub/b.png"]
+    head = target.client("s3").head_object(Bucket=target.bucket, Key="incoming/b3/sub/b.png")
+    assert head["ContentType"] == "image/png"
+
+    with pytest.raises(TimeoutError, match="2 of 2"):
+        wait_for_scores(target, "b3", uploaded, timeout_s=0, show_progress=False)
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    table.put_item(Item=to_dynamodb(_item("incoming/b3/a.JPEG", "b3", "NORMAL", 0.2, etag=uploaded[0].etag)))
+    # An item left by an earlier upload of different bytes under the same key does not count.
+    table.put_item(Item=to_dynamodb(_item("incoming/b3/sub/b.png", "b3", "NORMAL", 0.2, etag="stale")))
+    with pytest.raises(TimeoutError, match="1 of 2"):
+        wait_for_scores(target, "b3", uploaded, timeout_s=0, show_progress=False)
+    table.put_item(Item=to_dynamodb(_item("incoming/b3/sub/b.png", "b3", "NORMAL", 0.3, etag=uploaded[1].etag)))
+    assert _keys(wait_for_scores(target, "b3", uploaded, timeout_s=0, show_progress=False)) == [
+        "incoming/b3/a.JPEG", "incoming/b3/sub/b.png"]
+
+
+def test_a_batch_name_with_a_slash_is_refused(target, tmp_path):
+    (tmp_path / "x.jpeg").write_bytes(b"x")
+    result = runner.invoke(app, ["upload", str(tmp_path / "x.jpeg"), "--batch", "a/b"])
+    assert result.exit_code != 0
+    assert "one folder name" in result.output
