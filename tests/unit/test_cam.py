@@ -70,10 +70,10 @@ def test_hot_region_is_the_peak_blob_in_image_pixels():
     heat[2, 7] = 1.0  # cell centred at 75 % across, 25 % down
     heat[8, 1] = 0.4  # a weaker, separate blob is not part of the region
     box = cam.summarise(heat, (1000, 500)).hot_region
-    # Bilinear upsampling halves the cell's value 5 grid steps from its centre,
-    # so the region spans about one cell: x 70-80 %, y 20-30 % (+- one 1 % step).
-    assert abs(box.x - 700) <= 10 and abs(box.x + box.width - 800) <= 10
-    assert abs(box.y - 100) <= 5 and abs(box.y + box.height - 150) <= 5
+    # Bilinear upsampling halves the cell's value half a cell from its centre,
+    # so the region spans about one cell: x 70-80 %, y 20-30 % (+- one 2 % step).
+    assert abs(box.x - 700) <= 20 and abs(box.x + box.width - 800) <= 20
+    assert abs(box.y - 100) <= 10 and abs(box.y + box.height - 150) <= 10
 
 
 def test_overlay_is_a_png_of_the_documented_size():

@@ -1,0 +1,208 @@
+"""Shortcut check: does the model look at the lungs, or at borders and burned-in markers?
+
+CNNs trained on this dataset are known to key on text markers and image borders. For
+every image of the validation split (the same by-patient split training used, read
+from model.json) and of the full-resolution originals, this measures the share of the
+class activation heat (evidence for the label the model gave, `pneumoscan.cam`) that
+falls in the outer 10 % of the image and outside the chest box, writes
+`model/report/shortcut.json` and a figure `model/report/shortcut.png`, and times
+CAM + overlay per full-resolution image (the Lambda's added cost).
+
+    python -m training.shortcut_check [--model-dir model] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumoscan import cam, images
+from pneumoscan.datasets import list_labelled
+from pneumoscan.model import PneumoniaModel, default_model_dir
+
+from .data import dataset_files
+
+DEFAULT_DATA = Path("../shared/data")
+TRAINING_SET = "chest_xray"
+FULLRES_SET = "xray_fullres_sample"
+REPORT_FILE = "shortcut.json"
+FIGURE_FILE = "shortcut.png"
+# Files whose heat sits most in the border, listed for a look at their overlays.
+WORST_LISTED = 8
+TIMING_WARMUP = 5
+
+
+@dataclass
+class SplitShares:
+    """Per-image shares of one split plus the mean normalised heat over its images."""
+
+    name: str
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    predicted: list[str] = field(default_factory=list)
+    border: list[float] = field(default_factory=list)
+    outside_chest: list[float] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    mean_heat: np.ndarray = field(default_factory=lambda: np.zeros((cam.ANALYSIS_GRID,) * 2))
+
+    def summary(self) -> dict:
+        border, outside = np.array(self.border), np.array(self.outside_chest)
+        worst = np.argsort(-border)[:WORST_LISTED]
+        by_label = {}
+        for label in sorted(set(self.predicted)):
+            members = np.array([p == label for p in self.predicted])
+            by_label[label] = {"images": int(members.sum()), "border_share_mean": _round(border[members].mean()),
+                               "outside_chest_share_mean": _round(outside[members].mean()),
+                               "flagged": int((outside[members] > cam.OUTSIDE_CHEST_FLAG).sum())}
+        return {
+            "images": len(self.border),
+            "unreadable": self.unreadable,
+            "border_share": _distribution(border),
+            "outside_chest_share": _distribution(outside),
+            "flagged": int((outside > cam.OUTSIDE_CHEST_FLAG).sum()),
+            "flagged_share": _round((outside > cam.OUTSIDE_CHEST_FLAG).mean()),
+            "by_predicted_label": by_label,
+            "most_border_heat": [{"image": self.paths[i], "border_share": _round(border[i])} for i in worst],
+        }
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _distribution(values: np.ndarray) -> dict:
+    return {"mean": _round(values.mean()), "median": _round(np.median(values)),
+            "p90": _round(np.percentile(values, 90)), "max": _round(values.max())}
+
+
+def uniform_shares() -> dict:
+    """The shares an evenly spread heat map would have: the baseline to compare with."""
+    inner = (1 - 2 * cam.BORDER_FRACTION) ** 2
+    left, top, right, bottom = cam.CHEST_BOX
+    return {"border_share": _round(1 - inner), "outside_chest_share": _round(1 - (right - left) * (bottom - top))}
+
+
+def measure(name: str, files: list[tuple[Path, int]], model: PneumoniaModel, weights: cam.CamWeights,
+            timings: list[float] | None = None) -> SplitShares:
+    """Shares for every file; with `timings`, also the time of CAM + overlay per image."""
+    height, width, channels = model.input_shape
+    positive = model.metadata["labels"][1]
+    shares = SplitShares(name)
+    for count, (path, label) in enumerate(tqdm(files, desc=name, unit="img", leave=False)):
+        try:
+            pixels, decoded = images.load_model_input(path.read_bytes(), height, width, channels)
+        except images.ImageRejected as exc:
+            shares.unreadable.append(f"{path}: {exc}")
+            continue
+        prediction = model.predict(pixels)
+        probability = float(prediction.probability[0])
+        predicted = model.label(probability)
+        started = time.perf_counter()
+        explanation = cam.explain(prediction.feature_map[0], weights, decoded, probability=probability,
+                                  label=predicted, positive=predicted == positive)
+        if timings is not None and count >= TIMING_WARMUP:
+            timings.append((time.perf_counter() - started) * 1000)
+        heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], weights), predicted == positive)
+        grid = cam.upsample(heat, (cam.ANALYSIS_GRID, cam.ANALYSIS_GRID))
+        if grid.sum() > 0:
+            shares.mean_heat += grid / grid.sum()
+        shares.paths.append(str(path))
+        shares.labels.append(label)
+        shares.predicted.append(predicted)
+        shares.border.append(explanation.summary.border_share)
+        shares.outside_chest.append(explanation.summary.outside_chest_share)
+    shares.mean_heat /= max(1, len(shares.border))
+    return shares
+
+
+def write_figure(splits: list[SplitShares], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    figure, axes = plt.subplots(1, len(splits) + 1, figsize=(5 * (len(splits) + 1), 4.6))
+    grid = cam.ANALYSIS_GRID
+    border = cam.BORDER_FRACTION * grid
+    left, top, right, bottom = (edge * grid for edge in cam.CHEST_BOX)
+    for axis, split in zip(axes, splits):
+        shown = axis.imshow(split.mean_heat * grid * grid, cmap="inferno", extent=(0, grid, grid, 0))
+        axis.add_patch(Rectangle((border, border), grid - 2 * border, grid - 2 * border, fill=False,
+                                 edgecolor="cyan", linestyle="--", label="inner 80 % (border outside)"))
+        axis.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="lime",
+                                 label="chest box"))
+        axis.set_title(f"{split.name}: mean heat, n={len(split.border)}")
+        axis.set_xticks([]), axis.set_yticks([])
+        figure.colorbar(shown, ax=axis, fraction=0.046, label="heat / uniform heat")
+        axis.legend(loc="lower center", fontsize=7, framealpha=0.8)
+    bins = np.linspace(0, 1, 41)
+    histogram = axes[-1]
+    for split in splits:
+        histogram.hist(split.border, bins=bins, alpha=0.6, label=f"{split.name} (mean {np.mean(split.border):.2f})")
+    histogram.axvline(uniform_shares()["border_share"], color="grey", linestyle=":", label="uniform heat")
+    histogram.set_xlabel(f"share of heat in the outer {cam.BORDER_FRACTION:.0%} border")
+    histogram.set_ylabel("images")
+    histogram.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m training.shortcut_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=None, help="model folder (default: model/)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: <model-dir>/report)")
+    args = parser.parse_args(argv)
+
+    model = PneumoniaModel(args.model_dir)
+    weights = cam.CamWeights.from_metadata(model.metadata)
+    config = model.metadata.get("training", {}).get("config", {})
+    _, val_files = dataset_files(args.data / TRAINING_SET, config.get("val_fraction", 0.15), config.get("seed", 1337))
+    fullres_files = list_labelled(args.data / FULLRES_SET)
+
+    timings: list[float] = []
+    splits = [measure("val", [(f.path, f.label) for f in val_files], model, weights),
+              measure("fullres", [(f.path, f.label) for f in fullres_files], model, weights, timings)]
+
+    out = args.out or (args.model_dir or default_model_dir()) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_figure(splits, out / FIGURE_FILE)
+    result = {
+        "model": {"version": model.version, "sha256": model.sha256},
+        "definition": {
+            "heat": "class activation map of the label given (positive part of feature_map @ cam.weights + bias "
+                    "for PNEUMONIA, of its negation for NORMAL), stretched over the whole image",
+            "border": f"outer {cam.BORDER_FRACTION:.0%} of width and height on every side",
+            "chest_box": {"left": cam.CHEST_BOX[0], "top": cam.CHEST_BOX[1], "right": cam.CHEST_BOX[2],
+                          "bottom": cam.CHEST_BOX[3], "units": "fraction of image width/height"},
+            "flag": f"outside_chest_share > {cam.OUTSIDE_CHEST_FLAG}",
+            "uniform_heat": uniform_shares(),
+            "val_split": "by-patient validation split of model.json training.config (seed, val_fraction)",
+        },
+        "splits": {split.name: split.summary() for split in splits},
+        "cam_overlay_ms_per_fullres_image": {
+            "what": "pneumoscan.cam.explain: CAM, shares, hot region, 512 px overlay, PNG encode (the Lambda's "
+                    "added work before its S3 put), warm, this machine",
+            "images": len(timings), "p50": _round(np.median(timings)), "p95": _round(np.percentile(timings, 95))},
+        "figure": FIGURE_FILE,
+        "command": "python -m training.shortcut_check",
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({name: {key: value for key, value in split.items() if key != "most_border_heat"}
+                      for name, split in result["splits"].items()}, indent=2))
+    print("CAM + overlay ms per full-res image:", result["cam_overlay_ms_per_fullres_image"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
