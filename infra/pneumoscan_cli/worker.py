@@ -35,7 +35,8 @@ HANDLER = "app.lambda_handler"
 SQS_MAX_MESSAGES_PER_RECEIVE = 10
 LONG_POLL_S = 2  # short enough that Ctrl-C is answered promptly
 
-log = logging.getLogger("pneumoscan.worker")
+# Not under "pneumoscan": that is the handler's powertools logger (its service name).
+log = logging.getLogger("pneumoscan_cli.worker")
 
 
 @dataclass
@@ -211,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=None)
     parser.add_argument("--name", default="pneumoscan-scorer")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s {args.name} %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(f"%(asctime)s {args.name} %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
     # The endpoint comes from AWS_ENDPOINT_URL, which the handler's own clients read too.
     sqs = boto3.session.Session(region_name=args.region).client("sqs", config=RETRY_CONFIG)

@@ -1,0 +1,84 @@
+"""`pneumoscan local up` builds what template.yaml describes, and Ctrl-C stops all of it."""
+
+import json
+import os
+
+import cfnlint.decode.cfn_yaml
+from typer.testing import CliRunner
+
+from pneumoscan_cli.aws import STATE_FILE
+from pneumoscan_cli.main import app
+from pneumoscan_cli.template import DEFAULT_TEMPLATE
+
+from .conftest import start_stack, stop_stack
+
+TEMPLATE = cfnlint.decode.cfn_yaml.load(str(DEFAULT_TEMPLATE))
+RESOURCES, PARAMETERS = TEMPLATE["Resources"], TEMPLATE["Parameters"]
+
+
+def _value(value):
+    """A property's literal, or its Parameter's default."""
+    return PARAMETERS[value["Ref"]]["Default"] if isinstance(value, dict) and "Ref" in value else value
+
+
+def _of_type(resource_type, having=None):
+    return next(resource["Properties"] for resource in RESOURCES.values()
+                if resource["Type"] == resource_type and (having is None or having in resource["Properties"]))
+
+
+def test_local_resources_match_the_template(local_stack):
+    target = local_stack.target
+    sqs, s3, dynamodb = target.client("sqs"), target.client("s3"), target.client("dynamodb")
+
+    queue = _of_type("AWS::SQS::Queue", having="RedrivePolicy")
+    attributes = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
+    assert int(attributes["VisibilityTimeout"]) == _value(queue["VisibilityTimeout"])
+    assert int(attributes["MessageRetentionPeriod"]) == _value(queue["MessageRetentionPeriod"])
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == _value(queue["RedrivePolicy"]["maxReceiveCount"])
+    dead_letter_arn = sqs.get_queue_attributes(
+        QueueUrl=target.dead_letter_queue_url, AttributeNames=["All"])["Attributes"]
+    assert redrive["deadLetterTargetArn"] == dead_letter_arn["QueueArn"]
+    dead_letter_id = queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    assert int(dead_letter_arn["MessageRetentionPeriod"]) == \
+        RESOURCES[dead_letter_id]["Properties"]["MessageRetentionPeriod"]
+
+    table = _of_type("AWS::DynamoDB::Table")
+    description = dynamodb.describe_table(TableName=target.table)["Table"]
+    assert description["KeySchema"] == table["KeySchema"]
+    assert description["BillingModeSummary"]["BillingMode"] == table["BillingMode"]
+    assert {index["IndexName"]: (index["KeySchema"], index["Projection"])
+            for index in description["GlobalSecondaryIndexes"]} == {
+        index["IndexName"]: (index["KeySchema"], index["Projection"]) for index in table["GlobalSecondaryIndexes"]}
+
+    bucket = _of_type("AWS::S3::Bucket", having="NotificationConfiguration")
+    notifications = s3.get_bucket_notification_configuration(Bucket=target.bucket)["QueueConfigurations"]
+    expected = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    assert [n["Events"] for n in notifications] == [[e["Event"]] for e in expected]
+    assert [n["QueueArn"] for n in notifications] == [attributes["QueueArn"]] * len(expected)
+    assert [sorted((rule["Name"].lower(), rule["Value"]) for rule in n["Filter"]["Key"]["FilterRules"])
+            for n in notifications] == [
+        sorted((rule["Name"].lower(), _value(rule["Value"])) for rule in e["Filter"]["S3Key"]["Rules"])
+        for e in expected]
+    assert s3.get_bucket_versioning(Bucket=target.bucket).get("Status") == \
+        bucket["VersioningConfiguration"]["Status"]
+
+
+def test_status_reports_the_running_stack(local_stack):
+    result = CliRunner().invoke(app, ["local", "status"], env=local_stack.env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["endpoint_url"] == local_stack.state["endpoint_url"]
+
+
+def test_ctrl_c_stops_server_and_workers_and_removes_the_state_file(tmp_path):
+    stack = start_stack(tmp_path, "--workers", "2")
+    workers = stack.state["workers"]
+    assert len(workers) == 2
+    assert stop_stack(stack) == 0, stack.log()
+    assert not (tmp_path / STATE_FILE).exists()
+    for pid in workers:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} survived the shutdown")

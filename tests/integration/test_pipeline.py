@@ -1,0 +1,128 @@
+"""Real full-resolution X-rays through S3 -> SQS -> handler -> DynamoDB, read back with the CLI."""
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pneumoscan.model import PneumoniaModel
+from pneumoscan_cli.main import app
+
+from .conftest import real_xrays, start_stack, stop_stack
+
+BATCH = "integration"
+runner = CliRunner()
+
+
+def _cli(stack, *arguments):
+    result = runner.invoke(app, list(arguments), env=stack.env)
+    assert result.exit_code == 0, f"{arguments}: {result.output}\n--- local up log ---\n{stack.log()}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def uploaded_batch(local_stack, tmp_path_factory):
+    """12 originals (6 per class) plus a text file named like a JPEG, uploaded with --wait."""
+    folder = tmp_path_factory.mktemp("upload")
+    for xray in real_xrays(per_class=6):
+        (folder / xray.parent.name).mkdir(exist_ok=True)
+        (folder / xray.parent.name / xray.name).symlink_to(xray)
+    (folder / "notes.jpeg").write_text("referral letter, not an image")
+    started = time.perf_counter()
+    result = _cli(local_stack, "upload", str(folder), "--batch", BATCH, "--wait", "--timeout", "120")
+    items = json.loads(_cli(local_stack, "results", "--batch", BATCH, "--format", "json").stdout)
+    return folder, items, result.output, time.perf_counter() - started
+
+
+def test_every_upload_has_one_item(uploaded_batch):
+    folder, items, output, _ = uploaded_batch
+    expected = sorted(f"incoming/{BATCH}/{path.relative_to(folder).as_posix()}"
+                      for path in folder.rglob("*") if path.is_file())
+    assert [item["object_key"] for item in items] == expected
+    assert "13 result(s): 12 scored" in output
+
+
+def test_xrays_are_scored_with_the_bundled_model(uploaded_batch):
+    folder, items, _, _ = uploaded_batch
+    model = PneumoniaModel()
+    scored = [item for item in items if item["status"] == "SCORED"]
+    assert len(scored) == 12
+    for item in scored:
+        assert 0.0 <= item["probability"] <= 1.0
+        assert item["label"] == model.label(item["probability"])
+        assert (item["model_version"], item["model_sha256"]) == (model.version, model.sha256)
+        assert item["batch"] == BATCH and item["outcome_day"].startswith(item["label"] + "#")
+        with Image.open(folder / item["object_key"].removeprefix(f"incoming/{BATCH}/")) as original:
+            assert (item["image_width"], item["image_height"]) == original.size
+        assert item["timings_ms"]["total"] > 0
+
+
+def test_a_non_image_ends_failed_with_a_reason(uploaded_batch):
+    _, items, _, _ = uploaded_batch
+    (failed,) = [item for item in items if item["status"] == "FAILED"]
+    assert failed["object_key"] == f"incoming/{BATCH}/notes.jpeg"
+    assert failed["reason"] == "not_an_image" and failed["error"]
+    assert failed["outcome_day"].startswith("FAILED#")
+
+
+def test_outcome_queries_find_the_same_positives_and_failures(local_stack, uploaded_batch):
+    _, items, _, _ = uploaded_batch
+    ours = {item["object_key"] for item in items}
+    positives = json.loads(_cli(local_stack, "results", "--label", "pneumonia", "--since", "1h",
+                                "--format", "json").stdout)
+    assert {item["object_key"] for item in positives} & ours == {
+        item["object_key"] for item in items if item.get("label") == "PNEUMONIA"}
+    failures = json.loads(_cli(local_stack, "results", "--status", "failed", "--format", "json").stdout)
+    assert f"incoming/{BATCH}/notes.jpeg" in {item["object_key"] for item in failures}
+
+
+def test_offline_score_agrees_with_the_pipeline(local_stack, uploaded_batch):
+    folder, items, _, _ = uploaded_batch
+    by_key = {item["object_key"]: item for item in items}
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    lines = _cli(local_stack, "score", *map(str, files), "--json").stdout.splitlines()
+    assert len(lines) == len(files)
+    for line in lines:
+        offline = json.loads(line)
+        assert set(offline) >= {"image", "status", "probability", "label", "error"}
+        pipeline = by_key[f"incoming/{BATCH}/{Path(offline['image']).relative_to(folder).as_posix()}"]
+        assert offline["status"] == pipeline["status"]
+        assert offline["label"] == pipeline.get("label")
+        assert offline["reason"] == pipeline.get("reason")
+        if offline["probability"] is not None:
+            assert offline["probability"] == pytest.approx(pipeline["probability"], abs=1e-5)
+
+
+def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(tmp_path):
+    """A cold start that cannot load the model fails every invocation: after maxReceiveCount
+    receives SQS moves the message to the DLQ, and no item is written for it."""
+    broken_model = tmp_path / "no-model"
+    broken_model.mkdir()
+    stack = start_stack(tmp_path, "--retry-after", "0", "--model-dir", str(broken_model),
+                        "--parameter-overrides", "MaximumBatchingWindowInSeconds=0",
+                        "--parameter-overrides", "MaxReceiveCount=3")
+    try:
+        target = stack.target
+        xray = real_xrays(per_class=1)[0]
+        key = f"incoming/poison/{xray.name}"
+        target.client("s3").put_object(Bucket=target.bucket, Key=key, Body=xray.read_bytes())
+        sqs = target.client("sqs")
+        deadline, moved = time.monotonic() + 60, []
+        while time.monotonic() < deadline and key not in moved:
+            response = sqs.receive_message(QueueUrl=target.dead_letter_queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1, VisibilityTimeout=0)
+            moved = [unquote_plus(record["s3"]["object"]["key"])
+                     for message in response.get("Messages", [])
+                     for record in json.loads(message["Body"]).get("Records", [])]
+        assert key in moved, stack.log()
+        assert "handler init failed" in stack.log()
+        queue = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
+        assert queue["ApproximateNumberOfMessages"] == "0"
+        assert "Item" not in target.client("dynamodb").get_item(
+            TableName=target.table, Key={"object_key": {"S": key}})
+    finally:
+        assert stop_stack(stack) == 0
