@@ -24,6 +24,18 @@ $(INSTALLED): pyproject.toml
 
 venv: $(INSTALLED)
 
+# The local stack in one command. It never invents images: without IMAGES it says where to get some.
+.PHONY: demo
+demo: $(INSTALLED)
+	@if [ -z "$(IMAGES)" ]; then \
+		echo "usage: make demo IMAGES=<folder of chest X-rays (JPEG/PNG)>"; \
+		echo "  e.g. make demo IMAGES=$(DATA)/xray_fullres_sample   (200 full-resolution originals)"; \
+		echo "  or download the Kaggle dataset 'Chest X-Ray Images (Pneumonia)':"; \
+		echo "  https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia"; \
+		exit 2; \
+	fi
+	$(VENV)/bin/pneumoscan demo "$(IMAGES)"
+
 # checkov in its own venv: its pins clash with the dev tools'.
 CHECKOV := .venv-checkov/bin/checkov
 $(CHECKOV):
