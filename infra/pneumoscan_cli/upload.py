@@ -83,11 +83,11 @@ def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
         task = progress.add_task(f"scoring batch {batch}", total=len(expected), visible=show_progress)
         while True:
             # An item for an older upload under the same key does not count: match the ETag.
-            done = {item[KEY]: item for item in batch_items(target, batch)
+            done = {item[KEY] for item in batch_items(target, batch, projection=[KEY, "etag"])
                     if item[KEY] in expected and str(item.get("etag", "")).strip('"') == expected[item[KEY]]}
             progress.update(task, completed=len(done))
             if len(done) == len(expected):
-                return [done[key] for key in sorted(done)]
+                return [item for item in batch_items(target, batch) if item[KEY] in done]
             if time.monotonic() >= deadline:
                 missing = sorted(set(expected) - set(done))
                 raise TimeoutError(f"{len(missing)} of {len(expected)} object(s) not scored after {timeout_s:.0f}s, "
