@@ -15,6 +15,7 @@ help:
 	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
 	@echo "make test                install what is needed and run every test"
 	@echo "make train               train and export the model into model/"
+	@echo "make bench               benchmarks: time, memory and cost per image -> benchmarks/RESULTS.md"
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,35 @@ $(CHECKOV):
 # The Lambda artifact (cross-platform arm64 wheels, no Docker); the check runs inside the build.
 build: $(INSTALLED)
 	$(VENV)/bin/sam build --template template.yaml
+
+# Benchmarks (issue 5): one run writes benchmarks/results.json and benchmarks/RESULTS.md.
+# tflite-runtime 2.14, the pre-LiteRT runtime, has no wheels after Python 3.11: it gets its
+# own venv, and the benchmark records it as skipped (with this log's reason) if it fails.
+PYTHON311 ?= $(firstword $(shell command -v python3.11) $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3))
+TFLITE214 := .venv-tflite214
+$(TFLITE214)/.installed:
+	@rm -rf $(TFLITE214)
+	@if [ -z "$(PYTHON311)" ]; then echo "no Python 3.11 on this machine" > $(TFLITE214).log; \
+	elif ( $(PYTHON311) -m venv $(TFLITE214) && $(TFLITE214)/bin/pip install -q 'tflite-runtime==2.14.0' \
+	       'numpy<2' pillow ) > $(TFLITE214).log 2>&1; then touch $@; \
+	else echo "tflite-runtime 2.14 did not install (see $(TFLITE214).log): recorded as skipped"; fi
+
+# Cold start is measured on the Lambda's own package set for this CPU: the function's
+# requirements without .pyc (as in the zip) and boto3 precompiled (as in the runtime).
+BENCH_LAMBDA := build/bench-lambda
+$(BENCH_LAMBDA)/.installed: functions/scorer/requirements.txt | $(INSTALLED)
+	rm -rf $(BENCH_LAMBDA)
+	$(PY) -m pip install -q --no-compile --target $(BENCH_LAMBDA)/task -r functions/scorer/requirements.txt
+	cd $(BENCH_LAMBDA)/task && rm -rf boto3 botocore s3transfer urllib3 dateutil six.py jmespath bin \
+	    && find . -name __pycache__ -prune -exec rm -rf {} +
+	$(PY) -m pip install -q --target $(BENCH_LAMBDA)/runtime \
+	    "boto3==$$($(PY) -c 'from importlib.metadata import version; print(version("boto3"))')"
+	touch $@
+
+.PHONY: bench
+bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed
+	$(MAKE) build || echo "sam build failed: the artifact size is recorded as not measured"
+	$(PY) -m benchmarks --data $(DATA)
 
 # Headless Chromium (Debian's package) opens the HTML report in its test.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

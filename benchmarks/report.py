@@ -1,0 +1,243 @@
+"""results.json -> RESULTS.md, the tables the README embeds."""
+
+from __future__ import annotations
+
+RUNTIME_NAMES = {
+    "keras-predict": "Keras float, TF `model.predict` (seed)",
+    "keras-call": "Keras float, TF direct `model(x)` (seed)",
+    "litert-f32": "LiteRT 2.3 float32",
+    "litert-int8": "LiteRT 2.3 int8 (shipped)",
+    "tflite214-int8": "tflite-runtime 2.14 int8 (Python 3.11)",
+}
+STAGE_NAMES = {
+    "s3_get": "S3 get (local moto server)",
+    "decode": "decode (reduced, shipped)",
+    "resize_preprocess": "resize + preprocess",
+    "decode_plus_preprocess": "decode + resize + preprocess",
+    "inference": "inference (LiteRT int8, 1 thread)",
+    "cam_overlay": "CAM overlay (pneumoscan.cam.explain)",
+    "dynamodb_write": "DynamoDB write (local moto server)",
+}
+TARGET_NAMES = {
+    "inference_p50_ms": "inference p50",
+    "decode_plus_preprocess_p50_ms": "decode + preprocess p50, 1-2 MP JPEG",
+    "cold_start_ms": "cold start (imports + model load + handler init), p50",
+    "cost_per_million_usd": "cost per million images (USD)",
+}
+
+
+def _ms(summary: dict | None, key: str = "p50_ms") -> str:
+    if not summary or key not in summary:
+        return "-"
+    value = summary[key]
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _skipped(results: dict, section: str) -> list[str]:
+    reason = results.get("skipped", {}).get(section)
+    return [f"_Not measured in this run: {reason}_", ""] if reason else []
+
+
+def render(results: dict) -> str:
+    meta = results["meta"]
+    machine = meta["machine"]
+    model = meta.get("model", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` in one run, {meta['started_at']} to {meta.get('finished_at', '?')} (UTC), "
+        f"on {meta['images']} full-resolution originals (`{meta['data']}`), commit `{machine['commit']}`"
+        f"{' (with uncommitted changes)' if machine['uncommitted_changes'] else ''}, "
+        f"model `{model.get('version', '?')}` (`{model.get('sha256', '?')}`).",
+        "",
+        f"Machine: {machine['cpu']}, {machine['architecture']}, {machine['cores']} cores, "
+        f"{machine['memory_gb']} GB RAM, Linux {machine['kernel']}, Python {machine['python']}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}. "
+        f"{meta['lambda_note']}. Warm figures are per image on one pinned core; the local moto server "
+        "runs on the other core.",
+        "",
+    ]
+    lines += _targets(results) + _stages(results) + _cold_start(results) + _runtimes(results) + _decoding(results)
+    lines += _threads(results) + _throughput(results) + _memory(results) + _cost(results)
+    leftover = {k: v for k, v in results.get("skipped", {}).items()}
+    if leftover:
+        lines += ["## Not measured", ""] + [f"- {name}: {reason}" for name, reason in leftover.items()] + [""]
+    return "\n".join(lines)
+
+
+def _targets(results: dict) -> list[str]:
+    rows = []
+    for target in results.get("targets", []):
+        if target["measured"] is None:
+            verdict = "not measured"
+        elif target["met"]:
+            verdict = "met"
+        else:
+            verdict = f"**missed by {target['over_by_pct']:.0f}%**"
+        rows.append([TARGET_NAMES[target["target"]], f"<= {target['limit']:g}",
+                     "-" if target["measured"] is None else f"{target['measured']:g}", verdict])
+    return ["## Targets (warm handler, one core, network excluded)", ""] + _table(
+        ["target", "limit", "measured", "verdict"], rows)
+
+
+def _stages(results: dict) -> list[str]:
+    lines = ["## Where the time goes, per image (ms)", ""]
+    stages = results.get("stages")
+    if not stages:
+        return lines + _skipped(results, "stages")
+    rows = [[name, _ms(stages["stages"].get(key)), _ms(stages["stages"].get(key), "p95_ms")]
+            for key, name in STAGE_NAMES.items() if key in stages["stages"]]
+    handler = stages["handler"]
+    for key, label in (("single", "whole handler, 1 record per invocation"),
+                       ("batch", f"whole handler, {handler['batch']['batch_size']} records per invocation")):
+        rows.append([label, _ms(handler[key]["wall"]), _ms(handler[key]["wall"], "p95_ms")])
+        rows.append([f"&nbsp;&nbsp;of which CPU in the handler process", _ms(handler[key]["cpu"]),
+                     _ms(handler[key]["cpu"], "p95_ms")])
+    rows.append(["first invocation after init (lazy client setup, first S3/DynamoDB connection)",
+                 f"{handler['first_invocation_ms']:.1f}", ""])
+    lines += _table(["stage", "p50", "p95"], rows)
+    calls = handler["batch"]["aws_calls_per_image"]
+    lines += [f"AWS calls per image by the handler: {', '.join(f'{k} {v:g}' for k, v in calls.items())}. "
+              f"Stages are timed separately after the handler pass (median of {stages['repeats_per_image']} "
+              "repeats per image); the S3 and DynamoDB rows are local HTTP to moto, not AWS latency.", ""]
+    if stages.get("cam_overlay_skipped"):
+        lines += [f"CAM overlay not timed: {stages['cam_overlay_skipped']}", ""]
+    return lines
+
+
+LAYOUT_NAMES = {"zip_as_built": "zip as built (no .pyc)", "zip_with_pyc": "same with .pyc compiled in",
+                "dev_venv": "dev venv"}
+
+
+def _cold_start(results: dict) -> list[str]:
+    lines = ["## Cold start: fresh process, imports + model load + handler module init (ms)", ""]
+    cold = results.get("cold_start")
+    if not cold:
+        return lines + _skipped(results, "cold_start")
+    layouts = cold["layouts"]
+    header = ["step"] + [f"{LAYOUT_NAMES.get(name, name)} p50" for name in layouts]
+    steps = next(iter(layouts.values()))["steps"]
+    rows = [[step.replace("_", " ")] + [_ms(layout["steps"].get(step)) for layout in layouts.values()]
+            for step in steps]
+    rows.append(["**total init** (p50 / p95)"] + [f"**{_ms(layout['init'])}** / {_ms(layout['init'], 'p95_ms')}"
+                                                  for layout in layouts.values()])
+    rows.append(["peak RSS after init, MB"] + [layout["peak_rss_mb_after_init"] for layout in layouts.values()])
+    lines += _table(header, rows)
+    return lines + [f"{cold['repeats']} fresh processes per layout, pinned to one core; the Lambda's package set "
+                    f"for this CPU (function requirements in the task folder, boto3 precompiled as in the "
+                    f"runtime); target figure: {LAYOUT_NAMES.get(cold['reported'], cold['reported'])}. "
+                    f"A bare interpreter start (`python -S -c pass`, not counted) takes "
+                    f"{_ms(cold['interpreter_start_ms'])} ms. {cold['note']}.", ""]
+
+
+def _runtimes(results: dict) -> list[str]:
+    lines = ["## Side by side: the seed's approach vs LiteRT (same images, fresh process each, one core)", ""]
+    section = results.get("runtimes")
+    if not section:
+        return lines + _skipped(results, "runtimes")
+    agreement, ratios = section.get("agreement_vs_float_keras", {}), section.get("ratios_p50_vs_litert_int8", {})
+    rows = []
+    for name, run in section["runtimes"].items():
+        agree = agreement.get(name, {})
+        rows.append([RUNTIME_NAMES.get(name, name), f"{run['import_and_load_ms']:.0f}",
+                     _ms(run["per_image"]), _ms(run["per_image"], "p95_ms"),
+                     f"{ratios[name]:.1f}x" if name in ratios else "-", f"{run['peak_rss_mb']:.0f}",
+                     agree.get("max_abs_probability_diff", "-"), agree.get("label_flips", "-")])
+    lines += _table(["runtime", "import + load ms", "p50 ms", "p95 ms", "p50 vs int8", "peak RSS MB",
+                     "max abs diff of P vs float Keras", "label flips vs float Keras"], rows)
+    for name, reason in section.get("skipped", {}).items():
+        lines.append(f"- {RUNTIME_NAMES.get(name, name)} not run: {reason}")
+    return lines + [""] if section.get("skipped") else lines
+
+
+def _decoding(results: dict) -> list[str]:
+    lines = ["## Decoding large JPEGs: full decode vs Pillow draft", ""]
+    section = results.get("decoding")
+    if not section:
+        return lines + _skipped(results, "decoding")
+    names = {"full": "full decode, then resize", "reduced": "draft to the smallest scale >= 224 px (shipped)",
+             "eighth": "draft to 1/8 always, then resize"}
+    rows = []
+    for variant, run in section["variants"].items():
+        band = next((v for k, v in run.items() if k.startswith("decode_plus_preprocess_") and k.endswith("_mp")), {})
+        vs_full = run["vs_full"]
+        rows.append([names.get(variant, variant), _ms(run["decode"]), _ms(run["resize_preprocess"]),
+                     _ms(run["decode_plus_preprocess"]), _ms(run["decode_plus_preprocess"], "p95_ms"), _ms(band),
+                     f"{section['speedup_vs_full_p50'][variant]:.2f}x", vs_full["max_abs_probability_diff"],
+                     vs_full["label_flips"]])
+    megapixels = section["megapixels"]
+    lines += _table(["variant", "decode p50", "preprocess p50", "total p50", "total p95", "total p50, 1-2 MP",
+                     "speed-up", "max abs diff of P vs full", "label flips vs full"], rows)
+    return lines + [f"{section['images']} images, {megapixels['min']}-{megapixels['max']} MP (median "
+                    f"{megapixels['median']}); ms, median of {section['repeats_per_image']} repeats per image. "
+                    f"Fastest variant that flips no label: **{section['fastest_without_label_flip']}**; "
+                    f"shipped: **{section['shipped_default']}**.", ""]
+
+
+def _threads(results: dict) -> list[str]:
+    section = results.get("runtimes", {}).get("threads_and_batch")
+    if not section:
+        return []
+    rows = [[name.replace("_", " "), _ms(run["per_image"]), _ms(run["per_image"], "p95_ms")]
+            for name, run in section.items()]
+    return ["## Interpreter threads and batch size (LiteRT int8, ms per image)", ""] + _table(
+        ["layout", "p50", "p95"], rows) + [results["runtimes"]["threads_note"] + ".", ""]
+
+
+def _throughput(results: dict) -> list[str]:
+    lines = ["## Local stack throughput (moto server + N workers running the real handler)", ""]
+    section = results.get("throughput")
+    if not section:
+        return lines + _skipped(results, "throughput")
+    rows = [[count, run["images"], run["elapsed_s"], run["images_per_s"], run["steady_images_per_s"],
+             f"{run['speedup_vs_first']:.2f}x", max(run["worker_peak_rss_mb"])]
+            for count, run in section["by_workers"].items()]
+    return lines + _table(["workers", "images", "elapsed s (worker start to last item)", "images/s",
+                           "images/s between first and last result", "vs 1 worker", "worker peak RSS MB"],
+                          rows) + [f"{section['note']} ({section['cores']} cores).", ""]
+
+
+def _memory(results: dict) -> list[str]:
+    lines = ["## Memory and artifact size", ""]
+    memory, artifact = results.get("memory"), results.get("artifact")
+    if memory:
+        lines += [f"Handler peak RSS {memory['handler_peak_rss_mb']} MB "
+                  f"(x{1.5:g} headroom: {memory['min_memory_mb_with_headroom']} MB); "
+                  f"template MemorySize {memory['template_memory_mb']} MB.", ""]
+        lines += _table(["process", "peak RSS MB"], [[k.replace("_", " "), v]
+                                                     for k, v in memory["peak_rss_mb"].items()])
+    if artifact:
+        largest = ", ".join(f"{name} {size}" for name, size in artifact["largest_mb"].items())
+        lines += [f"Lambda artifact (`sam build`, arm64, built {artifact['built']}): "
+                  f"**{artifact['unzipped_mb']} MB unzipped**, {artifact['zipped_mb']} MB zipped; "
+                  f"largest parts (MB): {largest}.", ""]
+    else:
+        lines += _skipped(results, "artifact")
+    return lines
+
+
+def _cost(results: dict) -> list[str]:
+    lines = ["## Cost per million images (AWS on-demand list prices)", ""]
+    section = results.get("cost")
+    if not section:
+        return lines + _skipped(results, "cost")
+    by_memory = section["by_memory_mb"]
+    line_names = list(next(iter(by_memory.values()))["lines_usd"])
+    header = ["MemorySize MB"] + [name.replace("_", " ") for name in line_names] + ["billed ms/image", "total $"]
+    rows = []
+    for memory_mb, estimate in by_memory.items():
+        mark = " (template)" if int(memory_mb) == section["chosen_memory_mb"] else ""
+        rows.append([f"{memory_mb}{mark}"] + [f"{estimate['lines_usd'][n]:.3f}" for n in line_names]
+                    + [f"{estimate['billed_ms_per_image']:.1f}", f"**{estimate['total_usd']:.2f}**"])
+    chosen = by_memory[str(section["chosen_memory_mb"])]
+    lines += _table(header, rows)
+    return lines + [f"{section['basis']}. DynamoDB: {chosen['dynamodb_item_bytes']} B item, "
+                    f"{chosen['dynamodb_wru_per_write']} WRU per write (table + indexes). "
+                    f"Prices: {section['region']}, checked {section['prices_checked']} (`benchmarks/prices.py`). "
+                    f"Not included: {section['not_included']}.", ""]

@@ -1,0 +1,200 @@
+"""Per-stage time per image, and the whole handler, against the local stack.
+
+Run by `benchmarks.__main__` in a fresh process pinned to one core, with the handler's
+environment (AWS_ENDPOINT_URL points at the local stack's moto server on the other core).
+
+1. Every sample is uploaded twice, under `incoming/bench-single/` and `incoming/bench-batch/`;
+   the bucket notification queues one SQS message per object, which is read back and
+   turned into Lambda SQS event records exactly as the local worker does.
+2. The real handler (`app.lambda_handler`) scores `bench-single` one record per invocation
+   and `bench-batch` in invocations of the SQS batch size, each object once (the handler
+   may skip an object it has already scored). Wall and CPU time per image, and the AWS
+   calls it makes per image, are recorded.
+3. The stages are then timed one by one on the same objects, each a median of `repeats`:
+   S3 get, decode, resize + preprocess, inference, CAM overlay, DynamoDB write (the very
+   item the handler wrote, put again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import numpy as np
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.client import BaseClient
+
+from benchmarks.common import DEFAULT_DATA, Sample, load_samples, peak_rss_mb, summarize
+from benchmarks.prices import dynamodb_item_bytes
+
+STACK_ENV = "PNEUMOSCAN_BENCH_STACK"
+BATCHES = ("bench-single", "bench-batch")
+WARMUP_BATCH = "bench-warmup"
+
+api_calls: Counter = Counter()
+_make_api_call = BaseClient._make_api_call
+
+
+def _counting_api_call(client, operation_name, api_params):
+    api_calls[f"{client.meta.service_model.service_name}:{operation_name}"] += 1
+    return _make_api_call(client, operation_name, api_params)
+
+
+BaseClient._make_api_call = _counting_api_call
+
+
+def _key(stack: dict, batch: str, sample: Sample) -> str:
+    return f"{stack['incoming_prefix']}{batch}/{sample.name}"
+
+
+def upload_and_collect_records(stack: dict, samples: list[Sample], s3, sqs) -> dict[str, dict]:
+    """Upload each sample under every batch; the SQS event record of each object, by key."""
+    from pneumoscan_cli.worker import sqs_record
+
+    keys = {_key(stack, WARMUP_BATCH, samples[0])}
+    for batch in BATCHES:
+        keys |= {_key(stack, batch, sample) for sample in samples}
+    by_key = {sample.name: sample for sample in samples}
+    for key in sorted(keys):
+        name = key.split("/", 2)[2]
+        s3.put_object(Bucket=stack["bucket"], Key=key, Body=by_key[name].data, ContentType="image/jpeg")
+    records, deadline = {}, time.monotonic() + 120
+    while len(records) < len(keys) and time.monotonic() < deadline:
+        response = sqs.receive_message(QueueUrl=stack["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                       MessageSystemAttributeNames=["All"])
+        for message in response.get("Messages", []):
+            for s3_record in json.loads(message["Body"]).get("Records", []):
+                records[_unquote(s3_record["s3"]["object"]["key"])] = sqs_record(
+                    message, stack["queue_arn"], stack["region"])
+    missing = keys - records.keys()
+    if missing:
+        raise RuntimeError(f"no S3 notification arrived for {len(missing)} objects, e.g. {sorted(missing)[0]}")
+    return records
+
+
+def _unquote(key: str) -> str:
+    from urllib.parse import unquote_plus
+    return unquote_plus(key)
+
+
+def time_handler(records: list[dict], batch_size: int, stack: dict) -> dict:
+    """Invoke the real handler over `records` in invocations of `batch_size`."""
+    import app
+    from pneumoscan_cli.worker import LambdaContext
+
+    wall, cpu, failures = [], [], 0
+    api_calls.clear()
+    for offset in range(0, len(records), batch_size):
+        chunk = records[offset: offset + batch_size]
+        context = LambdaContext("pneumoscan-bench", stack["memory_mb"], 60, stack["region"])
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        response = app.lambda_handler({"Records": chunk}, context)
+        wall.extend([(time.perf_counter() - wall_start) / len(chunk)] * len(chunk))
+        cpu.extend([(time.process_time() - cpu_start) / len(chunk)] * len(chunk))
+        failures += len((response or {}).get("batchItemFailures", []))
+    return {"batch_size": batch_size, "wall": summarize(wall), "cpu": summarize(cpu),
+            "waiting_p50_ms": round(summarize(wall)["p50_ms"] - summarize(cpu)["p50_ms"], 3),
+            "batch_item_failures": failures,
+            "aws_calls_per_image": {name: round(count / len(records), 3) for name, count in sorted(api_calls.items())}}
+
+
+def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) -> dict:
+    from pneumoscan import images
+    from pneumoscan.model import PneumoniaModel
+
+    model = PneumoniaModel(num_threads=1)
+    height, width, channels = model.input_shape
+    explain, cam_weights, cam_missing = _cam(model)
+    durations: dict[str, list[float]] = {name: [] for name in
+                                         ("s3_get", "decode", "resize_preprocess", "inference", "cam_overlay",
+                                          "dynamodb_write")}
+    item_bytes, handler_timings = [], []
+    deserialize = TypeDeserializer().deserialize
+    for sample in samples:
+        key = _key(stack, BATCHES[0], sample)
+        stored = dynamodb.get_item(TableName=stack["table"], Key={"object_key": {"S": key}}).get("Item")
+        if stored is None:
+            raise RuntimeError(f"the handler wrote no item for {key}")
+        plain = {name: deserialize(value) for name, value in stored.items()}
+        item_bytes.append(dynamodb_item_bytes(plain))
+        handler_timings.append(plain.get("timings_ms") or {})
+        runs: dict[str, list[float]] = {name: [] for name in durations}
+
+        def timed(stage, work):
+            start = time.perf_counter()
+            result = work()
+            runs[stage].append(time.perf_counter() - start)
+            return result
+
+        for _ in range(repeats):
+            data = timed("s3_get", lambda: s3.get_object(Bucket=stack["bucket"], Key=key)["Body"].read())
+            decoded = timed("decode", lambda: images.decode(data, target_size=(width, height)))
+            pixels = timed("resize_preprocess",
+                           lambda: images.to_model_input(decoded.image, height, width, channels))
+            prediction = timed("inference", lambda: model.predict(pixels))
+            if explain is not None:
+                probability = float(prediction.probability[0])
+                label = model.label(probability)
+                timed("cam_overlay", lambda: explain(
+                    prediction.feature_map[0], cam_weights, decoded, probability=probability, label=label,
+                    positive=label == model.metadata["labels"][1]))
+            timed("dynamodb_write", lambda: dynamodb.put_item(TableName=stack["table"], Item=stored))
+        for stage, values in runs.items():
+            if values:
+                durations[stage].append(float(np.median(values)))
+    stages = {stage: summarize(values) for stage, values in durations.items() if values}
+    stages["decode_plus_preprocess"] = summarize(np.add(durations["decode"], durations["resize_preprocess"]))
+    recorded = {stage: summarize(np.array([t[stage] for t in handler_timings if stage in t], dtype=float) / 1e3)
+                for stage in sorted({name for t in handler_timings for name in t})}
+    return {"stages": stages, "repeats_per_image": repeats, "cam_overlay_skipped": cam_missing,
+            "handler_recorded_timings_ms": recorded,
+            "dynamodb_item_bytes": {"p50": int(np.median(item_bytes)), "max": int(max(item_bytes))},
+            "dynamodb_indexes_written": _indexes_written(dynamodb, stack["table"], plain)}
+
+
+def _cam(model):
+    try:
+        from pneumoscan.cam import CamWeights, explain
+        return explain, CamWeights.from_metadata(model.metadata), None
+    except (ImportError, ValueError) as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _indexes_written(dynamodb, table: str, item: dict) -> int:
+    """GSIs whose key attributes the item carries: each is written again at the item's size."""
+    indexes = dynamodb.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+    return sum(all(part["AttributeName"] in item for part in index["KeySchema"]) for index in indexes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    stack = json.loads(os.environ[STACK_ENV])
+    samples = load_samples(args.data, args.limit)
+    s3, sqs, dynamodb = (boto3.client(name) for name in ("s3", "sqs", "dynamodb"))
+    records = upload_and_collect_records(stack, samples, s3, sqs)
+
+    start = time.perf_counter()
+    import app  # noqa: F401 - the Lambda init, on the warm page cache of this machine
+    init_ms = (time.perf_counter() - start) * 1e3
+    first = time_handler([records[_key(stack, WARMUP_BATCH, samples[0])]], 1, stack)
+    handler = {
+        "init_ms": round(init_ms, 1), "first_invocation_ms": first["wall"]["p50_ms"],
+        "single": time_handler([records[_key(stack, BATCHES[0], s)] for s in samples], 1, stack),
+        "batch": time_handler([records[_key(stack, BATCHES[1], s)] for s in samples], stack["batch_size"], stack),
+    }
+    result = {"images": len(samples), "handler": handler,
+              **time_stages(stack, samples, args.repeats, s3, dynamodb), "peak_rss_mb": peak_rss_mb()}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
