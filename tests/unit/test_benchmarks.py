@@ -1,0 +1,88 @@
+"""The arithmetic behind `make bench`: percentiles, DynamoDB item sizes, cost per million, the report."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from PIL import Image
+
+from benchmarks import prices, report
+from benchmarks.common import load_samples, summarize
+
+ONE_IMAGE_CALLS = {"s3:HeadObject": 1, "s3:GetObject": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 1}
+
+
+def _cost(**overrides):
+    arguments = dict(handler_cpu_ms=10.0, handler_wait_ms=5.0, memory_mb=prices.LAMBDA_FULL_VCPU_MB,
+                     batch_size=10, aws_calls_per_image=ONE_IMAGE_CALLS, item_bytes=800, indexes_written=2)
+    return prices.cost_per_million(**(arguments | overrides))
+
+
+def test_summarize_reports_milliseconds_percentiles():
+    summary = summarize([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert summary["n"] == 100
+    assert summary["p50_ms"] == pytest.approx(50.5)
+    assert summary["p95_ms"] == pytest.approx(95.05)
+    assert summary["min_ms"] == 1.0
+
+
+def test_dynamodb_item_size_counts_names_and_values():
+    assert prices.dynamodb_item_bytes({"label": "NORMAL"}) == 5 + 6
+    # Numbers: 1 byte plus one per two significant digits.
+    assert prices.dynamodb_item_bytes({"p": Decimal("0.123456")}) == 1 + 1 + 3
+    assert prices.dynamodb_item_bytes({"t": {"fetch": Decimal("12.5")}}) == 1 + 3 + 5 + 1 + 3
+
+
+def test_cost_at_full_vcpu_bills_cpu_and_waiting_time_as_measured():
+    cost = _cost()
+    assert cost["billed_ms_per_image"] == pytest.approx(15.0)
+    gb = prices.LAMBDA_FULL_VCPU_MB / 1024
+    assert cost["lines_usd"]["lambda_compute"] == pytest.approx(
+        0.015 * gb * prices.LAMBDA_ARM64_PER_GB_SECOND * 1e6, abs=1e-4)
+    assert cost["total_usd"] == pytest.approx(sum(cost["lines_usd"].values()), abs=1e-3)
+
+
+def test_cost_below_full_vcpu_stretches_only_cpu_time():
+    memory_mb = prices.LAMBDA_FULL_VCPU_MB // 2
+    half = _cost(memory_mb=memory_mb)
+    assert half["cpu_share"] == pytest.approx(0.5, abs=0.001)
+    assert half["billed_ms_per_image"] == pytest.approx(10.0 * prices.LAMBDA_FULL_VCPU_MB / memory_mb + 5.0,
+                                                        abs=0.001)
+
+
+def test_cost_counts_index_copies_and_puts_at_the_put_rate():
+    cost = _cost()
+    # An item under 1 KB written to the table and both indexes: 3 WRU.
+    assert cost["dynamodb_wru_per_write"] == 3
+    with_overlay = _cost(aws_calls_per_image=ONE_IMAGE_CALLS | {"s3:PutObject": 1})
+    assert with_overlay["lines_usd"]["s3_requests"] - cost["lines_usd"]["s3_requests"] == pytest.approx(5.0)
+    big_item = _cost(item_bytes=1500)
+    assert big_item["dynamodb_wru_per_write"] == 6
+
+
+def test_samples_alternate_labels_in_a_stable_order(tmp_path):
+    for label, names in (("NORMAL", ["b.jpeg", "a.jpeg"]), ("PNEUMONIA", ["c.jpeg"])):
+        (tmp_path / "xray_fullres_sample" / label).mkdir(parents=True)
+        for name in names:
+            Image.new("L", (80, 64)).save(tmp_path / "xray_fullres_sample" / label / name)
+    samples = load_samples(tmp_path)
+    assert [s.name for s in samples] == ["NORMAL/a.jpeg", "PNEUMONIA/c.jpeg", "NORMAL/b.jpeg"]
+    assert (samples[0].width, samples[0].height) == (80, 64)
+
+
+def test_report_says_what_was_not_measured_and_why():
+    results = {"meta": {"started_at": "t0", "finished_at": "t1", "images": 0, "data": "x",
+                        "lambda_note": "note", "model": {},
+                        "machine": {"cpu": "cpu", "architecture": "x86_64", "cores": 2, "memory_gb": 1,
+                                    "kernel": "k", "python": "3.13", "load_average_at_start": [0, 0, 0],
+                                    "commit": "abc", "uncommitted_changes": False}},
+               "skipped": {"stages": "FileNotFoundError: no model"},
+               "targets": [{"target": "inference_p50_ms", "limit": 1.0, "measured": None, "met": None,
+                            "over_by_pct": None},
+                           {"target": "cold_start_ms", "limit": 150.0, "measured": 300.0, "met": False,
+                            "over_by_pct": 100.0}]}
+    markdown = report.render(results)
+    assert "FileNotFoundError: no model" in markdown
+    assert "| inference p50 | <= 1 | - | not measured |" in markdown
+    assert "**missed by 100%**" in markdown
