@@ -1,4 +1,4 @@
-"""Check a built scorer Lambda folder before it ships: `python check_artifact.py DIR`.
+"""Check a built scorer Lambda folder before it ships: `python check_artifact.py [--arch aarch64] DIR`.
 
 Fails (exit 1, one line per problem) unless the unzipped artifact is under the size
 budget, every wheel and shared library is built for the python3.13 arm64 runtime,
@@ -9,6 +9,7 @@ standard library or provided by the runtime. Prints a size summary either way.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
@@ -16,31 +17,31 @@ import re
 import sys
 from pathlib import Path
 
-MAX_UNZIPPED_BYTES = 100 * 1000 * 1000
-ELF_MACHINE_AARCH64 = 183
+ELF_MACHINES = {"aarch64": 183, "x86_64": 62}
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
 FORBIDDEN_PATHS = ("__pycache__", "model/reference")
 # cp313 wheels, stable-ABI wheels from any CPython 3 up to 3.13, or pure Python.
-RUNTIME_WHEEL_TAG = re.compile(r"(cp313-cp313|cp3(\d+)-abi3)-manylinux[\w.]*_aarch64|py\d*-none-any")
+WHEEL_TAG = r"(cp313-cp313|cp3(\d+)-abi3)-manylinux[\w.]*_{arch}|py\d*-none-any"
 
 
 def tree_size(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
 
 
-def wheel_problems(root: Path) -> list[str]:
+def wheel_problems(root: Path, arch: str) -> list[str]:
+    runtime_wheel_tag = re.compile(WHEEL_TAG.format(arch=arch))
     problems = []
     for wheel_file in root.glob("*.dist-info/WHEEL"):
         tags = [line.split(":", 1)[1].strip() for line in wheel_file.read_text().splitlines()
                 if line.startswith("Tag:")]
         for tag in tags:
-            match = RUNTIME_WHEEL_TAG.fullmatch(tag)
+            match = runtime_wheel_tag.fullmatch(tag)
             if not match or (match.group(2) and int(match.group(2)) > 13):
-                problems.append(f"{wheel_file.parent.name}: wheel tag {tag} is not python3.13 arm64")
+                problems.append(f"{wheel_file.parent.name}: wheel tag {tag} is not python3.13 {arch}")
     return problems
 
 
-def library_problems(root: Path) -> list[str]:
+def library_problems(root: Path, arch: str) -> list[str]:
     problems = []
     for library in root.rglob("*.so*"):
         if not library.is_file():
@@ -49,8 +50,8 @@ def library_problems(root: Path) -> list[str]:
         if header[:4] != b"\x7fELF":
             continue
         machine = int.from_bytes(header[18:20], "little")
-        if machine != ELF_MACHINE_AARCH64:
-            problems.append(f"{library.relative_to(root)}: ELF machine {machine}, not aarch64")
+        if machine != ELF_MACHINES[arch]:
+            problems.append(f"{library.relative_to(root)}: ELF machine {machine}, not {arch}")
         if ".cpython-" in library.name and ".cpython-313-" not in library.name:
             problems.append(f"{library.relative_to(root)}: extension not built for CPython 3.13")
     return problems
@@ -114,13 +115,18 @@ def import_problems(root: Path) -> list[str]:
     return problems
 
 
-def main(folder: str) -> int:
-    root = Path(folder)
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ELF_MACHINES), default="aarch64")
+    parser.add_argument("--max-mb", type=float, default=100, help="budget for the unzipped size (10^6 bytes)")
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    root = args.folder
     size = tree_size(root)
-    problems = [*wheel_problems(root), *library_problems(root), *model_problems(root),
+    problems = [*wheel_problems(root, args.arch), *library_problems(root, args.arch), *model_problems(root),
                 *bundling_problems(root), *import_problems(root)]
-    if size >= MAX_UNZIPPED_BYTES:
-        problems.append(f"unzipped artifact is {size / 1e6:.1f} MB, the budget is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB")
+    if size >= args.max_mb * 1e6:
+        problems.append(f"unzipped artifact is {size / 1e6:.1f} MB, the budget is {args.max_mb:.0f} MB")
     largest = sorted(((tree_size(p) if p.is_dir() else p.stat().st_size, p.name) for p in root.iterdir()),
                      reverse=True)[:6]
     print(f"artifact {root}: {size / 1e6:.1f} MB unzipped; largest: "
@@ -131,4 +137,4 @@ def main(folder: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

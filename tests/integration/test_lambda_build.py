@@ -1,0 +1,103 @@
+"""`sam build` of the scorer without Docker, and proof that the trimmed artifact still runs.
+
+The arm64 artifact cannot run on this machine, so the same Makefile also builds it for
+x86_64 (same requirements, same trimming) and that copy scores a real X-ray in an
+interpreter that sees only the artifact plus what the Lambda runtime itself provides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pneumoscan.model import default_model_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+SITE_PACKAGES = Path(boto3.__file__).resolve().parents[1]
+# What the python3.13 Lambda runtime ships, and therefore what the build leaves out.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py", "jmespath")
+XRAY = ROOT.parent / "shared" / "data" / "xray_fullres_sample" / "NORMAL" / "IM-0214-0001.jpeg"
+
+pytestmark = [
+    pytest.mark.integration, pytest.mark.slow,
+    pytest.mark.skipif(not (default_model_dir() / "model.json").is_file(), reason="needs a model in model/"),
+]
+
+
+def build_environment() -> dict[str, str]:
+    environment = dict(os.environ, SAM_CLI_TELEMETRY="0", MODEL_DIR=str(default_model_dir()))
+    environment["PATH"] = f"{VENV_BIN}:{environment.get('PATH', '')}"
+    return environment
+
+
+@pytest.fixture(scope="module")
+def sam_build(tmp_path_factory):
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
+    run = subprocess.run([VENV_BIN / "sam", "build", "--template", ROOT / "template.yaml", "--build-dir", build_dir],
+                         cwd=ROOT, env=build_environment(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return build_dir, run.stdout + run.stderr
+
+
+def test_sam_build_produces_a_checked_arm64_artifact_under_100_mb(sam_build):
+    build_dir, output = sam_build
+    artifact = build_dir / "ScorerFunction"
+    assert "Build Succeeded" in output and f"artifact {artifact}:" in output  # the Makefile ran the check
+    assert "PROBLEM" not in output
+    size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+    assert size < 100e6
+    metadata = json.loads((artifact / "model" / "model.json").read_text())
+    assert sorted(p.name for p in (artifact / "model").iterdir()) == sorted(["model.json", metadata["file"]])
+    assert not any((artifact / name).exists() for name in ("boto3", "botocore", "tests"))
+    assert (artifact / "app.py").is_file() and (artifact / "pneumoscan" / "images.py").is_file()
+    built_template = (build_dir / "template.yaml").read_text()
+    assert "CodeUri: ScorerFunction" in built_template
+
+
+def test_the_check_rejects_a_wheel_for_another_platform(sam_build, tmp_path):
+    build_dir, _ = sam_build
+    run = subprocess.run([sys.executable, ROOT / "infra" / "lambda_build" / "check_artifact.py", "--arch", "x86_64",
+                          build_dir / "ScorerFunction"], capture_output=True, text=True)
+    assert run.returncode == 1 and "is not python3.13 x86_64" in run.stderr and "not x86_64" in run.stderr
+
+
+@pytest.mark.skipif(not XRAY.is_file(), reason="needs ../shared/data")
+def test_the_trimmed_artifact_scores_an_xray_with_only_the_runtime_beside_it(tmp_path):
+    artifact = tmp_path / "x86_64"
+    run = subprocess.run(["make", "-s", "-f", ROOT / "functions" / "scorer" / "Makefile", "build-ScorerFunction",
+                          f"ARTIFACTS_DIR={artifact}", "ARCH=x86_64", "MAX_MB=250"],
+                         cwd=tmp_path, env=build_environment(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name in RUNTIME_PROVIDED:
+        (runtime / name).symlink_to(SITE_PACKAGES / name)
+    probe = f"""
+import sys
+sys.path[:0] = [{str(artifact)!r}, {str(runtime)!r}]
+import aws_xray_sdk.core, numpy, PIL, app
+from pneumoscan import cam
+assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith({str(artifact)!r})
+pixels, decoded = app._decode(open({str(XRAY)!r}, "rb").read())
+prediction = app.model.predict(pixels)
+probability = float(prediction.probability[0])
+label = app.model.label(probability)
+overlay = cam.explain(prediction.feature_map[0], app.cam_weights, decoded, probability=probability,
+                      label=label, positive=label == app.model.metadata["labels"][1]).overlay_png
+print(probability, decoded.width, decoded.height, len(overlay))
+"""
+    environment = {"PATH": "/usr/bin:/bin", "RESULTS_TABLE": "results", "AWS_DEFAULT_REGION": "us-east-1",
+                   "POWERTOOLS_TRACE_DISABLED": "true", "PNEUMOSCAN_MODEL_DIR": str(artifact / "model")}
+    # -I -S: no site-packages, no user site, no PYTHON* variables: only the paths above.
+    scored = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr[-4000:]
+    probability, width, height, overlay_bytes = scored.stdout.split()
+    assert 0.0 <= float(probability) <= 1.0 and int(width) * int(height) > 1_000_000 and int(overlay_bytes) > 1000
