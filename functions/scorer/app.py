@@ -100,8 +100,7 @@ def _score_object(created: ObjectCreated) -> None:
     seen = result_store.current(created.key)
     if result_store.already_done(seen, version_id=created.version_id, etag=created.etag,
                                  model_sha256=model.sha256):
-        logger.info("already scored by this model; duplicate delivery skipped")
-        metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=1)
+        _report(seen, "duplicate")
         return
 
     item = {results.KEY: created.key, "bucket": created.bucket, "version_id": created.version_id,
@@ -200,6 +199,10 @@ def _write_overlay(created: ObjectCreated, feature_map, decoded: images.DecodedI
 
 
 def _report(item: dict, written: str) -> None:
+    if written == "duplicate":
+        logger.info("this object version already has this model's result; duplicate delivery skipped")
+        metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=1)
+        return
     failed = item["status"] == results.STATUS_FAILED
     metrics.add_metric(name="ImagesFailed" if failed else "ImagesScored", unit=MetricUnit.Count, value=1)
     if item.get("label") == model.metadata["labels"][1]:
