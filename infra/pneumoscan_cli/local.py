@@ -221,7 +221,7 @@ def start_local_stack(template: Path = DEFAULT_TEMPLATE, parameter_overrides: di
     """Start a stack, write the state file other commands read, and say where it is."""
     existing = _running_state()
     if existing:
-        raise typer.BadParameter(
+        raise CommandError(
             f"a local stack is already running (pid {existing['pid']}, {existing['endpoint_url']}); "
             "stop it with `pneumoscan local down`")
     try:
