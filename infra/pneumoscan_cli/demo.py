@@ -31,7 +31,7 @@ WHERE_TO_GET_XRAYS = (
 def demo(
     directory: Annotated[Path, typer.Argument(help="Folder of X-rays (JPEG/PNG, searched recursively).")],
     batch: Annotated[str | None, typer.Option(help="Batch name (default: a UTC timestamp).")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes running the handler.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes running the handler.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = DEFAULT_WAIT_TIMEOUT_S,
     model_dir: Annotated[Path | None, typer.Option(help="Model folder (default: model/ of the repo).")] = None,
 ) -> None:

@@ -1,0 +1,77 @@
+"""`pneumoscan score`: offline scoring with the Lambda's statuses and reasons, one JSON object per line."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from image_cases import CASES, REFERENCE_XRAY
+from pneumoscan.model import PneumoniaModel
+from pneumoscan_cli import score as score_module
+from pneumoscan_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return PneumoniaModel()
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cases")
+    files = {}
+    for case in CASES:
+        path = folder / f"{case.name}{case.suffix}"
+        path.write_bytes(case.make())
+        files[str(path)] = case
+    return files
+
+
+def test_every_input_case_gets_the_lambdas_status_and_reason(case_files):
+    result = runner.invoke(app, ["score", *case_files, "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == list(case_files)
+    for line in lines:
+        case = case_files[line["image"]]
+        assert {"image", "status", "probability", "label", "error"} <= set(line)
+        assert (line["status"], line["reason"]) == (case.status, case.reason), case.name
+        if case.status == "SCORED":
+            assert 0.0 <= line["probability"] <= 1.0 and line["label"] in ("NORMAL", "PNEUMONIA")
+            assert line["error"] is None
+        else:
+            assert line["probability"] is None and line["label"] is None and line["error"]
+
+
+def test_scores_are_the_models_own(model):
+    line = json.loads(runner.invoke(app, ["score", str(REFERENCE_XRAY), "--json"]).stdout)
+    from pneumoscan.images import load_model_input
+    pixels, _ = load_model_input(REFERENCE_XRAY.read_bytes(), *model.input_shape)
+    probability = float(model.predict(pixels).probability[0])
+    assert line["probability"] == pytest.approx(probability, abs=1e-6)
+    assert line["label"] == model.label(probability)
+
+
+def test_folders_are_walked_and_the_table_view_lists_them(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.JPG").write_bytes(REFERENCE_XRAY.read_bytes())
+    (tmp_path / "readme.txt").write_text("not scored: folders only contribute image names")
+    result = runner.invoke(app, ["score", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "x.JPG" in result.output and "SCORED" in result.output and "readme" not in result.output
+
+
+def test_objects_above_the_size_cap_are_refused_unread(tmp_path, monkeypatch, model):
+    big = tmp_path / "big.jpeg"
+    big.write_bytes(REFERENCE_XRAY.read_bytes())
+    monkeypatch.setattr(score_module, "MAX_OBJECT_BYTES", 1000)
+    scored = score_module.score_file(model, big)
+    assert (scored.status, scored.reason) == ("FAILED", "object_too_large")
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["score", str(REFERENCE_XRAY), "--model-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "model.json" in result.output
