@@ -1,0 +1,85 @@
+"""The handler's CAM overlay step on moto: a PNG under results/, recorded on the item, never rescored."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from handler_harness import handler_stack  # noqa: F401 - pytest fixture
+from pneumoscan import cam, results
+from pneumoscan.model import default_model_dir as model_dir
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xray_fullres_sample"
+pytestmark = pytest.mark.skipif(
+    not DATA.is_dir() or not (model_dir() / "model.json").is_file(),
+    reason="needs ../shared/data and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
+
+XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"
+
+
+def overlays(stack) -> list[str]:
+    listing = stack.s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix=results.RESULTS_PREFIX)
+    return [entry["Key"] for entry in listing.get("Contents", [])]
+
+
+def test_scored_image_gets_an_overlay_that_never_triggers_scoring(handler_stack):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/chest film.jpeg"
+    stack.put(key, XRAY.read_bytes())
+
+    stack.deliver()
+    item = stack.item(key)
+
+    assert item["status"] == results.STATUS_SCORED and "overlay" in item["timings_ms"]
+    assert item[cam.ITEM_OVERLAY_KEY] == f"results/overlays/{key}.png"
+    assert overlays(stack) == [item[cam.ITEM_OVERLAY_KEY]]
+    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[cam.ITEM_OVERLAY_KEY])
+    assert stored["ContentType"] == "image/png"
+    overlay = Image.open(io.BytesIO(stored["Body"].read()))
+    width, height = int(item["image_width"]), int(item["image_height"])
+    assert overlay.format == "PNG" and overlay.size == cam.overlay_size((width, height))
+
+    box = {name: int(value) for name, value in item[cam.ITEM_HOT_REGION].items()}
+    assert 0 <= box["x"] < box["x"] + box["width"] <= width
+    assert 0 <= box["y"] < box["y"] + box["height"] <= height
+    shares = item[cam.ITEM_CAM]
+    assert 0 <= shares["border_share"] <= 1 and 0 <= shares["outside_chest_share"] <= 1
+    assert shares["outside_chest"] == (shares["outside_chest_share"] > cam.OUTSIDE_CHEST_FLAG)
+
+    # The overlay's own S3 event would be a second scoring: the notification filter stops it.
+    assert stack.queue_depth(stack.queue_url) == 0
+    assert stack.item(item[cam.ITEM_OVERLAY_KEY]) is None
+
+
+def test_failed_image_gets_no_overlay(handler_stack):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/notes.jpeg"
+    stack.put(key, b"not an x-ray, just text")
+
+    stack.deliver()
+
+    item = stack.item(key)
+    assert item["status"] == results.STATUS_FAILED and cam.ITEM_OVERLAY_KEY not in item
+    assert overlays(stack) == []
+
+
+def test_an_overlay_that_cannot_be_written_retries_the_record(handler_stack, monkeypatch):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/chest film.jpeg"
+    stack.put(key, XRAY.read_bytes())
+
+    def slow_down(**_):
+        raise ClientError({"Error": {"Code": "SlowDown", "Message": "injected"},
+                           "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+
+    monkeypatch.setattr(stack.app.s3_client, "put_object", slow_down)
+    outcomes = stack.deliver()
+    assert outcomes and outcomes[0].failed and stack.item(key) is None
+
+    monkeypatch.undo()
+    stack.deliver()
+    assert stack.item(key)[cam.ITEM_OVERLAY_KEY] in overlays(stack)
