@@ -84,3 +84,8 @@ chromium:
 
 test: $(INSTALLED) $(CHECKOV) chromium
 	$(PY) -m pytest
+
+# Full training + int8 export + report into model/ (~20-30 min on 2 cores); resumes runs/latest.
+.PHONY: train
+train: $(INSTALLED)
+	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest

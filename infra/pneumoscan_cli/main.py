@@ -2,7 +2,7 @@
 
 import typer
 
-from . import backfill, demo, dlq, local, report, results, score, upload
+from . import backfill, demo, dlq, evaluate, local, report, results, score, upload
 
 app = typer.Typer(help="Score chest X-rays for pneumonia, locally or on a deployed stack.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -15,6 +15,7 @@ app.command()(demo.demo)
 app.command()(report.report)
 app.command()(backfill.backfill)
 app.add_typer(dlq.app, name="dlq")
+app.command()(evaluate.evaluate)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,63 @@
+"""Listing labelled X-ray folders.
+
+Two layouts are understood:
+  Kaggle:  DIR/{train,val,test}/{NORMAL,PNEUMONIA}/*   (any subset of the splits)
+  plain:   DIR/{NORMAL,PNEUMONIA}/*
+Every regular file under a class folder is listed, whatever its extension, so a
+file that turns out not to be an image is reported by the caller, not skipped here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LABELS = ("NORMAL", "PNEUMONIA")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    path: Path
+    label: int  # index into LABELS: 0 NORMAL, 1 PNEUMONIA
+    split: str | None  # Kaggle split name, None in the plain layout
+
+    @property
+    def label_name(self) -> str:
+        return LABELS[self.label]
+
+
+class LayoutError(ValueError):
+    """The folder has neither the Kaggle nor the plain NORMAL/PNEUMONIA layout."""
+
+
+def _class_folders(root: Path) -> list[tuple[Path, int]]:
+    return [(root / name, index) for index, name in enumerate(LABELS) if (root / name).is_dir()]
+
+
+def _files_in(folder: Path) -> list[Path]:
+    # Hidden files (.DS_Store, editor droppings) are not images anybody meant to label.
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def list_labelled(root: Path | str, splits: tuple[str, ...] | None = None) -> list[LabelledFile]:
+    """All labelled files under `root`, sorted by split, label and path.
+
+    `splits` restricts a Kaggle-layout folder to those splits (e.g. ("train",));
+    it is ignored for the plain layout.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root} is not a directory")
+    plain = _class_folders(root)
+    if plain:
+        return [LabelledFile(path, label, None)
+                for folder, label in plain for path in _files_in(folder)]
+    present = [split for split in SPLITS if _class_folders(root / split)]
+    if not present:
+        raise LayoutError(
+            f"{root} has neither {'/'.join(LABELS)} folders nor {'/'.join(SPLITS)} splits containing them")
+    wanted = [split for split in present if splits is None or split in splits]
+    return [LabelledFile(path, label, split)
+            for split in wanted for folder, label in _class_folders(root / split)
+            for path in _files_in(folder)]

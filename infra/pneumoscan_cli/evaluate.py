@@ -1,0 +1,113 @@
+"""`pneumoscan evaluate DIR`: score a labelled folder through the Lambda's own code path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from pneumoscan import metrics
+from pneumoscan.datasets import LayoutError, list_labelled
+from pneumoscan.images import ImageRejected, load_model_input
+from pneumoscan.model import ModelLoadError, PneumoniaModel
+
+BATCH_SIZE = 32
+
+
+@dataclass
+class Evaluation:
+    labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+
+
+def score_folder(directory: Path, model: PneumoniaModel, *, show_progress: bool = False) -> Evaluation:
+    """Decode every labelled file like the Lambda does and score it; bad files are listed."""
+    files = list_labelled(directory)
+    height, width, channels = model.input_shape
+    result = Evaluation()
+    pending: list[tuple[np.ndarray, int, str]] = []
+
+    def flush() -> None:
+        if pending:
+            batch = np.stack([pixels for pixels, _, _ in pending])
+            result.scores.extend(float(p) for p in model.predict(batch).probability)
+            result.labels.extend(label for _, label, _ in pending)
+            result.paths.extend(path for _, _, path in pending)
+            pending.clear()
+
+    iterator = track(files, description="scoring", transient=True) if show_progress else files
+    for item in iterator:
+        try:
+            pixels, _ = load_model_input(item.path.read_bytes(), height, width, channels)
+        except ImageRejected as exc:
+            result.unreadable.append({"path": str(item.path), "reason": exc.reason, "detail": exc.detail})
+            continue
+        except OSError as exc:
+            result.unreadable.append({"path": str(item.path), "reason": "unreadable", "detail": str(exc)})
+            continue
+        pending.append((pixels, item.label, str(item.path)))
+        if len(pending) == BATCH_SIZE:
+            flush()
+    flush()
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else value  # JSON has no NaN
+
+
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="DIR/{NORMAL,PNEUMONIA} or the Kaggle layout "
+                                                   "DIR/{train,val,test}/{NORMAL,PNEUMONIA}")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+    model_dir: Annotated[Path | None, typer.Option(help="model folder (default: the bundled model/)")] = None,
+    threads: Annotated[int, typer.Option(help="LiteRT threads")] = 2,
+) -> None:
+    """Accuracy, sensitivity, specificity and AUC of the model on a labelled folder of X-rays."""
+    console = Console(stderr=True)
+    try:
+        model = PneumoniaModel(model_dir, num_threads=threads)
+        result = score_folder(directory, model, show_progress=not as_json)
+    except (ModelLoadError, LayoutError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+    summary = metrics.summarize(result.labels, result.scores, model.threshold)
+    report = {
+        "n": summary.n, "accuracy": _finite(summary.accuracy), "sensitivity": _finite(summary.sensitivity),
+        "specificity": _finite(summary.specificity), "auc": _finite(summary.auc),
+        "threshold": model.threshold, "positives": summary.positives, "negatives": summary.negatives,
+        "true_positive": summary.true_positive, "false_positive": summary.false_positive,
+        "true_negative": summary.true_negative, "false_negative": summary.false_negative,
+        "model_version": model.version, "unreadable": len(result.unreadable),
+        "unreadable_files": result.unreadable,
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        table = Table(title=f"{directory}  (model {model.version})")
+        for column in ("n", "accuracy", "sensitivity", "specificity", "AUC", "threshold", "unreadable"):
+            table.add_column(column, justify="right")
+        table.add_row(str(summary.n), _fmt(summary.accuracy), _fmt(summary.sensitivity),
+                      _fmt(summary.specificity), _fmt(summary.auc, 4), f"{model.threshold:.4f}",
+                      str(len(result.unreadable)))
+        Console().print(table)
+        for bad in result.unreadable:
+            # soft_wrap: a long path stays one line that can be copied.
+            console.print(f"[yellow]unreadable[/yellow] {bad['path']}: {bad['reason']} ({bad['detail']})",
+                          soft_wrap=True)
+    if summary.n == 0:
+        raise typer.Exit(1)
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"

@@ -1,0 +1,67 @@
+"""`pneumoscan evaluate`: same numbers as scoring the files directly; bad files listed, not skipped."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pneumoscan import metrics
+from pneumoscan.images import load_model_input
+from pneumoscan.model import PneumoniaModel, default_model_dir
+from pneumoscan_cli.main import app
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "chest_xray" / "val"
+pytestmark = pytest.mark.skipif(
+    not DATA.is_dir() or not (default_model_dir() / "model.json").is_file(),
+    reason="needs ../shared/data and the committed model/")
+
+
+@pytest.fixture()
+def labelled_dir(tmp_path):
+    """Plain layout: 4 real images per class, one corrupt JPEG and one text file."""
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / label).mkdir()
+        for source in sorted((DATA / label).iterdir())[:4]:
+            shutil.copy(source, tmp_path / label / source.name)
+    good = sorted((DATA / "NORMAL").iterdir())[0].read_bytes()
+    (tmp_path / "NORMAL" / "truncated.jpeg").write_bytes(good[: len(good) // 3])
+    (tmp_path / "PNEUMONIA" / "notes.txt").write_text("not an x-ray")
+    return tmp_path
+
+
+def test_json_matches_direct_scoring(labelled_dir):
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    model = PneumoniaModel()
+    labels, scores = [], []
+    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for path in sorted((labelled_dir / name).iterdir()):
+            if path.name in ("truncated.jpeg", "notes.txt"):
+                continue
+            pixels, _ = load_model_input(path.read_bytes(), *model.input_shape)
+            scores.append(float(model.predict(pixels).probability[0]))
+            labels.append(label)
+    expected = metrics.summarize(labels, scores, model.threshold)
+    assert report["n"] == 8
+    assert report["threshold"] == model.threshold
+    for key in ("accuracy", "sensitivity", "specificity", "auc"):
+        assert report[key] == pytest.approx(getattr(expected, key))
+    assert report["unreadable"] == 2
+    assert sorted(Path(f["path"]).name for f in report["unreadable_files"]) == ["notes.txt", "truncated.jpeg"]
+    assert all(f["reason"] and f["detail"] for f in report["unreadable_files"])
+
+
+def test_table_output_lists_unreadable_files(labelled_dir):
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_dir)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "sensitivity" in result.output and "notes.txt" in result.output
+
+
+def test_not_a_labelled_folder_is_an_error(tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--json"])
+    assert result.exit_code == 2

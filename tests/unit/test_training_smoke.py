@@ -1,0 +1,85 @@
+"""CI smoke test of the whole training pipeline: 1 epoch on ~40 images, export, load with LiteRT."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan import metrics
+from pneumoscan.images import load_model_input
+from pneumoscan.model import PneumoniaModel
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "chest_xray").is_dir(), reason="needs ../shared/data")]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from training.pipeline import RunOptions, run
+    from training.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("smoke")
+    options = RunOptions(data_dir=DATA / "chest_xray", model_dir=root / "model", run_dir=root / "run",
+                         limit_per_class=10, enforce_parity=False, version="0.0.0-smoke")
+    result = run(TrainConfig(epochs=1, batch_size=8), options)
+    return options, result
+
+
+def test_model_json_follows_the_contract(smoke_run):
+    options, _ = smoke_run
+    metadata = json.loads((options.model_dir / "model.json").read_text())
+    assert metadata["name"] == "pneumoscan-cnn" and metadata["version"] == "0.0.0-smoke"
+    assert metadata["input"] == {"height": 224, "width": 224, "channels": 1, "colour": "L",
+                                 "dtype": "uint8", "resize": "bilinear", "aspect": "stretch",
+                                 "decode": "pneumoscan.images"}
+    assert metadata["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert 0.0 < metadata["threshold"] < 1.0 and metadata["threshold_rule"]
+    assert len(metadata["cam"]["weights"]) == 256
+    assert metadata["training"]["train"]["images"] == {"NORMAL": 10, "PNEUMONIA": 10}
+    assert (options.model_dir / metadata["file"]).stat().st_size <= 1_000_000
+    for name in ("roc", "pr", "confusion", "calibration", "training_curves"):
+        assert (options.model_dir / "report" / f"{name}.png").stat().st_size > 1000
+    assert json.loads((options.model_dir / "report" / "metrics.json").read_text())["history"]
+    assert "Not a medical device" in (options.model_dir / "MODEL_CARD.md").read_text()
+    assert (options.model_dir / "reference" / "pneumoscan_float.keras").is_file()
+    assert (options.model_dir / "reference" / "pneumoscan_float32.tflite").is_file()
+
+
+def test_exported_model_scores_a_full_resolution_xray(smoke_run):
+    options, _ = smoke_run
+    model = PneumoniaModel(options.model_dir)
+    path = sorted((DATA / "xray_fullres_sample" / "PNEUMONIA").iterdir())[0]
+    pixels, decoded = load_model_input(path.read_bytes(), *model.input_shape)
+    prediction = model.predict(pixels)
+    assert decoded.width * decoded.height > 1_000_000
+    assert prediction.probability.dtype == np.float32 and 0.0 <= prediction.probability[0] <= 1.0
+    assert prediction.feature_map.shape == (1, 14, 14, 256)
+    assert model.label(prediction.probability[0]) in ("NORMAL", "PNEUMONIA")
+
+
+def test_recorded_parity_matches_a_rescoring(smoke_run):
+    """The parity numbers in model.json are what LiteRT gives on the val images."""
+    from training.data import dataset_files, load_images
+    from training.pipeline import _limit
+
+    options, result = smoke_run
+    metadata = result["metadata"]
+    _, val_files = dataset_files(options.data_dir, 0.15, metadata["training"]["config"]["seed"])
+    val = load_images(_limit(val_files, 10, metadata["training"]["config"]["seed"]), 224, 224, 1)
+    scores = PneumoniaModel(options.model_dir).predict(val.images).probability
+    parity = metadata["metrics"]["parity"]
+    assert metrics.roc_auc(val.labels, scores) == pytest.approx(parity["int8_auc"])
+    assert metadata["metrics"]["val"]["n"] == len(val) == 20
+
+
+def test_parity_gate():
+    from training.pipeline import check_parity
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    keras_scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert check_parity(labels, keras_scores, keras_scores + 0.001, 0.5)["passed"]
+    swapped = np.array([0.1, 0.2, 0.8, 0.3, 0.7, 0.9])
+    result = check_parity(labels, keras_scores, swapped, 0.5)
+    assert not result["passed"] and result["label_agreement"] == pytest.approx(4 / 6)

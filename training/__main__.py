@@ -1,0 +1,83 @@
+"""`python -m training` : train, export and report the pneumonia model.
+
+    python -m training                        # ../shared/data/chest_xray -> model/
+    python -m training --data DIR --epochs 3  # any Kaggle-layout folder
+    python -m training --run-dir runs/x       # resumes runs/x if it was interrupted
+    python -m training --ensemble runs/a runs/b   # logit-average of finished runs, no training
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from .augment import AugmentConfig
+from .pipeline import RunOptions, run, run_ensemble
+from .train import TrainConfig
+
+DEFAULT_DATA = Path("../shared/data/chest_xray")
+AUGMENT_PRESETS = {
+    "full": AugmentConfig(),
+    "geometry": AugmentConfig(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0,
+                              blur_probability=0.0, sharpen_probability=0.0, noise_std=0.0),
+    "none": AugmentConfig(rotation_degrees=0.0, zoom=0.0, translation=0.0, gamma=(1.0, 1.0),
+                          contrast=(1.0, 1.0), brightness=0.0, blur_probability=0.0,
+                          sharpen_probability=0.0, noise_std=0.0, flip=False),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="Kaggle-layout folder with train/{NORMAL,PNEUMONIA} (default %(default)s)")
+    parser.add_argument("--model-dir", type=Path, default=Path("model"),
+                        help="where the .tflite, model.json, card and report go (default %(default)s)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+                        help="checkpoints and logs; an interrupted run here is resumed (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    parser.add_argument("--widths", default=",".join(map(str, defaults.widths)),
+                        help="filters of the five conv blocks (default %(default)s)")
+    parser.add_argument("--dropout", type=float, default=defaults.dropout)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--augment", choices=("full", "geometry", "none"), default="full",
+                        help="ablations: geometry only, or no augmentation at all")
+    parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="skip training: export the logit average of these finished runs")
+    parser.add_argument("--limit-per-class", type=int, default=None,
+                        help="use only N images per class and split (smoke tests)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the float reference models in model/reference/")
+    parser.add_argument("--no-parity-gate", action="store_true",
+                        help="record a failed int8/Keras parity check instead of stopping (smoke runs)")
+    parser.add_argument("--version", default=None, help="model version (default YYYY.MM.DD-N)")
+    args = parser.parse_args(argv)
+
+    config = dataclasses.replace(defaults, epochs=args.epochs, batch_size=args.batch_size,
+                                 learning_rate=args.learning_rate, seed=args.seed,
+                                 val_fraction=args.val_fraction, dropout=args.dropout,
+                                 label_smoothing=args.label_smoothing,
+                                 widths=tuple(int(w) for w in args.widths.split(",")),
+                                 augment=AUGMENT_PRESETS[args.augment])
+    options = RunOptions(data_dir=args.data, model_dir=args.model_dir, run_dir=args.run_dir,
+                         limit_per_class=args.limit_per_class,
+                         reference_models=not args.no_reference, version=args.version,
+                         enforce_parity=not args.no_parity_gate)
+    result = run_ensemble(args.ensemble, options) if args.ensemble else run(config, options)
+    metadata = result["metadata"]
+    print(json.dumps({"version": metadata["version"], "threshold": metadata["threshold"],
+                      "val": {k: metadata["metrics"]["val"][k]
+                              for k in ("n", "auc", "sensitivity", "specificity", "accuracy")},
+                      "parity": metadata["metrics"]["parity"],
+                      "size_bytes": metadata["size_bytes"],
+                      "training_seconds": metadata["training"]["seconds"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Data -> trained Keras model -> calibrated int8 `.tflite` + model.json + report, in one run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pneumoscan import metrics
+from pneumoscan.datasets import LABELS, LabelledFile, list_labelled
+from pneumoscan.model import METADATA_FILE, PneumoniaModel
+
+from .architecture import LOGIT_LAYER
+from .calibration import fit_platt, fold_into_dense
+from .data import ImageSet, collection, dataset_files, load_images, patient_id
+from .export import convert_float, convert_int8, representative_images
+from .ensemble import average_logits
+from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_model
+
+MODEL_NAME = "pneumoscan-cnn"
+TFLITE_FILE = "pneumoscan.tflite"
+MIN_SENSITIVITY = 0.97
+THRESHOLD_RULE = (f"highest specificity with sensitivity >= {MIN_SENSITIVITY} on the by-patient "
+                  "validation split, scored by the int8 model; midway to the next lower score")
+# Parity of the int8 model against the Keras model on the validation split.
+MAX_AUC_GAP = 0.005
+MIN_LABEL_AGREEMENT = 0.99
+CALIBRATION_IMAGES = 300
+MAX_TFLITE_BYTES = 1_000_000
+FULLRES_SAMPLE = "xray_fullres_sample"
+TRAINED_MODEL = "trained.keras"  # in the run folder: the model before calibration, for ensembling
+
+
+class ParityError(RuntimeError):
+    """The int8 model does not reproduce the Keras model closely enough to ship."""
+
+
+@dataclass
+class RunOptions:
+    data_dir: Path
+    model_dir: Path
+    run_dir: Path
+    limit_per_class: int | None = None  # smoke runs: a few images per class per split
+    reference_models: bool = True
+    version: str | None = None
+    # Smoke runs (1 epoch on a few images) cannot meet parity; they record it instead.
+    enforce_parity: bool = True
+
+
+def _limit(files: list[LabelledFile], per_class: int, seed: int) -> list[LabelledFile]:
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in range(len(LABELS)):
+        members = [f for f in files if f.label == label]
+        kept += [members[i] for i in sorted(rng.permutation(len(members))[:per_class])]
+    return kept
+
+
+def predict_int8(model: PneumoniaModel, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([model.predict(images[start:start + batch_size]).probability
+                           for start in range(0, len(images), batch_size)])
+
+
+def check_parity(labels: np.ndarray, keras_scores: np.ndarray, int8_scores: np.ndarray,
+                 threshold: float) -> dict:
+    """AUC gap and label agreement at the shipped threshold; raises ParityError when off."""
+    keras_auc, int8_auc = metrics.roc_auc(labels, keras_scores), metrics.roc_auc(labels, int8_scores)
+    agreement = float(np.mean((keras_scores >= threshold) == (int8_scores >= threshold)))
+    result = {"keras_auc": keras_auc, "int8_auc": int8_auc, "auc_gap": abs(keras_auc - int8_auc),
+              "label_agreement": agreement, "max_auc_gap": MAX_AUC_GAP,
+              "min_label_agreement": MIN_LABEL_AGREEMENT,
+              "max_abs_probability_diff": float(np.max(np.abs(keras_scores - int8_scores)))}
+    result["passed"] = bool(result["auc_gap"] <= MAX_AUC_GAP and agreement >= MIN_LABEL_AGREEMENT)
+    return result
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+training-modified" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def next_version(model_dir: Path, today: dt.date) -> str:
+    """YYYY.MM.DD-N, N counting up from the version already in `model_dir` for today."""
+    prefix = today.strftime("%Y.%m.%d")
+    try:
+        current = json.loads((model_dir / METADATA_FILE).read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        current = ""
+    if current.startswith(prefix + "-") and current.rsplit("-", 1)[1].isdigit():
+        return f"{prefix}-{int(current.rsplit('-', 1)[1]) + 1}"
+    return f"{prefix}-1"
+
+
+def describe_split(files: list[LabelledFile]) -> dict:
+    return {
+        "images": {name: sum(f.label == i for f in files) for i, name in enumerate(LABELS)},
+        "patients": {name: len({patient_id(f.path) for f in files if f.label == i})
+                     for i, name in enumerate(LABELS)},
+        "collections": {source: sum(collection(f.path) == source for f in files)
+                        for source in sorted({collection(f.path) for f in files})},
+    }
+
+
+def subgroup_metrics(val: ImageSet, scores: np.ndarray, threshold: float) -> dict:
+    """Specificity per normal collection: the later collection is the known weak spot."""
+    result = {}
+    for source in sorted({collection(p) for p in val.paths}):
+        members = np.array([collection(p) == source for p in val.paths])
+        counts = metrics.confusion(val.labels[members], scores[members], threshold)
+        row = {"n": counts.n, "specificity": counts.specificity, "sensitivity": counts.sensitivity}
+        # A collection holds one class only: leave out the rate that is undefined there.
+        result[source] = {key: value for key, value in row.items() if value == value}
+    return result
+
+
+def fullres_check(model: PneumoniaModel, data_dir: Path, val: ImageSet, val_scores: np.ndarray,
+                  threshold: float) -> dict | None:
+    """Score the full-resolution originals of validation images through the Lambda's path.
+
+    The 224 copies were downscaled by someone else's resampler; the blind test and
+    production arrive at full size through `pneumoscan.images`. Comparing both on the
+    same held-out images measures that shift. None when the sample folder is absent.
+    """
+    sample = data_dir.parent / FULLRES_SAMPLE
+    if not sample.is_dir():
+        return None
+    by_name = {Path(path).name: index for index, path in enumerate(val.paths)}
+    originals = [f for f in list_labelled(sample) if f.path.name in by_name]
+    if not originals:
+        return None
+    images = load_images(originals, HEIGHT, WIDTH, CHANNELS, "decoding full-res")
+    scores = predict_int8(model, images.images)
+    copies = val_scores[[by_name[f.path.name] for f in originals]]
+    summary = metrics.summarize(images.labels, scores, threshold)
+    return {"n": summary.n, "auc": summary.auc, "sensitivity": summary.sensitivity,
+            "specificity": summary.specificity,
+            "label_agreement_with_224_copies": float(np.mean((scores >= threshold) == (copies >= threshold))),
+            "mean_abs_probability_diff": float(np.mean(np.abs(scores - copies)))}
+
+
+def load_split(config: TrainConfig, options: RunOptions) -> tuple[ImageSet, ImageSet, list, list]:
+    train_files, val_files = dataset_files(options.data_dir, config.val_fraction, config.seed)
+    if options.limit_per_class:
+        train_files = _limit(train_files, options.limit_per_class, config.seed)
+        val_files = _limit(val_files, options.limit_per_class, config.seed)
+    train = load_images(train_files, HEIGHT, WIDTH, CHANNELS, "decoding train")
+    val = load_images(val_files, HEIGHT, WIDTH, CHANNELS, "decoding val")
+    print(f"train {train.class_counts()}  val {val.class_counts()}", flush=True)
+    return train, val, train_files, val_files
+
+
+def run(config: TrainConfig, options: RunOptions) -> dict:
+    """Train, then `finalize`. The trained (uncalibrated) model stays in the run folder."""
+    started = time.monotonic()
+    train, val, train_files, val_files = load_split(config, options)
+    model, history = train_model(train, val, config, options.run_dir)
+    model.save(options.run_dir / TRAINED_MODEL)
+    return finalize(model, train, val, train_files, val_files, history, config, options,
+                    training_seconds=time.monotonic() - started)
+
+
+def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
+    """Finalize the logit-average of models already trained in `run_dirs` (same split)."""
+    configs = [json.loads((run_dir / "config.json").read_text()) for run_dir in run_dirs]
+    splits = {(c["seed"], c["val_fraction"]) for c in configs}
+    if len(splits) != 1:
+        raise ValueError(f"ensemble members were validated on different splits: {splits}")
+    config = TrainConfig(**{k: v for k, v in configs[0].items() if k != "augment"})
+    config.seed, config.val_fraction = next(iter(splits))
+    started = time.monotonic()
+    train, val, train_files, val_files = load_split(config, options)
+    members = [keras.saving.load_model(run_dir / TRAINED_MODEL) for run_dir in run_dirs]
+    model = average_logits(members)
+    history = read_history(run_dirs[0] / "history.csv")
+    seconds = sum(_training_seconds(run_dir) for run_dir in run_dirs) + time.monotonic() - started
+    return finalize(model, train, val, train_files, val_files, history, config, options,
+                    training_seconds=seconds,
+                    ensemble=[{"run": str(run_dir), "config": c} for run_dir, c in zip(run_dirs, configs)])
+
+
+def _training_seconds(run_dir: Path) -> float:
+    try:
+        return float(json.loads((run_dir / "export" / METADATA_FILE).read_text())["training"]["seconds"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
+def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: list, val_files: list,
+             history: list[dict], config: TrainConfig, options: RunOptions, *,
+             training_seconds: float, ensemble: list[dict] | None = None) -> dict:
+    """Calibrate, export int8, check parity, pick the threshold, write model/ and the report."""
+    from .report import write_model_card, write_report
+
+    logit_model = keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output)
+    val_pixels = val.images.astype(np.float32)
+    logits = logit_model.predict(val_pixels, batch_size=64, verbose=0).ravel()
+    platt_a, platt_b = fit_platt(logits, val.labels)
+    fold_into_dense(model.get_layer(LOGIT_LAYER), platt_a, platt_b)
+    keras_scores = model.predict(val_pixels, batch_size=64, verbose=0)["probability"].ravel()
+
+    stage = options.run_dir / "export"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    tflite = convert_int8(model, representative_images(train.images, CALIBRATION_IMAGES, config.seed))
+    if len(tflite) > MAX_TFLITE_BYTES:
+        raise RuntimeError(f"int8 model is {len(tflite)} bytes, above the {MAX_TFLITE_BYTES} limit")
+    (stage / TFLITE_FILE).write_bytes(tflite)
+    dense_kernel, dense_bias = model.get_layer(LOGIT_LAYER).get_weights()
+    metadata = {
+        "name": MODEL_NAME,
+        "version": options.version or next_version(options.model_dir, dt.date.today()),
+        "file": TFLITE_FILE,
+        "sha256": hashlib.sha256(tflite).hexdigest(),
+        "size_bytes": len(tflite),
+        "input": {"height": HEIGHT, "width": WIDTH, "channels": CHANNELS, "colour": "L",
+                  "dtype": "uint8", "resize": "bilinear", "aspect": "stretch",
+                  "decode": "pneumoscan.images"},
+        "outputs": {"probability": "float32 (N,1) P(pneumonia)",
+                    "feature_map": "(N,14,14,%d) float32, last conv block (after ReLU)" % dense_kernel.shape[0]},
+        "labels": list(LABELS),
+    }
+    (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    int8_model = PneumoniaModel(stage)
+    int8_scores = predict_int8(int8_model, val.images)
+
+    threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, MIN_SENSITIVITY)
+    parity = check_parity(val.labels, keras_scores, int8_scores, threshold)
+    print("parity:", json.dumps(parity), flush=True)
+    if options.enforce_parity and not parity["passed"]:
+        raise ParityError(f"int8 model fails parity on val: {parity}")
+
+    val_summary = metrics.summarize(val.labels, int8_scores, threshold).as_dict()
+    val_summary["ece"] = metrics.expected_calibration_error(val.labels, int8_scores)
+    val_summary["by_collection"] = subgroup_metrics(val, int8_scores, threshold)
+    val_summary["fullres_originals"] = fullres_check(int8_model, options.data_dir, val, int8_scores,
+                                                     threshold)
+    metadata.update({
+        "threshold": round(threshold, 6),
+        "threshold_rule": THRESHOLD_RULE,
+        "cam": {"weights": [float(w) for w in dense_kernel.ravel()], "bias": float(dense_bias[0]),
+                "note": "logit map = sum_k weights[k] * feature_map[..., k] + bias; its spatial mean "
+                        "is the logit of probability (GAP head, Platt calibration folded in)"},
+        "training": {
+            "data": str(options.data_dir),
+            "source": "Kermany et al. 2018 chest X-ray (pneumonia) train split, paediatric AP, CC BY 4.0",
+            "split": f"validation = {config.val_fraction:.0%} of train patients per class and "
+                     "collection (no patient on both sides) + the official val split",
+            "train": describe_split(train_files), "val": describe_split(val_files),
+            "limit_per_class": options.limit_per_class,
+            "epochs": len(history), "config": config.as_dict(),
+            "calibration": {"method": "Platt scaling on val logits, folded into the dense layer",
+                            "a": platt_a, "b": platt_b},
+            "seconds": round(training_seconds, 1),
+            "ensemble": ensemble,
+        },
+        "metrics": {"val": val_summary,
+                    "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
+                    "parity": parity},
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+    })
+    (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    report = write_report(stage, val.labels, int8_scores, threshold, history, metadata)
+    if options.reference_models:
+        reference = stage / "reference"
+        reference.mkdir()
+        model.save(reference / "pneumoscan_float.keras")
+        (reference / "pneumoscan_float32.tflite").write_bytes(convert_float(model, HEIGHT, WIDTH, CHANNELS))
+    write_model_card(stage, metadata)
+    _publish(stage, options.model_dir)
+    PneumoniaModel(options.model_dir)  # the published folder loads and its checksum matches
+    return {"metadata": metadata, "report": report}
+
+
+def _publish(stage: Path, model_dir: Path) -> None:
+    """Replace the contents of `model_dir` by the staged export, file by file."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for source in sorted(stage.rglob("*")):
+        if source.is_file():
+            target = model_dir / source.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)

@@ -1,0 +1,197 @@
+"""The model report (PNG figures + metrics.json) and MODEL_CARD.md, from one run's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pneumoscan import metrics  # noqa: E402
+from pneumoscan.datasets import LABELS  # noqa: E402
+
+NAN = float("nan")
+REPORT_DIR = "report"
+METRICS_FILE = "metrics.json"
+
+
+def _save(figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+def write_report(model_dir: Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
+                 history: list[dict], metadata: dict) -> dict:
+    """Figures under model_dir/report/ and model_dir/report/metrics.json; returns what was written."""
+    out = model_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    at_threshold = metrics.confusion(labels, scores, threshold)
+    files = []
+
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot(fpr, tpr, label=f"int8 model, AUC {metrics.roc_auc(labels, scores):.4f}")
+    axis.plot([0, 1], [0, 1], ":", color="grey")
+    axis.scatter([1 - at_threshold.specificity], [at_threshold.sensitivity], color="red", zorder=3,
+                 label=f"threshold {threshold:.3f}")
+    axis.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, validation (by patient)")
+    axis.legend(loc="lower right")
+    files.append(_save(figure, out / "roc.png"))
+
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.step(recall, precision, where="post",
+              label=f"AP {metrics.average_precision(labels, scores):.4f}")
+    axis.scatter([at_threshold.sensitivity], [at_threshold.precision], color="red", zorder=3,
+                 label=f"threshold {threshold:.3f}")
+    axis.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall, validation",
+             ylim=(0, 1.02))
+    axis.legend(loc="lower left")
+    files.append(_save(figure, out / "pr.png"))
+
+    matrix = np.array([[at_threshold.true_negative, at_threshold.false_positive],
+                       [at_threshold.false_negative, at_threshold.true_positive]])
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    axis.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        axis.text(col, row, str(count), ha="center", va="center",
+                  color="white" if count > matrix.max() / 2 else "black", fontsize=14)
+    axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABELS, yticklabels=LABELS,
+             xlabel="predicted", ylabel="true", title=f"Confusion at threshold {threshold:.3f}")
+    files.append(_save(figure, out / "confusion.png"))
+
+    bins = metrics.calibration_bins(labels, scores, 10)
+    filled = [b for b in bins if b["count"]]
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+    axis.plot([b["mean_score"] for b in filled], [b["positive_rate"] for b in filled], "o-",
+              label=f"int8 model, ECE {metrics.expected_calibration_error(labels, scores):.3f}")
+    for b in filled:
+        axis.annotate(str(b["count"]), (b["mean_score"], b["positive_rate"]), fontsize=7,
+                      textcoords="offset points", xytext=(4, -10))
+    axis.set(xlabel="mean predicted P(pneumonia)", ylabel="observed pneumonia rate",
+             title="Calibration, validation (counts per bin)")
+    axis.legend(loc="upper left")
+    files.append(_save(figure, out / "calibration.png"))
+
+    epochs = [int(row["epoch"]) + 1 for row in history]
+    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(9, 4))
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        loss_axis.plot(epochs, [row[key] for row in history], style, label=key)
+    for key, style in (("auc", "-"), ("val_auc", "--")):
+        auc_axis.plot(epochs, [row[key] for row in history], style, label=key)
+    loss_axis.set(xlabel="epoch", title="loss (class-weighted, augmented train)")
+    auc_axis.set(xlabel="epoch", title="AUC")
+    loss_axis.legend()
+    auc_axis.legend()
+    files.append(_save(figure, out / "training_curves.png"))
+
+    report = {
+        "model": {key: metadata[key] for key in ("name", "version", "sha256", "threshold", "threshold_rule")},
+        "val": metadata["metrics"]["val"], "val_keras": metadata["metrics"]["val_keras"],
+        "parity": metadata["metrics"]["parity"], "calibration_bins": bins, "history": history,
+        "figures": files,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def write_model_card(model_dir: Path, metadata: dict) -> None:
+    val = metadata["metrics"]["val"]
+    parity = metadata["metrics"]["parity"]
+    training = metadata["training"]
+    by_collection = "\n".join(
+        f"| {source} | {row['n']} | {_pct(row.get('specificity', NAN))} | {_pct(row.get('sensitivity', NAN))} |"
+        for source, row in val["by_collection"].items())
+    card = f"""# Model card: {metadata['name']} {metadata['version']}
+
+**Not a medical device.** This model is a research and engineering component. It has
+not been clinically validated, is not cleared by any regulator, and must not be used
+to diagnose, treat or triage patients. Every score needs review by a qualified reader.
+
+## Intended use
+Batch screening *support* for paediatric anterior-posterior chest X-rays in the
+pneumoscan service: it flags images likely to show pneumonia so that a human can look
+at them first. It outputs P(pneumonia) and a label at a fixed threshold.
+Out of scope: adults, lateral views, CT, other findings (it only knows NORMAL vs PNEUMONIA),
+images from other hospitals without a local evaluation (`pneumoscan evaluate DIR`).
+
+## Model
+- From-scratch CNN (Keras 3), greyscale {metadata['input']['height']}x{metadata['input']['width']} uint8 input,
+  per-image standardisation inside the model, five conv blocks, global average pooling,
+  one dense unit. Outputs `probability` (float32) and `feature_map` (last conv block) for
+  class activation maps (weights in `model.json` under `cam`).
+- Full-integer int8 LiteRT model, {metadata['size_bytes']:,} bytes, sha256 `{metadata['sha256'][:16]}...`;
+  the final sigmoid runs in float so near-certain scores stay distinct.
+- Input: decode and resize with `pneumoscan.images` (Pillow, reduced JPEG decode, bilinear
+  stretch to 224x224, no aspect preservation), exactly as the Lambda does.
+
+## Training data
+{training['source']}. Train split only: the official test split was never seen.
+Validation: {training['split']}.
+
+| split | NORMAL images | PNEUMONIA images | NORMAL patients | PNEUMONIA patients |
+|---|---|---|---|---|
+| train | {training['train']['images']['NORMAL']} | {training['train']['images']['PNEUMONIA']} | {training['train']['patients']['NORMAL']} | {training['train']['patients']['PNEUMONIA']} |
+| val | {training['val']['images']['NORMAL']} | {training['val']['images']['PNEUMONIA']} | {training['val']['patients']['NORMAL']} | {training['val']['patients']['PNEUMONIA']} |
+
+Class-weighted loss (both classes equal total weight), augmentation of geometry
+(rotation, independent x/y zoom = aspect, translation, flip) and intensity (gamma,
+contrast, brightness, blur/sharpen, noise), AdamW with weight decay, dropout, cosine
+schedule, {training['epochs']} epochs, {training['seconds'] / 60:.1f} min on 2 CPU cores. Platt scaling
+on the validation logits, folded into the dense layer.
+
+## Metrics (validation, by patient, int8 model)
+| n | AUC | threshold | sensitivity | specificity | accuracy | precision | ECE |
+|---|---|---|---|---|---|---|---|
+| {val['n']} | {val['auc']:.4f} | {metadata['threshold']:.4f} | {_pct(val['sensitivity'])} | {_pct(val['specificity'])} | {_pct(val['accuracy'])} | {_pct(val['precision'])} | {val['ece']:.3f} |
+
+Threshold rule: {metadata['threshold_rule']}.
+
+Per collection (the NORMAL2 normals are a later acquisition batch):
+
+| collection | n | specificity | sensitivity |
+|---|---|---|---|
+{by_collection}
+
+{_fullres_line(val.get("fullres_originals"))}
+
+int8 vs Keras parity on val: AUC {parity['int8_auc']:.4f} vs {parity['keras_auc']:.4f}
+(gap {parity['auc_gap']:.4f}, limit {parity['max_auc_gap']}), labels agree on
+{_pct(parity['label_agreement'])} (limit {_pct(parity['min_label_agreement'])}).
+Figures: [ROC](report/roc.png), [PR](report/pr.png), [confusion](report/confusion.png),
+[calibration](report/calibration.png), [training curves](report/training_curves.png);
+numbers in [report/metrics.json](report/metrics.json).
+
+## Limitations and the known distribution shift
+Validation images come from the same collection as training, so validation figures are
+optimistic. A reference CNN of ours reached validation AUC 0.996 but only AUC 0.959 on the
+official blind test split (sensitivity 98.5 %, specificity 75 %): normals from a later
+collection were over-called as pneumonia. Expect specificity on new sites to be lower than
+above; measure it on local labelled data with `pneumoscan evaluate DIR` before relying on the
+threshold, and prefer a local threshold if it differs. The data are paediatric (1-5 years)
+from one centre in Guangzhou; performance on adults or other populations is unknown. Labels
+come from the dataset's graders, not from a clinical reference standard. The model cannot say
+"neither": any image, even a non-X-ray that decodes, gets a score.
+"""
+    (model_dir / "MODEL_CARD.md").write_text(card)
+
+
+def _fullres_line(check: dict | None) -> str:
+    if not check:
+        return "Full-resolution originals of validation images: not available for this run."
+    return (f"Full-resolution originals of {check['n']} validation images, decoded and resized by "
+            f"`pneumoscan.images` as in production: AUC {check['auc']:.4f}, sensitivity "
+            f"{_pct(check['sensitivity'])}, specificity {_pct(check['specificity'])}; labels agree with "
+            f"the 224 copies on {_pct(check['label_agreement_with_224_copies'])} (mean |dP| "
+            f"{check['mean_abs_probability_diff']:.3f}).")
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f} %"
