@@ -67,7 +67,9 @@ def demo(
             console.print("stopping the local stack ...")
             stop_local_stack(stack)
 
-    Console().print(results_table(items, title=f"batch {batch} - model {model.version}"))
+    prefix = f"{target.incoming_prefix}{batch}/"
+    Console().print(results_table(items, title=f"{prefix} - model {model.version}", key_prefix=prefix,
+                                  compact=True))
     failures = sum(1 for item in items if item.get("status") == STATUS_FAILED)
     positives = sum(1 for item in items if item.get("label") == model.metadata["labels"][1])
     console.print(

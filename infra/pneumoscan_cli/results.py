@@ -176,21 +176,29 @@ def print_results(items: list[dict[str, Any]], output: OutputFormat, console: Co
         (console or Console()).print(results_table(items))
 
 
-def results_table(items: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False)
-    for column in ("object key", "status", "label", "P(pneumonia)", "reason", "size", "model", "scored at"):
-        table.add_column(column, justify="right" if column == "P(pneumonia)" else "left",
-                         overflow="fold")
+def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_prefix: str = "",
+                  compact: bool = False) -> Table:
+    """One row per item. `key_prefix` (e.g. `incoming/<batch>/`) is left out of the keys shown;
+    `compact` leaves out the model and the time, for a batch scored just now."""
+    columns = ["status", "label", "P", "reason", "size"] + ([] if compact else ["model", "scored at (UTC)"])
+    table = Table(title=title)
+    table.add_column("image" if key_prefix else "object key", overflow="fold", min_width=18)
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column == "P" else "left")
     for item in items:
         failed = item.get("status") == STATUS_FAILED
         label = item.get("label") or ""
-        size = (f"{item['image_width']}x{item['image_height']}"
-                if item.get("image_width") and item.get("image_height") else "")
-        table.add_row(
-            item[KEY], f"[red]{item.get('status')}[/red]" if failed else str(item.get("status", "")),
-            f"[bold yellow]{label}[/bold yellow]" if label == "PNEUMONIA" else label,
-            f"{item['probability']:.3f}" if item.get("probability") is not None else "",
-            str(item.get("reason") or ""), size, str(item.get("model_version") or ""), str(item.get(SCORED_AT) or ""))
+        cells = {
+            "status": f"[red]{item.get('status')}[/red]" if failed else str(item.get("status", "")),
+            "label": f"[bold yellow]{label}[/bold yellow]" if label == "PNEUMONIA" else label,
+            "P": f"{item['probability']:.3f}" if item.get("probability") is not None else "",
+            "reason": str(item.get("reason") or ""),
+            "size": (f"{item['image_width']}x{item['image_height']}"
+                     if item.get("image_width") and item.get("image_height") else ""),
+            "model": str(item.get("model_version") or ""),
+            "scored at (UTC)": str(item.get(SCORED_AT) or "")[:19].replace("T", " "),
+        }
+        table.add_row(item[KEY].removeprefix(key_prefix), *(cells[column] for column in columns))
     return table
 
 
