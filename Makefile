@@ -89,3 +89,10 @@ test: $(INSTALLED) $(CHECKOV) chromium
 .PHONY: train
 train: $(INSTALLED)
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest
+	$(MAKE) --no-print-directory shortcut
+
+# Where the model looks: share of CAM heat in the image border / outside the chest, on val
+# and the full-resolution originals -> model/report/shortcut.json + shortcut.png (~1 min).
+.PHONY: shortcut
+shortcut: $(INSTALLED)
+	$(PY) -m training.shortcut_check --data $(DATA) --model-dir model
