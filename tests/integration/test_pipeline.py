@@ -126,3 +126,21 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(tmp_path):
             TableName=target.table, Key={"object_key": {"S": key}})
     finally:
         assert stop_stack(stack) == 0
+
+
+def test_overlays_are_written_where_they_cannot_trigger_a_scoring(local_stack, uploaded_batch):
+    _, items, _, _ = uploaded_batch
+    target = local_stack.target
+    s3, dynamodb, sqs = target.client("s3"), target.client("dynamodb"), target.client("sqs")
+    for item in (item for item in items if item["status"] == "SCORED"):
+        assert not item["overlay_key"].startswith(target.incoming_prefix)
+        assert s3.head_object(Bucket=target.bucket, Key=item["overlay_key"])["ContentType"] == "image/png"
+        assert "Item" not in dynamodb.get_item(TableName=target.table,
+                                               Key={"object_key": {"S": item["overlay_key"]}})
+    # The worker deletes a batch's messages just after its items are written: give it a moment.
+    deadline, in_queue = time.monotonic() + 15, None
+    while in_queue != ("0", "0") and time.monotonic() < deadline:
+        attributes = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
+        in_queue = (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"])
+        time.sleep(0.2)
+    assert in_queue == ("0", "0"), "the overlays (or something else) put messages on the queue"
