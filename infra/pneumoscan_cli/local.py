@@ -34,6 +34,7 @@ app = typer.Typer(help="Run the pipeline on this machine (moto server + workers 
 
 LOCAL_HOST = "127.0.0.1"
 WORKER_STOP_GRACE_S = 30
+WORKER_CHECK_INTERVAL_S = 1
 
 
 class LocalStack:
@@ -50,6 +51,10 @@ class LocalStack:
         self.model_dir = model_dir or default_model_dir()
         self.worker_log = worker_log
         self.workers: list[subprocess.Popen] = []
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._worker_command: list[str] = []
         self.target: Target | None = None
         self._server: Any = None
         self._log_file: Any = None
@@ -131,30 +136,52 @@ class LocalStack:
         return environment
 
     def start_workers(self) -> None:
-        settings, event_source = self.settings, self.settings.event_source
-        queue_arn = self.queue_arn
         if self.worker_log is not None:
             self.worker_log.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.worker_log, "ab")  # noqa: SIM115 - closed in stop()
-        for index in range(self.worker_count):
-            command = [sys.executable, "-m", "pneumoscan_cli.worker",
-                       "--queue-url", self.target.queue_url, "--queue-arn", queue_arn,
-                       "--region", settings.region, "--batch-size", str(event_source.batch_size),
-                       "--batching-window", str(event_source.batching_window_s),
-                       "--memory-mb", str(settings.function_memory_mb),
-                       "--timeout", str(settings.function_timeout_s or LAMBDA_DEFAULT_TIMEOUT),
-                       "--name", f"worker-{index + 1}"]
-            if not event_source.report_batch_item_failures:
-                command.append("--no-batch-item-failures")
-            if self.retry_after_s is not None:
-                command += ["--retry-after", str(self.retry_after_s)]
-            # The handler's JSON logs and EMF metrics (stdout) go to the log file; the
-            # worker's one line per batch (stderr) stays on the console.
-            self.workers.append(subprocess.Popen(
-                command, env=self.worker_environment(), stdin=subprocess.DEVNULL,
-                stdout=self._log_file or subprocess.DEVNULL, start_new_session=True))
+        self._worker_command = self._command()
+        self.workers = [self._spawn(index) for index in range(self.worker_count)]
+        self._stopping.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _command(self) -> list[str]:
+        settings, event_source = self.settings, self.settings.event_source
+        command = [sys.executable, "-m", "pneumoscan_cli.worker",
+                   "--queue-url", self.target.queue_url, "--queue-arn", self.queue_arn,
+                   "--region", settings.region, "--batch-size", str(event_source.batch_size),
+                   "--batching-window", str(event_source.batching_window_s),
+                   "--memory-mb", str(settings.function_memory_mb),
+                   "--timeout", str(settings.function_timeout_s or LAMBDA_DEFAULT_TIMEOUT)]
+        if not event_source.report_batch_item_failures:
+            command.append("--no-batch-item-failures")
+        if self.retry_after_s is not None:
+            command += ["--retry-after", str(self.retry_after_s)]
+        return command
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        # The handler's JSON logs and EMF metrics (stdout) go to the log file; the
+        # worker's one line per batch (stderr) stays on the console.
+        return subprocess.Popen(
+            [*self._worker_command, "--name", f"worker-{index + 1}"], env=self.worker_environment(),
+            stdin=subprocess.DEVNULL, stdout=self._log_file or subprocess.DEVNULL, start_new_session=True)
+
+    def _supervise(self) -> None:
+        """A worker that dies is replaced, as Lambda starts a new execution environment; the
+        messages it held come back after their visibility timeout."""
+        while not self._stopping.wait(WORKER_CHECK_INTERVAL_S):
+            for index, worker in enumerate(self.workers):
+                if worker.poll() is not None and not self._stopping.is_set():
+                    console.print(f"[yellow]worker-{index + 1} exited with {worker.returncode}; starting a new one"
+                                  f"{f' (see {self.worker_log})' if self.worker_log else ''}[/yellow]")
+                    self.workers[index] = self._spawn(index)
+                    self.restarts += 1
 
     def stop_workers(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGINT)  # finish the batch in hand, then exit
@@ -165,9 +192,6 @@ class LocalStack:
                 worker.kill()
                 worker.wait()
         self.workers = []
-
-    def dead_workers(self) -> list[int]:
-        return [worker.returncode for worker in self.workers if worker.poll() is not None]
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -195,15 +219,11 @@ def up(
         signal.signal(signum, lambda *_: stopping.set())
     try:
         while not stopping.wait(1):
-            if stack.dead_workers():
-                console.print(f"[red]a worker exited ({stack.dead_workers()}); see {stack.worker_log}[/red]")
-                break
+            pass
     finally:
         console.print("stopping the local stack ...")
         stop_local_stack(stack)
         console.print("stopped")
-    if not stopping.is_set():
-        raise typer.Exit(1)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

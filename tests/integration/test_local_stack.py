@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import time
 
 import cfnlint.decode.cfn_yaml
 from typer.testing import CliRunner
@@ -70,15 +73,24 @@ def test_status_reports_the_running_stack(local_stack):
     assert json.loads(result.stdout)["endpoint_url"] == local_stack.state["endpoint_url"]
 
 
-def test_ctrl_c_stops_server_and_workers_and_removes_the_state_file(tmp_path):
+def _workers_of(queue_url):
+    """pids of the worker processes polling this queue (their command line names it)."""
+    found = subprocess.run(["pgrep", "-f", f"pneumoscan_cli.worker --queue-url {queue_url} "],
+                           capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_dead_worker_is_replaced_and_ctrl_c_stops_everything(tmp_path):
     stack = start_stack(tmp_path, "--workers", "2")
     workers = stack.state["workers"]
     assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)  # as a Lambda environment can vanish mid-batch
+    deadline = time.monotonic() + 20
+    while "worker-1 exited" not in stack.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "starting a new one" in stack.log()
+    replacement = _workers_of(stack.state["queue_url"])
+    assert len(replacement) == 2 and workers[0] not in replacement
     assert stop_stack(stack) == 0, stack.log()
+    assert _workers_of(stack.state["queue_url"]) == []
     assert not (tmp_path / STATE_FILE).exists()
-    for pid in workers:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        raise AssertionError(f"worker {pid} survived the shutdown")
