@@ -108,7 +108,7 @@ def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
             item.get("reason"), item.get("error"), item.get("model_version"),
             _number(summary.get("border_share")), _number(summary.get("outside_chest_share")),
             thumbnail=_source_thumbnail(s3, target.bucket, item),
-            overlay=_fetch(s3, target.bucket, item.get(cam.ITEM_OVERLAY_KEY)))
+            overlay=_overlay(s3, target.bucket, item))
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         return list(track(pool.map(entry, items), total=len(items), description="Downloading", console=console))
@@ -122,6 +122,11 @@ def _fetch(s3: Any, bucket: str, key: str | None, version_id: str | None = None)
         return s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
+
+
+def _overlay(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
+    png = _fetch(s3, bucket, item.get(cam.ITEM_OVERLAY_KEY))
+    return as_jpeg(png) if png else None
 
 
 def _source_thumbnail(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:

@@ -1,0 +1,54 @@
+"""`pneumoscan report --batch` against the local stack over HTTP: overlays written by the real handler."""
+
+import base64
+import io
+import re
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from pneumoscan import cam
+from pneumoscan_cli.main import app
+
+from .conftest import real_xrays
+
+BATCH = "report-check"
+runner = CliRunner()
+
+
+def _cli(stack, *arguments):
+    result = runner.invoke(app, list(arguments), env=stack.env)
+    assert result.exit_code == 0, f"{arguments}: {result.output}\n--- local up log ---\n{stack.log()}"
+    return result
+
+
+def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    for xray in real_xrays(per_class=2):
+        (folder / xray.name).symlink_to(xray)
+    (folder / "letter.jpeg").write_text("referral letter, not an image")
+    _cli(local_stack, "upload", str(folder), "--batch", BATCH, "--wait", "--timeout", "120")
+
+    target = local_stack.target
+    overlays = target.client("s3").list_objects_v2(
+        Bucket=target.bucket, Prefix=cam.overlay_key("results/", f"incoming/{BATCH}/").removesuffix(".png"))
+    assert overlays["KeyCount"] == 4  # one per scored X-ray, none for the letter
+
+    page_path = tmp_path / "report.html"
+    _cli(local_stack, "report", "--batch", BATCH, "-o", str(page_path))
+    # The same stack named explicitly, as for any S3/DynamoDB-compatible endpoint.
+    _cli(local_stack, "report", "--batch", BATCH, "-o", str(tmp_path / "by-endpoint.html"),
+         "--endpoint-url", target.endpoint_url, "--bucket", target.bucket, "--table", target.table)
+
+    for page in (page_path.read_text(), (tmp_path / "by-endpoint.html").read_text()):
+        rows = re.findall(r'<tr data-position="\d+" data-probability="([^"]*)" data-status="(\w+)"', page)
+        assert sorted(status for _, status in rows) == ["FAILED", "SCORED", "SCORED", "SCORED", "SCORED"]
+        overlays = re.findall(r'<img class="overlay" src="data:image/jpeg;base64,([^"]+)"', page)
+        thumbnails = re.findall(r'<img class="thumbnail" src="data:image/jpeg;base64,([^"]+)"', page)
+        assert len(overlays) == len(thumbnails) == 4
+        for encoded in overlays:
+            with Image.open(io.BytesIO(base64.b64decode(encoded))) as overlay:
+                assert overlay.width == cam.OVERLAY_LONG_SIDE + cam.LEGEND_WIDTH or \
+                    overlay.height == cam.OVERLAY_LONG_SIDE + cam.TITLE_HEIGHT
+        assert 'data-count="failures"><b>1</b>' in page and "not_an_image" in page
