@@ -54,6 +54,8 @@ class SplitShares:
     mean_heat: np.ndarray = field(default_factory=lambda: np.zeros((cam.ANALYSIS_GRID,) * 2))
 
     def summary(self) -> dict:
+        if not self.border:
+            return {"images": 0, "unreadable": self.unreadable}
         border, outside = np.array(self.border), np.array(self.outside_chest)
         worst = np.argsort(-border)[:WORST_LISTED]
         by_label = {}

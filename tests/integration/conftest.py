@@ -86,3 +86,22 @@ def local_stack(tmp_path_factory):
     yield stack
     if stack.process.poll() is None:
         stop_stack(stack)
+
+
+@pytest.fixture(autouse=True)
+def no_scan(monkeypatch):
+    """Every DynamoDB client the CLI makes in these tests refuses to Scan: reads are Queries."""
+    make_client = Target.client
+
+    def guarded(self, service):
+        client = make_client(self, service)
+        if service == "dynamodb" and not getattr(client, "_scan_guarded", False):
+            client.meta.events.register("before-call.dynamodb.Scan", _refuse_scan)
+            client._scan_guarded = True
+        return client
+
+    monkeypatch.setattr(Target, "client", guarded)
+
+
+def _refuse_scan(**_):
+    raise AssertionError("the CLI must not Scan the results table")

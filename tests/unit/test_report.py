@@ -118,3 +118,25 @@ def test_report_renders_sorts_and_filters_in_chromium(chromium, tmp_path):
     assert seen["failures"] == ["FAILED", "FAILED"]
     assert seen["flagged"] == ["1"]
     assert seen["all"] == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_offline_report_scores_local_files_with_the_lambdas_path(tmp_path):
+    from typer.testing import CliRunner
+
+    from image_cases import FULLRES_DIR
+    from pneumoscan_cli.main import app
+
+    xrays = [FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg", min((FULLRES_DIR / "PNEUMONIA").glob("*.jpeg"))]
+    letter = tmp_path / "letter.jpeg"
+    letter.write_text("referral letter, not an image")
+    page = tmp_path / "offline.html"
+
+    result = CliRunner().invoke(app, ["report", *map(str, xrays), str(letter), "-o", str(page)])
+
+    assert result.exit_code == 0, result.output
+    html_text = page.read_text()
+    rows = re.findall(r'data-status="(\w+)" data-label="(\w*)"', html_text)
+    assert rows[:2] == [("SCORED", rows[0][1]), ("SCORED", rows[1][1])] and rows[2] == ("FAILED", "")
+    assert all(label in ("NORMAL", "PNEUMONIA") for _, label in rows[:2])
+    assert html_text.count('<img class="overlay"') == html_text.count('<img class="thumbnail"') == 2
+    assert "not_an_image" in html_text
