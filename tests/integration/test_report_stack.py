@@ -5,21 +5,13 @@ import io
 import re
 
 from PIL import Image
-from typer.testing import CliRunner
 
 from pneumoscan import cam
-from pneumoscan_cli.main import app
 
 from .conftest import real_xrays
+from .test_pipeline import _cli
 
 BATCH = "report-check"
-runner = CliRunner()
-
-
-def _cli(stack, *arguments):
-    result = runner.invoke(app, list(arguments), env=stack.env)
-    assert result.exit_code == 0, f"{arguments}: {result.output}\n--- local up log ---\n{stack.log()}"
-    return result
 
 
 def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
