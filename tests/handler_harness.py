@@ -13,10 +13,12 @@ import importlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import ModuleType
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 import pytest
 from moto import mock_aws
 
@@ -46,15 +48,15 @@ class HandlerStack:
     app: ModuleType | None = None
     delivered: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
+    @cached_property
     def s3(self) -> Any:
         return self.session.client("s3")
 
-    @property
+    @cached_property
     def sqs(self) -> Any:
         return self.session.client("sqs")
 
-    @property
+    @cached_property
     def table(self) -> Any:
         return self.session.resource("dynamodb").Table(self.settings.table)
 
@@ -80,6 +82,7 @@ class HandlerStack:
         worker, outcomes = self.worker(handler), []
         for _ in range(rounds):
             while messages := self.receive(min(10, worker.batch_size)):
+                self.delivered.extend(messages)
                 outcomes.append(worker.process(messages))
                 if outcomes[-1].failed:
                     break  # next round: the failed ones come back
@@ -90,6 +93,16 @@ class HandlerStack:
         return self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=count,
                                         MessageSystemAttributeNames=["All"],
                                         MessageAttributeNames=["All"]).get("Messages", [])
+
+    def expire_in_flight(self) -> None:
+        """What the visibility timeout does to messages a dead worker held: visible again."""
+        for message in self.delivered:
+            try:
+                self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                                                   VisibilityTimeout=0)
+            except ClientError:
+                pass  # deleted after a success: nothing to expire
+        self.delivered.clear()
 
     def receive_raw(self) -> list[dict[str, Any]]:
         """Take every queued message without processing or deleting it (to deliver it twice)."""
