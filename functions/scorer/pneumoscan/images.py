@@ -35,6 +35,8 @@ SUPPORTED_FORMATS = ("JPEG", "PNG")
 # Pillow's JPEG factory reports multi-picture JPEGs (some camera/PACS exports) as MPO;
 # the first picture is an ordinary baseline/progressive JPEG.
 _JPEG_FORMATS = ("JPEG", "MPO")
+# JPEG modes decoded in one strict libjpeg-turbo pass; others (CMYK) are checked, then Pillow decodes.
+_STRICT_JPEG_MODES = ("L", "RGB")
 # A declared size above this is refused from the header, before any decoding: real
 # radiographs stay below ~50 MP, and Pillow's own bomb limits (~89 MP warns, ~179 MP
 # fails) are far too lax for a 1-2 GB Lambda.
@@ -96,16 +98,21 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     if source_mode not in _DIRECT_MODES and source_mode not in _WIDE_MODES:
         raise ImageRejected("unsupported_mode", f"pixel mode {source_mode} is not supported")
 
-    if source_format in _JPEG_FORMATS:
-        _verify_jpeg_scan(data)
-    else:
-        _verify_png_chunks(data)
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        if target_size is not None and source_format in _JPEG_FORMATS:
-            image.draft(_DIRECT_MODES.get(source_mode, "RGB"), target_size)
-        image.load()
+        if source_format in _JPEG_FORMATS and source_mode in _STRICT_JPEG_MODES:
+            image = _decode_jpeg_strict(data, image, target_size)
+        else:
+            if source_format in _JPEG_FORMATS:
+                _verify_jpeg_scan(data)
+                if target_size is not None:
+                    image.draft(_DIRECT_MODES.get(source_mode, "RGB"), target_size)
+            else:
+                _verify_png_chunks(data)
+            image.load()
         image = ImageOps.exif_transpose(image)
+    except ImageRejected:
+        raise
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         raise _decode_failure(source_format, exc) from exc
 
@@ -171,6 +178,27 @@ def _describe_non_image(data: bytes) -> str:
     return "text" if b"\x00" not in head else "unrecognised binary data"
 
 
+def _decode_jpeg_strict(data: bytes, header: ImageFile.ImageFile,
+                        target_size: tuple[int, int] | None) -> Image.Image:
+    """Greyscale or RGB JPEG pixels from ONE strict libjpeg-turbo pass (see `_verify_jpeg_scan`).
+
+    Entropy decoding is most of the cost of a large JPEG, so checking the scan and then
+    decoding it again with Pillow took twice as long. The DCT scale is the one Pillow's
+    `draft` picks (the smallest 1/2, 1/4, 1/8 that still covers `target_size`), and the
+    pixels are identical to Pillow's: both are libjpeg-turbo with the same settings.
+    """
+    width, height = header.size
+    factor = 1
+    if target_size is not None:
+        fits = min(width // target_size[0], height // target_size[1])
+        factor = next((scale for scale in (8, 4, 2) if fits >= scale), 1)
+    pixels = _strict_jpeg(data, colorspace="GRAY" if header.mode == "L" else "RGB", min_factor=factor,
+                          min_width=-(-width // factor), min_height=-(-height // factor))
+    image = Image.fromarray(pixels[..., 0] if header.mode == "L" else pixels, header.mode)
+    image.info.update(header.info)  # EXIF/XMP orientation for exif_transpose
+    return image
+
+
 def _verify_jpeg_scan(data: bytes) -> None:
     """Run libjpeg-turbo over the entropy-coded data with its warnings made errors.
 
@@ -178,8 +206,12 @@ def _verify_jpeg_scan(data: bytes) -> None:
     as warnings and keeps going; Pillow silences them and returns the damaged pixels.
     The smallest IDCT scale keeps this pass cheap: the scan is parsed in full anyway.
     """
+    _strict_jpeg(data, colorspace="GRAY", min_factor=8)
+
+
+def _strict_jpeg(data: bytes, **options) -> np.ndarray:
     try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+        return simplejpeg.decode_jpeg(data, strict=True, **options)
     except ValueError as exc:
         message = str(exc)
         reason = "truncated" if "Premature end of JPEG file" in message else "corrupt"
