@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="weights, order, augmentation")
+    parser.add_argument("--split-seed", type=int, default=defaults.split_seed,
+                        help="which patients form the validation split")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--widths", default=",".join(map(str, defaults.widths)),
                         help="filters of the five conv blocks (default %(default)s)")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = dataclasses.replace(defaults, epochs=args.epochs, batch_size=args.batch_size,
-                                 learning_rate=args.learning_rate, seed=args.seed,
+                                 learning_rate=args.learning_rate, seed=args.seed, split_seed=args.split_seed,
                                  val_fraction=args.val_fraction, dropout=args.dropout,
                                  label_smoothing=args.label_smoothing,
                                  widths=tuple(int(w) for w in args.widths.split(",")),

@@ -23,16 +23,27 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 50) -> t
     labels = np.asarray(labels).ravel()
     positives, negatives = int(labels.sum()), int(labels.size - labels.sum())
     targets = np.where(labels == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    a, b = 1.0, 0.0
     design = np.stack([logits, np.ones_like(logits)], axis=1)
+
+    def loss(params: np.ndarray) -> float:
+        z = design @ params
+        # -log-likelihood of the soft targets, written stably: log(1+e^z) - t*z.
+        return float(np.sum(np.logaddexp(0.0, z) - targets * z))
+
+    params = np.zeros(2)  # start at the constant model: Newton's method is safe from there
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
         gradient = design.T @ (p - targets)
         hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-9:
+        # Halve the step until the likelihood improves (plain Newton can overshoot).
+        current, scale = loss(params), 1.0
+        while loss(params - scale * step) > current and scale > 1e-6:
+            scale /= 2
+        params = params - scale * step
+        if np.abs(scale * step).max() < 1e-9:
             break
+    a, b = params
     return float(a), float(b)
 
 

@@ -153,10 +153,10 @@ def fullres_check(model: PneumoniaModel, data_dir: Path, val: ImageSet, val_scor
 
 
 def load_split(config: TrainConfig, options: RunOptions) -> tuple[ImageSet, ImageSet, list, list]:
-    train_files, val_files = dataset_files(options.data_dir, config.val_fraction, config.seed)
+    train_files, val_files = dataset_files(options.data_dir, config.val_fraction, config.split_seed)
     if options.limit_per_class:
-        train_files = _limit(train_files, options.limit_per_class, config.seed)
-        val_files = _limit(val_files, options.limit_per_class, config.seed)
+        train_files = _limit(train_files, options.limit_per_class, config.split_seed)
+        val_files = _limit(val_files, options.limit_per_class, config.split_seed)
     train = load_images(train_files, HEIGHT, WIDTH, CHANNELS, "decoding train")
     val = load_images(val_files, HEIGHT, WIDTH, CHANNELS, "decoding val")
     print(f"train {train.class_counts()}  val {val.class_counts()}", flush=True)
@@ -176,11 +176,11 @@ def run(config: TrainConfig, options: RunOptions) -> dict:
 def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
     """Finalize the logit-average of models already trained in `run_dirs` (same split)."""
     configs = [json.loads((run_dir / "config.json").read_text()) for run_dir in run_dirs]
-    splits = {(c["seed"], c["val_fraction"]) for c in configs}
+    splits = {(c.get("split_seed", c["seed"]), c["val_fraction"]) for c in configs}
     if len(splits) != 1:
         raise ValueError(f"ensemble members were validated on different splits: {splits}")
     config = TrainConfig(**{k: v for k, v in configs[0].items() if k != "augment"})
-    config.seed, config.val_fraction = next(iter(splits))
+    config.split_seed, config.val_fraction = next(iter(splits))
     started = time.monotonic()
     train, val, train_files, val_files = load_split(config, options)
     members = [keras.saving.load_model(run_dir / TRAINED_MODEL) for run_dir in run_dirs]

@@ -31,7 +31,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     widths: tuple[int, ...] = (16, 32, 96, 160, 256)
     val_fraction: float = 0.15
-    seed: int = 1337
+    split_seed: int = 1337  # which patients go to validation; ensemble members must share it
+    seed: int = 1337  # weights, shuffling, augmentation
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def as_dict(self) -> dict:

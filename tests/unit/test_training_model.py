@@ -1,0 +1,72 @@
+"""Architecture, calibration folding and ensembling: exact identities, on tiny untrained models."""
+
+import keras
+import numpy as np
+import pytest
+
+from training.architecture import FEATURE_MAP_LAYER, LOGIT_LAYER, PROBABILITY_LAYER, build_model
+from training.calibration import fit_platt, fold_into_dense
+from training.ensemble import average_logits
+
+TINY = (4, 4, 8, 8, 8)
+
+
+def _images(count=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, 224, 224, 1)).astype(np.float32)
+
+
+def _logits(model, images):
+    return keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output).predict(images, verbose=0).ravel()
+
+
+def test_outputs_and_per_image_standardisation():
+    model = build_model(widths=TINY)
+    images = _images()
+    outputs = model.predict(images, verbose=0)
+    assert outputs[PROBABILITY_LAYER].shape == (3, 1)
+    assert outputs[FEATURE_MAP_LAYER].shape == (3, 14, 14, 8)
+    # Exposure and contrast changes (affine in the pixels) leave the prediction unchanged.
+    rescaled = np.clip(images * 0.5 + 40, 0, 255)
+    np.testing.assert_allclose(model.predict(rescaled, verbose=0)[PROBABILITY_LAYER],
+                               outputs[PROBABILITY_LAYER], atol=1e-5)
+
+
+def test_gap_head_identity_gives_the_cam_weights():
+    model = build_model(widths=TINY)
+    images = _images()
+    feature_map = model.predict(images, verbose=0)[FEATURE_MAP_LAYER]
+    kernel, bias = model.get_layer(LOGIT_LAYER).get_weights()
+    expected = feature_map.mean(axis=(1, 2)) @ kernel[:, 0] + bias[0]
+    np.testing.assert_allclose(_logits(model, images), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_platt_fit_recovers_a_known_scaling():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, 20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 * logits - 1.0)))).astype(int)
+    a, b = fit_platt(logits, labels)
+    assert a == pytest.approx(0.5, abs=0.03) and b == pytest.approx(-1.0, abs=0.06)
+    # Perfectly separated data still gives a finite fit.
+    a, b = fit_platt(np.array([-2.0, -1.0, 1.0, 2.0]), np.array([0, 0, 1, 1]))
+    assert np.isfinite(a) and np.isfinite(b) and a > 0
+
+
+def test_folding_scales_the_logit():
+    model = build_model(widths=TINY)
+    images = _images()
+    before = _logits(model, images)
+    fold_into_dense(model.get_layer(LOGIT_LAYER), 2.0, -0.5)
+    np.testing.assert_allclose(_logits(model, images), 2.0 * before - 0.5, rtol=1e-4, atol=1e-5)
+
+
+def test_ensemble_is_the_mean_of_member_logits():
+    keras.utils.set_random_seed(0)
+    members = [build_model(widths=TINY), build_model(widths=TINY)]
+    for index, member in enumerate(members):
+        kernel, bias = member.get_layer(LOGIT_LAYER).get_weights()
+        member.get_layer(LOGIT_LAYER).set_weights([kernel + index, bias + index])
+    images = _images()
+    ensemble = average_logits(members)
+    expected = np.mean([_logits(member, images) for member in members], axis=0)
+    np.testing.assert_allclose(_logits(ensemble, images), expected, rtol=1e-4, atol=1e-5)
+    assert ensemble.predict(images, verbose=0)[FEATURE_MAP_LAYER].shape == (3, 14, 14, 16)
