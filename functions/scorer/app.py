@@ -26,6 +26,10 @@ from pneumoscan.model import ModelLoadError, PneumoniaModel
 
 INCOMING_PREFIX = os.environ.get(results.INCOMING_PREFIX_ENV, results.DEFAULT_INCOMING_PREFIX)
 RESULTS_PREFIX = os.environ.get("RESULTS_PREFIX", results.RESULTS_PREFIX)
+# Which scored images get a PNG overlay (one S3 PUT each): all, positives or none.
+OVERLAY_IMAGES = os.environ.get("OVERLAY_IMAGES", "all")
+if OVERLAY_IMAGES not in cam.OVERLAY_POLICIES:
+    raise ValueError(f"OVERLAY_IMAGES={OVERLAY_IMAGES!r} is not one of {', '.join(cam.OVERLAY_POLICIES)}")
 MAX_OBJECT_BYTES = int(os.environ.get("MAX_OBJECT_BYTES", images.MAX_BYTES))
 INFERENCE_THREADS = int(os.environ.get("INFERENCE_THREADS", "1"))
 # Keys may carry patient identifiers: only DEBUG logging shows them in clear.
@@ -190,8 +194,11 @@ def _write_overlay(created: ObjectCreated, feature_map, decoded: images.DecodedI
     """Class activation map of the label given: PNG overlay under the results prefix
     (outside the notification prefix, so it never triggers a scoring) plus the item's
     `overlay_key`, `hot_region` and `cam` shares. A failed put raises: the record is retried."""
+    positive = label == model.metadata["labels"][1]
     explanation = cam.explain(feature_map, cam_weights, decoded, probability=probability, label=label,
-                              positive=label == model.metadata["labels"][1])
+                              positive=positive, overlay=cam.wants_overlay(OVERLAY_IMAGES, positive))
+    if explanation.overlay_png is None:
+        return explanation.item_fields(None)
     key = cam.overlay_key(RESULTS_PREFIX, created.key)
     s3_client.put_object(Bucket=created.bucket, Key=key, Body=explanation.overlay_png,
                          ContentType="image/png", Metadata={"model-version": model.version})

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs ../shared/data and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
 
 XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"
+POSITIVE_XRAY = DATA / "PNEUMONIA" / "person1374_bacteria_3506.jpeg"  # P ~0.95 with the first model
 
 
 def overlays(stack) -> list[str]:
@@ -83,3 +84,26 @@ def test_an_overlay_that_cannot_be_written_retries_the_record(handler_stack, mon
     monkeypatch.undo()
     stack.deliver()
     assert stack.item(key)[cam.ITEM_OVERLAY_KEY] in overlays(stack)
+
+
+def test_overlays_for_positives_only_keep_every_items_heat_summary(handler_stack, monkeypatch):
+    stack = handler_stack
+    monkeypatch.setenv("OVERLAY_IMAGES", "positives")
+    app = stack.cold_start()
+    normal_key, pneumonia_key = f"{stack.prefix}b/normal.jpeg", f"{stack.prefix}b/pneumonia.jpeg"
+    stack.put(normal_key, XRAY.read_bytes())
+    stack.put(pneumonia_key, POSITIVE_XRAY.read_bytes())
+
+    stack.deliver()
+
+    normal, pneumonia = stack.item(normal_key), stack.item(pneumonia_key)
+    assert (normal["label"], pneumonia["label"]) == ("NORMAL", "PNEUMONIA"), "pick X-rays the model gets right"
+    assert cam.ITEM_OVERLAY_KEY not in normal and cam.ITEM_CAM in normal and cam.ITEM_HOT_REGION in normal
+    assert overlays(stack) == [pneumonia[cam.ITEM_OVERLAY_KEY]]
+    assert app.OVERLAY_IMAGES == "positives"
+
+
+def test_an_unknown_overlay_setting_fails_the_cold_start(handler_stack, monkeypatch):
+    monkeypatch.setenv("OVERLAY_IMAGES", "some")
+    with pytest.raises(ValueError, match="OVERLAY_IMAGES"):
+        handler_stack.cold_start()

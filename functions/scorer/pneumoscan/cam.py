@@ -49,6 +49,7 @@ ITEM_OVERLAY_KEY = "overlay_key"
 ITEM_HOT_REGION = "hot_region"
 ITEM_CAM = "cam"
 OVERLAY_FOLDER = "overlays/"
+OVERLAY_POLICIES = ("all", "positives", "none")
 
 # Anchors of a perceptually ordered dark-to-bright map (after matplotlib's inferno).
 _COLOUR_ANCHORS = np.array([
@@ -107,17 +108,25 @@ class CamSummary:
 @dataclass(frozen=True)
 class Explanation:
     summary: CamSummary
-    overlay_png: bytes
+    overlay_png: bytes | None  # None when no overlay was asked for
 
-    def item_fields(self, overlay_key: str) -> dict:
+    def item_fields(self, overlay_key: str | None) -> dict:
         """What a result item records about the CAM (floats; the writer converts them)."""
-        fields = {ITEM_OVERLAY_KEY: overlay_key,
-                  ITEM_CAM: {"border_share": round(self.summary.border_share, 4),
-                             "outside_chest_share": round(self.summary.outside_chest_share, 4),
-                             "outside_chest": self.summary.outside_chest}}
+        fields: dict = {ITEM_CAM: {"border_share": round(self.summary.border_share, 4),
+                                   "outside_chest_share": round(self.summary.outside_chest_share, 4),
+                                   "outside_chest": self.summary.outside_chest}}
+        if overlay_key:
+            fields[ITEM_OVERLAY_KEY] = overlay_key
         if self.summary.hot_region is not None:
             fields[ITEM_HOT_REGION] = self.summary.hot_region.as_dict()
         return fields
+
+
+def wants_overlay(policy: str, positive: bool) -> bool:
+    """The OverlayImages setting: `all`, `positives` or `none` of the scored images."""
+    if policy not in OVERLAY_POLICIES:
+        raise ValueError(f"overlay policy {policy!r} is not one of {', '.join(OVERLAY_POLICIES)}")
+    return policy == "all" or (policy == "positives" and positive)
 
 
 def overlay_key(results_prefix: str, object_key: str) -> str:
@@ -276,11 +285,13 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def explain(feature_map: np.ndarray, cam: CamWeights, decoded: DecodedImage, *,
-            probability: float, label: str, positive: bool) -> Explanation:
-    """Everything the pipeline records about one image's CAM: summary plus overlay PNG."""
+            probability: float, label: str, positive: bool, overlay: bool = True) -> Explanation:
+    """Everything the pipeline records about one image's CAM: summary plus (optionally) overlay PNG."""
     heat = evidence(class_activation_map(feature_map, cam), positive)
     image_size = (decoded.width, decoded.height)
     summary = summarise(heat, image_size)
-    overlay = render_overlay(decoded.image, heat, probability=probability, label=label,
+    if not overlay:
+        return Explanation(summary, None)
+    picture = render_overlay(decoded.image, heat, probability=probability, label=label,
                              summary=summary, image_size=image_size)
-    return Explanation(summary, encode_png(overlay))
+    return Explanation(summary, encode_png(picture))
