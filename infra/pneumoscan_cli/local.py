@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +64,8 @@ class LocalStack:
     def start(self) -> Target:
         from moto.server import ThreadedMotoServer  # heavy import, only where a server runs
 
+        if self.port:
+            _check_port_free(LOCAL_HOST, self.port)  # moto's server thread would hang on a busy port
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self._server = ThreadedMotoServer(ip_address=LOCAL_HOST, port=self.port, verbose=False)
         self._server.start()
@@ -192,6 +195,14 @@ class LocalStack:
                 worker.kill()
                 worker.wait()
         self.workers = []
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or 0") from None
 
 
 # -- commands ------------------------------------------------------------------------------
