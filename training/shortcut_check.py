@@ -126,6 +126,15 @@ def measure(name: str, files: list[tuple[Path, int]], model: PneumoniaModel, wei
     return shares
 
 
+def validation_split(metadata: dict) -> tuple[float, int]:
+    """(val_fraction, split seed) the model was validated with, from model.json."""
+    config = metadata.get("training", {}).get("config", {})
+    seed = config.get("split_seed", config.get("seed"))  # models before split_seed used one seed
+    if seed is None or "val_fraction" not in config:
+        raise SystemExit("model.json has no training.config (val_fraction, split_seed): cannot rebuild its val split")
+    return float(config["val_fraction"]), int(seed)
+
+
 def write_figure(splits: list[SplitShares], path: Path) -> None:
     import matplotlib
 
@@ -169,8 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = PneumoniaModel(args.model_dir)
     weights = cam.CamWeights.from_metadata(model.metadata)
-    config = model.metadata.get("training", {}).get("config", {})
-    _, val_files = dataset_files(args.data / TRAINING_SET, config.get("val_fraction", 0.15), config.get("seed", 1337))
+    _, val_files = dataset_files(args.data / TRAINING_SET, *validation_split(model.metadata))
     fullres_files = list_labelled(args.data / FULLRES_SET)
 
     timings: dict[str, list[float]] = {"wall": [], "cpu": []}
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "bottom": cam.CHEST_BOX[3], "units": "fraction of image width/height"},
             "flag": f"outside_chest_share > {cam.OUTSIDE_CHEST_FLAG}",
             "uniform_heat": uniform_shares(),
-            "val_split": "by-patient validation split of model.json training.config (seed, val_fraction)",
+            "val_split": "by-patient validation split of model.json training.config (split_seed, val_fraction)",
         },
         "splits": {split.name: split.summary() for split in splits},
         "cam_overlay_ms_per_fullres_image": {
