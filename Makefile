@@ -16,6 +16,7 @@ help:
 	@echo "make test                install what is needed and run every test"
 	@echo "make train               train and export the model into model/"
 	@echo "make bench               benchmarks: time, memory and cost per image -> benchmarks/RESULTS.md"
+	@echo "make loadtest N=2000     N full-res X-rays through the local stack: rate, latency, lost, duplicated"
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +71,13 @@ $(BENCH_LAMBDA)/.installed: functions/scorer/requirements.txt | $(INSTALLED)
 	$(PY) -m pip install -q --target $(BENCH_LAMBDA)/runtime \
 	    "boto3==$$($(PY) -c 'from importlib.metadata import version; print(version("boto3"))')"
 	touch $@
+
+# Load test (issue 4): N uploads cycling the 200 originals, WORKERS handler workers -> runs/loadtest.json.
+N ?= 2000
+WORKERS ?= 3
+.PHONY: loadtest
+loadtest: $(INSTALLED)
+	$(PY) -m benchmarks.loadtest --images $(N) --workers $(WORKERS) --data $(DATA)
 
 .PHONY: bench
 bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed
