@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,27 +86,25 @@ class BatchOutcome:
     error: str | None = None
 
 
+@dataclass
 class QueueWorker:
     """Poll -> invoke -> delete the successes, like Lambda's event source mapping."""
 
-    def __init__(self, sqs: Any, queue_url: str, queue_arn: str, handler: Callable[[dict, Any], Any], *,
-                 region: str, batch_size: int = 10, batching_window_s: int = 0,
-                 report_batch_item_failures: bool = True, function_name: str = "pneumoscan-scorer",
-                 memory_mb: int = 1024, timeout_s: int = 30, retry_after_s: int | None = None):
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.queue_arn = queue_arn
-        self.handler = handler
-        self.region = region
-        self.batch_size = batch_size
-        self.batching_window_s = batching_window_s
-        self.report_batch_item_failures = report_batch_item_failures
-        self.function_name = function_name
-        self.memory_mb = memory_mb
-        self.timeout_s = timeout_s
-        # None: failed messages come back after the queue's visibility timeout, as on AWS.
-        self.retry_after_s = retry_after_s
-        self.stopping = threading.Event()
+    sqs: Any
+    queue_url: str
+    queue_arn: str
+    handler: Callable[[dict, Any], Any]
+    _: KW_ONLY
+    region: str
+    batch_size: int = 10
+    batching_window_s: int = 0
+    report_batch_item_failures: bool = True
+    function_name: str = "pneumoscan-scorer"
+    memory_mb: int = 1024
+    timeout_s: int = 30
+    # None: failed messages come back after the queue's visibility timeout, as on AWS.
+    retry_after_s: int | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def receive_batch(self) -> list[dict[str, Any]]:
         """Up to batch_size messages, gathering for at most the batching window once one arrived."""
