@@ -144,3 +144,19 @@ def test_cam_of_a_hand_set_tflite_model_matches_the_hand_computation(tmp_path):
     # The map averages to the model's logit: CAM and score are the same computation.
     logit = (3.1 - 0.4 * 63) / 64
     assert prediction.probability[0] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
+
+
+def test_the_bundled_models_cam_averages_to_its_score():
+    """model.json's cam weights belong to the .tflite next to it: the CAM of the int8 model
+    averages to the logit of its own probability (quantisation leaves ~0.01)."""
+    from image_cases import FULLRES_DIR
+    from pneumoscan.model import PneumoniaModel
+
+    model = PneumoniaModel()
+    weights = cam.CamWeights.from_metadata(model.metadata)
+    xrays = [path for label in ("NORMAL", "PNEUMONIA") for path in sorted((FULLRES_DIR / label).glob("*.jpeg"))[:3]]
+    for xray in xrays:
+        pixels, _ = images.load_model_input(xray.read_bytes(), *model.input_shape)
+        prediction = model.predict(pixels)
+        logit = float(cam.class_activation_map(prediction.feature_map[0], weights).mean())
+        assert 1 / (1 + np.exp(-logit)) == pytest.approx(float(prediction.probability[0]), abs=0.02), xray.name
