@@ -99,3 +99,22 @@ Resources:
     assert resolver.resolve({"Fn::Sub": "${!Literal} ${Queue.Arn}"}).startswith("${Literal} arn:aws:sqs:")
     with pytest.raises(TemplateError, match="Fn::ImportValue"):
         resolver.resolve({"Fn::ImportValue": "x"})
+
+
+def test_workers_get_the_functions_environment_pointed_at_the_local_endpoint(tmp_path, monkeypatch):
+    from pneumoscan_cli.aws import Target
+    from pneumoscan_cli.local import LocalStack
+
+    monkeypatch.setenv("AWS_PROFILE", "someone-real")
+    settings = read_settings()
+    stack = LocalStack(settings, model_dir=tmp_path)
+    stack.target = Target(bucket=settings.bucket, table=settings.table, region=settings.region,
+                          endpoint_url="http://127.0.0.1:1234", source="local")
+    environment = stack.worker_environment()
+    globals_variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    for name in globals_variables:
+        expected = str(tmp_path) if name == "PNEUMOSCAN_MODEL_DIR" else settings.environment[name]
+        assert environment[name] == expected
+    assert environment["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234"
+    assert environment["RESULTS_TABLE"] == settings.table
+    assert "AWS_PROFILE" not in environment  # real credentials never reach the local stack
