@@ -111,14 +111,17 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(tmp_path):
         key = f"incoming/poison/{xray.name}"
         target.client("s3").put_object(Bucket=target.bucket, Key=key, Body=xray.read_bytes())
         sqs = target.client("sqs")
-        deadline, moved = time.monotonic() + 60, []
+        deadline, moved = time.monotonic() + 60, {}
         while time.monotonic() < deadline and key not in moved:
             response = sqs.receive_message(QueueUrl=target.dead_letter_queue_url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1, VisibilityTimeout=0)
-            moved = [unquote_plus(record["s3"]["object"]["key"])
+                                           WaitTimeSeconds=1, VisibilityTimeout=0,
+                                           MessageSystemAttributeNames=["ApproximateReceiveCount"])
+            moved = {unquote_plus(record["s3"]["object"]["key"]): int(message["Attributes"]["ApproximateReceiveCount"])
                      for message in response.get("Messages", [])
-                     for record in json.loads(message["Body"]).get("Records", [])]
+                     for record in json.loads(message["Body"]).get("Records", [])}
         assert key in moved, stack.log()
+        # Received maxReceiveCount times from the queue (plus this receive from the DLQ).
+        assert moved[key] == 3 + 1
         assert "handler init failed" in stack.log()
         queue = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
         assert queue["ApproximateNumberOfMessages"] == "0"
