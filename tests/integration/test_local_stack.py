@@ -3,8 +3,8 @@
 import json
 import os
 import signal
-import subprocess
 import time
+from pathlib import Path
 
 import cfnlint.decode.cfn_yaml
 from typer.testing import CliRunner
@@ -75,9 +75,16 @@ def test_status_reports_the_running_stack(local_stack):
 
 def _workers_of(queue_url):
     """pids of the worker processes polling this queue (their command line names it)."""
-    found = subprocess.run(["pgrep", "-f", f"pneumoscan_cli.worker --queue-url {queue_url} "],
-                           capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    wanted = ["pneumoscan_cli.worker", "--queue-url", queue_url]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            arguments = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile, or not a process
+            continue
+        if any(arguments[index:index + 3] == wanted for index in range(len(arguments))):
+            pids.append(int(proc.name))
+    return pids
 
 
 def test_a_dead_worker_is_replaced_and_ctrl_c_stops_everything(tmp_path):
