@@ -17,7 +17,7 @@ from pneumoscan.results import STATUS_FAILED
 
 from .aws import local_target
 from .files import collect_files
-from .local import _running_state, start_local_stack, stop_local_stack
+from .local import running_state, start_local_stack, stop_local_stack
 from .results import results_table
 from .upload import DEFAULT_WAIT_TIMEOUT_S, check_batch_name, default_batch_name, upload_files, wait_for_scores
 
@@ -48,7 +48,7 @@ def demo(
         raise typer.Exit(2) from None
     batch = check_batch_name(batch or default_batch_name())
 
-    running = _running_state()
+    running = running_state()
     stack = None if running else start_local_stack(workers=workers, model_dir=model_dir)
     try:
         target = stack.target if stack else local_target()

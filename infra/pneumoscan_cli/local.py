@@ -250,7 +250,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 def start_local_stack(template: Path = DEFAULT_TEMPLATE, parameter_overrides: dict[str, str] | None = None,
                       **options: Any) -> LocalStack:
     """Start a stack, write the state file other commands read, and say where it is."""
-    existing = _running_state()
+    existing = running_state()
     if existing:
         raise CommandError(
             f"a local stack is already running (pid {existing['pid']}, {existing['endpoint_url']}); "
@@ -276,7 +276,7 @@ def stop_local_stack(stack: LocalStack) -> None:
         state_path().unlink()
 
 
-def _running_state() -> dict[str, Any] | None:
+def running_state() -> dict[str, Any] | None:
     """The state file's contents if its process is still alive; a stale file is removed."""
     try:
         state = read_state()
@@ -304,7 +304,7 @@ def _alive(pid: int | None) -> bool:
 @app.command("status")
 def status() -> None:
     """Say whether a local stack is running, and where."""
-    state = _running_state()
+    state = running_state()
     if state is None:
         console.print("no local stack is running")
         raise typer.Exit(1)
@@ -314,7 +314,7 @@ def status() -> None:
 @app.command("down")
 def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop.")] = 60) -> None:
     """Stop the local stack that `local up` started (as Ctrl-C would)."""
-    state = _running_state()
+    state = running_state()
     if state is None:
         console.print("no local stack is running")
         return
