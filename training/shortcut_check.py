@@ -73,6 +73,8 @@ class SplitShares:
             "flagged_share": _round((outside > cam.OUTSIDE_CHEST_FLAG).mean()),
             "by_predicted_label": by_label,
             "most_border_heat": [{"image": self.paths[i], "border_share": _round(border[i])} for i in worst],
+            "flagged_images": [{"image": path, "outside_chest_share": _round(share)}
+                               for path, share in zip(self.paths, outside) if share > cam.OUTSIDE_CHEST_FLAG],
         }
 
 
@@ -133,6 +135,67 @@ def validation_split(metadata: dict) -> tuple[float, int]:
     if seed is None or "val_fraction" not in config:
         raise SystemExit("model.json has no training.config (val_fraction, split_seed): cannot rebuild its val split")
     return float(config["val_fraction"]), int(seed)
+
+
+CARD_FILE = "MODEL_CARD.md"
+CARD_START, CARD_END = "<!-- shortcut-check -->", "<!-- /shortcut-check -->"
+SPLIT_NAMES = {"val": "validation (by patient)", "fullres": "full-resolution originals"}
+
+
+def card_section(result: dict) -> str:
+    """The model card's shortcut-check section, from the numbers just measured."""
+    baseline = result["definition"]["uniform_heat"]
+    box = result["definition"]["chest_box"]
+    rows = []
+    for name, split in result["splits"].items():
+        if not split["images"]:
+            continue
+        border, outside = split["border_share"], split["outside_chest_share"]
+        rows.append(f"| {SPLIT_NAMES.get(name, name)} | {split['images']} | {border['mean']:.2f} / "
+                    f"{border['median']:.2f} / {border['p90']:.2f} | {outside['mean']:.2f} | "
+                    f"{split['flagged']} ({split['flagged_share']:.1%}) |")
+    val = result["splits"].get("val", {})
+    verdict = ""
+    if val.get("images"):
+        mean = val["border_share"]["mean"]
+        verdict = (f"On validation the border holds {mean:.0%} of the heat on average, "
+                   f"{'less' if mean < baseline['border_share'] else 'more'} than the "
+                   f"{baseline['border_share']:.0%} an even spread would put there. ")
+    return "\n".join([
+        CARD_START,
+        "## Where the model looks (shortcut check)",
+        "CNNs trained on this dataset are known to key on burned-in text markers and image borders.",
+        "`make shortcut` measures the class activation heat of the label given (`pneumoscan.cam`):",
+        "",
+        "| images | n | heat in the outer 10 % border: mean / median / p90 | heat outside the chest box: mean "
+        "| most heat outside the chest box |",
+        "|---|---|---|---|---|",
+        *rows,
+        f"| even spread (baseline) | - | {baseline['border_share']:.2f} | {baseline['outside_chest_share']:.2f} | - |",
+        "",
+        f"{verdict}Chest box: {box['left']:.0%}-{box['right']:.0%} across and {box['top']:.0%}-{box['bottom']:.0%} "
+        "down the image; images with most heat outside it are flagged in `pneumoscan report` and listed, with the "
+        f"images whose heat sits most in the border, in [report/{REPORT_FILE}](report/{REPORT_FILE}). "
+        f"Mean heat maps and the distribution: [shortcut check](report/{FIGURE_FILE}).",
+        CARD_END,
+    ])
+
+
+def update_model_card(card: Path, section: str) -> bool:
+    """Replace the section between the markers, else insert it before the limitations."""
+    if not card.is_file():
+        return False
+    text = card.read_text()
+    if CARD_START in text and CARD_END in text:
+        before, rest = text.split(CARD_START, 1)
+        text = before + section + rest.split(CARD_END, 1)[1]
+    elif "## Limitations" in text:
+        before, after = text.split("## Limitations", 1)
+        text = before + section + "\n\n## Limitations" + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    card.write_text(text)
+    return True
 
 
 def write_figure(splits: list[SplitShares], path: Path) -> None:
@@ -213,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    if args.out is None:  # the model's own report: keep its card in step
+        update_model_card((args.model_dir or default_model_dir()) / CARD_FILE, card_section(result))
     print(json.dumps({name: {key: value for key, value in split.items() if key != "most_border_heat"}
                       for name, split in result["splits"].items()}, indent=2))
     print("CAM + overlay ms per full-res image:", result["cam_overlay_ms_per_fullres_image"])

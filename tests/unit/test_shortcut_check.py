@@ -35,3 +35,15 @@ def test_check_writes_json_and_figure_for_the_model(tmp_path):
     assert 0 <= fullres["border_share"]["mean"] <= fullres["border_share"]["max"] <= 1
     assert written["splits"]["val"]["images"] == 4  # the official val; 3 train patients per class are too few to carve
     assert written["cam_overlay_ms_per_fullres_image"]["images"] == 8 - shortcut_check.TIMING_WARMUP
+
+
+def test_model_card_section_is_inserted_once_and_then_replaced(tmp_path):
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card\n\n## Metrics\nAUC\n\n## Limitations\nmany\n")
+
+    shortcut_check.update_model_card(card, f"{shortcut_check.CARD_START}\nfirst\n{shortcut_check.CARD_END}")
+    shortcut_check.update_model_card(card, f"{shortcut_check.CARD_START}\nsecond\n{shortcut_check.CARD_END}")
+
+    text = card.read_text()
+    assert text.count(shortcut_check.CARD_START) == 1 and "first" not in text
+    assert text.index("AUC") < text.index("second") < text.index("## Limitations")
