@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ FUNCTION_DIR = REPO_ROOT / "functions" / "scorer"
 HANDLER = "app.lambda_handler"
 SQS_MAX_MESSAGES_PER_RECEIVE = 10
 LONG_POLL_S = 2  # short enough that Ctrl-C is answered promptly
+TIMEOUT_EXIT_CODE = 124
 
 # Not under "pneumoscan": that is the handler's powertools logger (its service name).
 log = logging.getLogger("pneumoscan_cli.worker")
@@ -104,6 +106,8 @@ class QueueWorker:
     timeout_s: int = 30
     # None: failed messages come back after the queue's visibility timeout, as on AWS.
     retry_after_s: int | None = None
+    # Called from a timer when the handler runs past timeout_s; None: not enforced.
+    on_timeout: Callable[[int], None] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def receive_batch(self) -> list[dict[str, Any]]:
@@ -127,12 +131,20 @@ class QueueWorker:
     def process(self, messages: list[dict[str, Any]]) -> BatchOutcome:
         event = {"Records": [sqs_record(message, self.queue_arn, self.region) for message in messages]}
         context = LambdaContext(self.function_name, self.memory_mb, self.timeout_s, self.region)
+        watchdog = None
+        if self.on_timeout is not None:
+            watchdog = threading.Timer(self.timeout_s, self.on_timeout, args=(len(messages),))
+            watchdog.daemon = True
+            watchdog.start()
         try:
             response = self.handler(event, context)
         except Exception as exc:  # noqa: BLE001 - Lambda retries the whole batch, and so do we
             log.exception("handler raised; all %d messages will be redelivered", len(messages))
             self._release(messages)
             return BatchOutcome(len(messages), 0, len(messages), error=repr(exc))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         failed_ids = {failure["itemIdentifier"] for failure in (response or {}).get("batchItemFailures", [])} \
             if self.report_batch_item_failures else set()
         succeeded = [message for message in messages if message["MessageId"] not in failed_ids]
@@ -168,6 +180,16 @@ class QueueWorker:
             log.info("batch of %d: %d done, %d to retry (%.0f ms)%s", outcome.received, outcome.deleted,
                      outcome.failed, (time.perf_counter() - started) * 1000,
                      f" - handler error {outcome.error}" if outcome.error else "")
+
+
+def end_environment(messages: int) -> None:
+    """What Lambda does to an invocation that runs past the function timeout: the execution
+    environment is ended, nothing is deleted, and the batch comes back after the visibility
+    timeout. `local up` starts a new worker in its place."""
+    log.error("the handler ran past the function timeout with %d message(s) in hand; "
+              "this worker ends and the batch will be redelivered", messages)
+    logging.shutdown()
+    os._exit(TIMEOUT_EXIT_CODE)
 
 
 class LambdaFunction:
@@ -224,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                          batch_size=args.batch_size, batching_window_s=args.batching_window,
                          report_batch_item_failures=not args.no_batch_item_failures,
                          function_name=args.name, memory_mb=args.memory_mb, timeout_s=args.timeout,
-                         retry_after_s=args.retry_after)
+                         retry_after_s=args.retry_after, on_timeout=end_environment)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stopping.set())
     log.info("polling %s (batch %d, window %ds)", args.queue_url, args.batch_size, args.batching_window)

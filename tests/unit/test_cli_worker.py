@@ -1,6 +1,7 @@
 """The local event-source worker: Lambda's SQS event shape, deleting only successes, redrive."""
 
 import json
+import time
 
 import boto3
 import pytest
@@ -108,3 +109,22 @@ def test_batches_are_capped_at_the_batch_size(queues):
         sqs.send_message(QueueUrl=queue_url, MessageBody=str(index))
     worker = QueueWorker(sqs, queue_url, queue_arn, FailsPoison(), region=REGION, batch_size=3)
     assert len(worker.receive_batch()) == 3
+
+
+def test_a_handler_past_the_function_timeout_triggers_the_timeout_action(queues):
+    sqs, queue_url, queue_arn, _ = queues
+    sqs.send_message(QueueUrl=queue_url, MessageBody="slow")
+    timed_out = []
+
+    def slow(event, context):
+        time.sleep(1.5)
+        return {"batchItemFailures": []}
+
+    worker = QueueWorker(sqs, queue_url, queue_arn, slow, region=REGION, timeout_s=1, on_timeout=timed_out.append)
+    worker.process(worker.receive_batch())
+    assert timed_out == [1]
+
+    sqs.send_message(QueueUrl=queue_url, MessageBody="quick")
+    worker.handler = FailsPoison()
+    worker.process(worker.receive_batch())
+    assert timed_out == [1]  # a handler that finishes in time cancels the timer
