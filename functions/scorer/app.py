@@ -92,7 +92,12 @@ def record_handler(record: SQSRecord) -> None:
     for reason in message.skipped:
         logger.info("notification acknowledged without scoring", extra={"skipped": reason})
     for created in message.objects:
-        _score_object(created)
+        try:
+            _score_object(created)
+        except Exception:
+            # Transient (throttling, 5xx, a racing write): only this record fails and SQS redelivers it.
+            logger.exception("record failed; SQS will redeliver it")
+            raise
 
 
 def _score_object(created: ObjectCreated) -> None:
@@ -195,8 +200,13 @@ def _write_overlay(created: ObjectCreated, feature_map, decoded: images.DecodedI
     (outside the notification prefix, so it never triggers a scoring) plus the item's
     `overlay_key`, `hot_region` and `cam` shares. A failed put raises: the record is retried."""
     positive = label == model.metadata["labels"][1]
-    explanation = cam.explain(feature_map, cam_weights, decoded, probability=probability, label=label,
-                              positive=positive, overlay=cam.wants_overlay(OVERLAY_IMAGES, positive))
+    try:
+        explanation = cam.explain(feature_map, cam_weights, decoded, probability=probability, label=label,
+                                  positive=positive, overlay=cam.wants_overlay(OVERLAY_IMAGES, positive))
+    except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
+        logger.exception("heat map failed; the image is scored without it")
+        metrics.add_metric(name="OverlayErrors", unit=MetricUnit.Count, value=1)
+        return {"overlay_error": f"{type(exc).__name__}: {exc}"[:500]}
     if explanation.overlay_png is None:
         return explanation.item_fields(None)
     key = cam.overlay_key(RESULTS_PREFIX, created.key)

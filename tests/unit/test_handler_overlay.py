@@ -107,3 +107,20 @@ def test_an_unknown_overlay_setting_fails_the_cold_start(handler_stack, monkeypa
     monkeypatch.setenv("OVERLAY_IMAGES", "some")
     with pytest.raises(ValueError, match="OVERLAY_IMAGES"):
         handler_stack.cold_start()
+
+
+def test_a_heat_map_bug_never_holds_back_the_score(handler_stack, monkeypatch):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/chest film.jpeg"
+    stack.put(key, XRAY.read_bytes())
+
+    def broken(*_, **__):
+        raise IndexError("injected rendering bug")
+
+    monkeypatch.setattr(stack.app.cam, "explain", broken)
+    outcomes = stack.deliver()
+
+    item = stack.item(key)
+    assert outcomes[0].failed == 0 and item["status"] == results.STATUS_SCORED
+    assert item["overlay_error"] == "IndexError: injected rendering bug" and cam.ITEM_OVERLAY_KEY not in item
+    assert overlays(stack) == []
