@@ -27,6 +27,8 @@ from benchmarks.common import BENCH_DIR, DEFAULT_DATA, MEASURED_CORE, REPO_ROOT,
 SECTIONS = ("cold_start", "decoding", "runtimes", "stages", "throughput", "artifact")
 ARTIFACT_DIR = REPO_ROOT / ".aws-sam" / "build" / "ScorerFunction"
 WORKER_COUNTS = (1, 2, 4)
+# The handler's overlay setting (template parameter OverlayImages: all | positives | none).
+OVERLAY_ENV = "OVERLAY_IMAGES"
 # Lambda memory sizes priced side by side; the template's own is added.
 PRICED_MEMORY_MB = (512, 1024, 1769)
 # Headroom over the measured peak RSS before a memory size counts as safe.
@@ -76,14 +78,22 @@ def run_runtimes(args, samples) -> dict:
 
 
 def run_stages(args, samples) -> dict:
+    """The template's settings, then the handler alone with no overlay images written."""
+    result = _stages_probe(args, ["--repeats", str(args.repeats)], {})
+    without = _stages_probe(args, ["--handler-only"], {OVERLAY_ENV: "none"})
+    result["handler_overlay_none"] = without["handler"]
+    result["handler_overlay_setting"] = _settings().environment.get(OVERLAY_ENV)
+    return result
+
+
+def _stages_probe(args, options: list[str], overrides: dict) -> dict:
     from benchmarks.local_stack import StackProcess
     from benchmarks.stages import STACK_ENV
     with StackProcess({SERVER_CORE}, args.log) as stack:
         description = dict(stack.description)
         environment = description.pop("environment")
-        return run_probe(["-m", "benchmarks.stages", "--data", str(args.data), *_limit(args),
-                          "--repeats", str(args.repeats)],
-                         env={**environment, STACK_ENV: json.dumps(description)})
+        return run_probe(["-m", "benchmarks.stages", "--data", str(args.data), *_limit(args), *options],
+                         env={**environment, STACK_ENV: json.dumps(description), **overrides})
 
 
 def run_throughput(args, samples) -> dict:
@@ -135,15 +145,21 @@ def memory(results: dict) -> dict:
 
 def cost(results: dict) -> dict:
     stages = results["stages"]
-    handler = stages["handler"]["batch"]
     settings = _settings()
     memory_sizes = sorted({*PRICED_MEMORY_MB, settings.function_memory_mb})
-    by_memory = {str(mb): prices.cost_per_million(
-        handler_cpu_ms=handler["cpu"]["p50_ms"], handler_wait_ms=max(0.0, handler["waiting_p50_ms"]),
-        memory_mb=mb, batch_size=handler["batch_size"], aws_calls_per_image=handler["aws_calls_per_image"],
-        item_bytes=stages["dynamodb_item_bytes"]["p50"], indexes_written=stages["dynamodb_indexes_written"])
-        for mb in memory_sizes}
+
+    def estimate(handler: dict, memory_mb: int) -> dict:
+        return prices.cost_per_million(
+            handler_cpu_ms=handler["cpu"]["p50_ms"], handler_wait_ms=max(0.0, handler["waiting_p50_ms"]),
+            memory_mb=memory_mb, batch_size=handler["batch_size"],
+            aws_calls_per_image=handler["aws_calls_per_image"], item_bytes=stages["dynamodb_item_bytes"]["p50"],
+            indexes_written=stages["dynamodb_indexes_written"])
+
+    by_memory = {str(mb): estimate(stages["handler"]["batch"], mb) for mb in memory_sizes}
+    overlay_none = estimate(stages["handler_overlay_none"]["batch"], settings.function_memory_mb)
     return {"chosen_memory_mb": settings.function_memory_mb, "by_memory_mb": by_memory,
+            "overlay_setting": stages.get("handler_overlay_setting"),
+            "overlay_none_at_chosen_memory": overlay_none,
             "prices_checked": prices.PRICES_CHECKED, "region": prices.REGION, "sources": prices.SOURCES,
             "basis": "handler p50 per image at the SQS batch size against the local stack: CPU time scaled "
                      "by the Lambda vCPU share, waiting time unscaled",

@@ -99,6 +99,10 @@ def _stages(results: dict) -> list[str]:
         rows.append([label, _ms(handler[key]["wall"]), _ms(handler[key]["wall"], "p95_ms")])
         rows.append([f"&nbsp;&nbsp;of which CPU in the handler process", _ms(handler[key]["cpu"]),
                      _ms(handler[key]["cpu"], "p95_ms")])
+    if "handler_overlay_none" in stages:
+        rows.append([f"whole handler, {handler['batch']['batch_size']} per invocation, OverlayImages=none",
+                     _ms(stages["handler_overlay_none"]["batch"]["wall"]),
+                     _ms(stages["handler_overlay_none"]["batch"]["wall"], "p95_ms")])
     rows.append(["first invocation after init (lazy client setup, first S3/DynamoDB connection)",
                  f"{handler['first_invocation_ms']:.1f}", ""])
     lines += _table(["stage", "p50", "p95"], rows)
@@ -235,7 +239,15 @@ def _cost(results: dict) -> list[str]:
         mark = " (template)" if int(memory_mb) == section["chosen_memory_mb"] else ""
         rows.append([f"{memory_mb}{mark}"] + [f"{estimate['lines_usd'][n]:.3f}" for n in line_names]
                     + [f"{estimate['billed_ms_per_image']:.1f}", f"**{estimate['total_usd']:.2f}**"])
+    none = section.get("overlay_none_at_chosen_memory")
+    if none:
+        rows.append([f"{section['chosen_memory_mb']}, OverlayImages=none"]
+                    + [f"{none['lines_usd'][n]:.3f}" for n in line_names]
+                    + [f"{none['billed_ms_per_image']:.1f}", f"**{none['total_usd']:.2f}**"])
     chosen = by_memory[str(section["chosen_memory_mb"])]
+    lines += [f"Rows by MemorySize use the template's OverlayImages={section.get('overlay_setting')}; the last "
+              "row is the same handler measured with no overlay written (`positives` lies in between, in "
+              "proportion to the positive rate).", ""]
     lines += _table(header, rows)
     return lines + [f"{section['basis']}. DynamoDB: {chosen['dynamodb_item_bytes']} B item, "
                     f"{chosen['dynamodb_wru_per_write']} WRU per write (table + indexes). "
