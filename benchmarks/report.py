@@ -39,6 +39,13 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 
+def _section(results: dict, key: str, title: str) -> tuple[list[str], dict | None]:
+    """The heading, and the section's results or the reason it was not measured."""
+    lines = [f"## {title}", ""]
+    section = results.get(key)
+    return (lines if section else lines + _skipped(results, key)), section
+
+
 def _skipped(results: dict, section: str) -> list[str]:
     reason = results.get("skipped", {}).get(section)
     return [f"_Not measured in this run: {reason}_", ""] if reason else []
@@ -87,10 +94,9 @@ def _targets(results: dict) -> list[str]:
 
 
 def _stages(results: dict) -> list[str]:
-    lines = ["## Where the time goes, per image (ms)", ""]
-    stages = results.get("stages")
+    lines, stages = _section(results, "stages", "Where the time goes, per image (ms)")
     if not stages:
-        return lines + _skipped(results, "stages")
+        return lines
     rows = [[name, _ms(stages["stages"].get(key)), _ms(stages["stages"].get(key), "p95_ms")]
             for key, name in STAGE_NAMES.items() if key in stages["stages"]]
     handler = stages["handler"]
@@ -120,10 +126,10 @@ LAYOUT_NAMES = {"zip_as_built": "zip as built (no .pyc)", "zip_with_pyc": "same 
 
 
 def _cold_start(results: dict) -> list[str]:
-    lines = ["## Cold start: fresh process, imports + model load + handler module init (ms)", ""]
-    cold = results.get("cold_start")
+    lines, cold = _section(
+        results, "cold_start", "Cold start: fresh process, imports + model load + handler module init (ms)")
     if not cold:
-        return lines + _skipped(results, "cold_start")
+        return lines
     layouts = cold["layouts"]
     header = ["step"] + [f"{LAYOUT_NAMES.get(name, name)} p50" for name in layouts]
     steps = next(iter(layouts.values()))["steps"]
@@ -141,10 +147,10 @@ def _cold_start(results: dict) -> list[str]:
 
 
 def _runtimes(results: dict) -> list[str]:
-    lines = ["## Side by side: the seed's approach vs LiteRT (same images, fresh process each, one core)", ""]
-    section = results.get("runtimes")
+    lines, section = _section(
+        results, "runtimes", "Side by side: the seed's approach vs LiteRT (same images, fresh process each, one core)")
     if not section:
-        return lines + _skipped(results, "runtimes")
+        return lines
     agreement, ratios = section.get("agreement_vs_float_keras", {}), section.get("ratios_p50_vs_litert_int8", {})
     rows = []
     for name, run in section["runtimes"].items():
@@ -161,10 +167,9 @@ def _runtimes(results: dict) -> list[str]:
 
 
 def _decoding(results: dict) -> list[str]:
-    lines = ["## Decoding large JPEGs: full decode vs Pillow draft", ""]
-    section = results.get("decoding")
+    lines, section = _section(results, "decoding", "Decoding large JPEGs: full decode vs Pillow draft")
     if not section:
-        return lines + _skipped(results, "decoding")
+        return lines
     names = {"full": "full decode, then resize", "reduced": "draft to the smallest scale >= 224 px (shipped)",
              "eighth": "draft to 1/8 always, then resize"}
     rows = []
@@ -195,10 +200,10 @@ def _threads(results: dict) -> list[str]:
 
 
 def _throughput(results: dict) -> list[str]:
-    lines = ["## Local stack throughput (moto server + N workers running the real handler)", ""]
-    section = results.get("throughput")
+    lines, section = _section(
+        results, "throughput", "Local stack throughput (moto server + N workers running the real handler)")
     if not section:
-        return lines + _skipped(results, "throughput")
+        return lines
     rows = [[count, run["images"], run["elapsed_s"], run["images_per_s"], run["steady_images_per_s"],
              f"{run['speedup_vs_first']:.2f}x", max(run["worker_peak_rss_mb"])]
             for count, run in section["by_workers"].items()]
@@ -227,10 +232,9 @@ def _memory(results: dict) -> list[str]:
 
 
 def _cost(results: dict) -> list[str]:
-    lines = ["## Cost per million images (AWS on-demand list prices)", ""]
-    section = results.get("cost")
+    lines, section = _section(results, "cost", "Cost per million images (AWS on-demand list prices)")
     if not section:
-        return lines + _skipped(results, "cost")
+        return lines
     by_memory = section["by_memory_mb"]
     line_names = list(next(iter(by_memory.values()))["lines_usd"])
     header = ["MemorySize MB"] + [name.replace("_", " ") for name in line_names] + ["billed ms/image", "total $"]
