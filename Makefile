@@ -48,7 +48,8 @@ $(CHECKOV):
 build: $(INSTALLED)
 	$(VENV)/bin/sam build --template template.yaml
 
-# Benchmarks (issue 5): one run writes benchmarks/results.json and benchmarks/RESULTS.md.
+# Benchmarks (issue 5): one run writes benchmarks/results.json and benchmarks/RESULTS.md
+# (BENCH_ARGS="--limit 20" for a quick look; only the full run belongs in RESULTS.md).
 # tflite-runtime 2.14, the pre-LiteRT runtime, has no wheels after Python 3.11: it gets its
 # own venv, and the benchmark records it as skipped (with this log's reason) if it fails.
 PYTHON311 ?= $(firstword $(shell command -v python3.11) $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3))
@@ -82,7 +83,7 @@ loadtest: $(INSTALLED)
 .PHONY: bench
 bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed
 	$(MAKE) build || echo "sam build failed: the artifact size is recorded as not measured"
-	$(PY) -m benchmarks --data $(DATA)
+	$(PY) -m benchmarks --data $(DATA) $(BENCH_ARGS)
 
 # Headless Chromium (Debian's package) opens the HTML report in its test.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
