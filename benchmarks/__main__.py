@@ -196,9 +196,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per image for stage timings")
     parser.add_argument("--cold-starts", type=int, default=10)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.json")
-    parser.add_argument("--markdown", type=Path, default=BENCH_DIR / "RESULTS.md")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results.json, or a temp file for partial runs")
+    parser.add_argument("--markdown", type=Path, help="default: benchmarks/RESULTS.md, or a temp file likewise")
     args = parser.parse_args()
+    # Only a full run may replace the committed results.
+    output_dir = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-")) if args.limit or args.only else BENCH_DIR
+    args.out = args.out or output_dir / "results.json"
+    args.markdown = args.markdown or output_dir / "RESULTS.md"
     args.data = args.data.resolve()
     args.log = Path(tempfile.gettempdir()) / "pneumoscan-bench-stack.log"
     sections = args.only.split(",") if args.only else list(SECTIONS)
