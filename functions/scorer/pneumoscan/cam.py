@@ -34,8 +34,9 @@ HOT_FRACTION = 0.5
 # Shortcut check: the outer 10 % of each side, where burned-in markers and borders sit.
 BORDER_FRACTION = 0.10
 # The chest, simply: a fixed box in stretched image coordinates (left, top, right, bottom).
-# Both lungs and the heart of these frontal radiographs lie inside it; labels, markers,
-# shoulders, arms and the abdomen mostly fall outside.
+# On these frontal radiographs the lungs and heart lie mostly inside it; side markers,
+# shoulders, arms, the neck and the abdomen mostly fall outside. A box, not a lung mask:
+# it only has to tell "heat on the chest" from "heat on the frame and its labels".
 CHEST_BOX = (0.15, 0.10, 0.85, 0.90)
 # An image is flagged when more than this share of its heat lies outside the chest box.
 OUTSIDE_CHEST_FLAG = 0.5
