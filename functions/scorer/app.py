@@ -91,6 +91,7 @@ def record_handler(record: SQSRecord) -> None:
         return
     for reason in message.skipped:
         logger.info("notification acknowledged without scoring", extra={"skipped": reason})
+        metrics.add_metric(name="NotificationsSkipped", unit=MetricUnit.Count, value=1)
     for created in message.objects:
         try:
             _score_object(created)
