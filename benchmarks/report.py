@@ -88,7 +88,7 @@ def _targets(results: dict) -> list[str]:
         else:
             verdict = f"**missed by {target['over_by_pct']:.0f}%**"
         rows.append([TARGET_NAMES[target["target"]], f"<= {target['limit']:g}",
-                     "-" if target["measured"] is None else f"{target['measured']:g}", verdict])
+                     "-" if target["measured"] is None else f"{target['measured']:.2f}", verdict])
     return ["## Targets (warm handler, one core, network excluded)", ""] + _table(
         ["target", "limit", "measured", "verdict"], rows)
 
@@ -171,7 +171,7 @@ def _decoding(results: dict) -> list[str]:
     if not section:
         return lines
     names = {"full": "full decode, then resize", "reduced": "draft to the smallest scale >= 224 px (shipped)",
-             "eighth": "draft to 1/8 always, then resize"}
+             "eighth": "draft to 1/8 always, then resize (up, below 224 px for most)"}
     rows = []
     for variant, run in section["variants"].items():
         band = next((v for k, v in run.items() if k.startswith("decode_plus_preprocess_") and k.endswith("_mp")), {})
