@@ -189,7 +189,7 @@ def _decoding(results: dict) -> list[str]:
                     f"shipped: **{section['shipped_default']}**."
                     + (" The shipped decoder never upsamples: `eighth` gives the model a 1/8-scale image "
                        "(about 190 px for a 1.5 MP radiograph) stretched up to 224 px, a loss of detail that "
-                       "no flips on 200 training-set images cannot clear."
+                       f"no flips on {section['images']} training-set images cannot clear."
                        if section["fastest_without_label_flip"] == "eighth" else ""), ""]
 
 
