@@ -90,7 +90,8 @@ def cost_per_million(*, handler_cpu_ms: float, handler_wait_ms: float, memory_mb
         "dynamodb_writes": calls["dynamodb:PutItem"] * write_units * DYNAMODB_PER_WRITE_REQUEST_UNIT * million,
     }
     lines = {name: round(value, 4) for name, value in lines.items()}
-    return {"memory_mb": memory_mb, "cpu_share": round(cpu_share, 3), "billed_ms_per_image": round(billed_ms, 3),
+    return {"memory_mb": memory_mb, "cpu_share": round(cpu_share, 3), "handler_cpu_ms": handler_cpu_ms,
+            "handler_wait_ms": handler_wait_ms, "billed_ms_per_image": round(billed_ms, 3),
             "batch_size": batch_size, "dynamodb_item_bytes": item_bytes,
             "dynamodb_wru_per_write": write_units, "aws_calls_per_image": dict(calls),
             "lines_usd": lines, "total_usd": round(sum(lines.values()), 4)}

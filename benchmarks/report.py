@@ -257,7 +257,10 @@ def _cost(results: dict) -> list[str]:
               "row is the same handler measured with no overlay written (`positives` lies in between, in "
               "proportion to the positive rate).", ""]
     lines += _table(header, rows)
-    return lines + [f"{section['basis']}. DynamoDB: {chosen['dynamodb_item_bytes']} B item, "
+    return lines + [f"{section['basis']}: at {chosen['memory_mb']} MB, {chosen['handler_cpu_ms']:.1f} ms CPU / "
+                    f"{chosen['cpu_share']:.2f} vCPU + {chosen['handler_wait_ms']:.1f} ms waiting on the local "
+                    f"S3/DynamoDB = {chosen['billed_ms_per_image']:.1f} ms billed per image. "
+                    f"DynamoDB: {chosen['dynamodb_item_bytes']} B item, "
                     f"{chosen['dynamodb_wru_per_write']} WRU per write (table + indexes). "
                     f"Prices: {section['region']}, checked {section['prices_checked']} (`benchmarks/prices.py`). "
                     f"Not included: {section['not_included']}.", ""]
