@@ -54,32 +54,24 @@ def _key(stack: dict, batch: str, sample: Sample) -> str:
 
 def upload_and_collect_records(stack: dict, samples: list[Sample], s3, sqs) -> dict[str, dict]:
     """Upload each sample under every batch; the SQS event record of each object, by key."""
+    from pneumoscan.events import parse_message
     from pneumoscan_cli.worker import sqs_record
 
-    keys = {_key(stack, WARMUP_BATCH, samples[0])}
-    for batch in BATCHES:
-        keys |= {_key(stack, batch, sample) for sample in samples}
-    by_key = {sample.name: sample for sample in samples}
-    for key in sorted(keys):
-        name = key.split("/", 2)[2]
-        s3.put_object(Bucket=stack["bucket"], Key=key, Body=by_key[name].data, ContentType="image/jpeg")
+    objects = {_key(stack, batch, sample): sample for batch in BATCHES for sample in samples}
+    objects[_key(stack, WARMUP_BATCH, samples[0])] = samples[0]
+    for key, sample in objects.items():
+        s3.put_object(Bucket=stack["bucket"], Key=key, Body=sample.data, ContentType="image/jpeg")
     records, deadline = {}, time.monotonic() + 120
-    while len(records) < len(keys) and time.monotonic() < deadline:
+    while len(records) < len(objects) and time.monotonic() < deadline:
         response = sqs.receive_message(QueueUrl=stack["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1,
                                        MessageSystemAttributeNames=["All"])
         for message in response.get("Messages", []):
-            for s3_record in json.loads(message["Body"]).get("Records", []):
-                records[_unquote(s3_record["s3"]["object"]["key"])] = sqs_record(
-                    message, stack["queue_arn"], stack["region"])
-    missing = keys - records.keys()
+            for created in parse_message(message["Body"]).objects:
+                records[created.key] = sqs_record(message, stack["queue_arn"], stack["region"])
+    missing = objects.keys() - records.keys()
     if missing:
         raise RuntimeError(f"no S3 notification arrived for {len(missing)} objects, e.g. {sorted(missing)[0]}")
     return records
-
-
-def _unquote(key: str) -> str:
-    from urllib.parse import unquote_plus
-    return unquote_plus(key)
 
 
 def time_handler(records: list[dict], batch_size: int, stack: dict) -> dict:
