@@ -113,7 +113,9 @@ def _stages(results: dict) -> list[str]:
                  f"{handler['first_invocation_ms']:.1f}", ""])
     lines += _table(["stage", "p50", "p95"], rows)
     calls = handler["batch"]["aws_calls_per_image"]
-    lines += [f"AWS calls per image by the handler: {', '.join(f'{k} {v:g}' for k, v in calls.items())}. "
+    statuses = ", ".join(f"{count} {status}" for status, count in stages.get("item_statuses", {}).items())
+    lines += [f"Items written: {statuses}. "
+              f"AWS calls per image by the handler: {', '.join(f'{k} {v:g}' for k, v in calls.items())}. "
               f"Stages are timed separately after the handler pass (median of {stages['repeats_per_image']} "
               "repeats per image); the S3 and DynamoDB rows are local HTTP to moto, not AWS latency.", ""]
     if stages.get("cam_overlay_skipped"):

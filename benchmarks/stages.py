@@ -105,7 +105,7 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
     durations: dict[str, list[float]] = {name: [] for name in
                                          ("s3_get", "decode", "resize_preprocess", "inference", "cam_overlay",
                                           "dynamodb_write")}
-    item_bytes, handler_timings = [], []
+    item_bytes, handler_timings, statuses = [], [], Counter()
     deserialize = TypeDeserializer().deserialize
     for sample in samples:
         key = _key(stack, BATCHES[0], sample)
@@ -114,6 +114,7 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
             raise RuntimeError(f"the handler wrote no item for {key}")
         plain = {name: deserialize(value) for name, value in stored.items()}
         item_bytes.append(dynamodb_item_bytes(plain))
+        statuses[plain.get("status")] += 1
         handler_timings.append(plain.get("timings_ms") or {})
         runs: dict[str, list[float]] = {name: [] for name in durations}
 
@@ -144,7 +145,7 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
     recorded = {stage: summarize(np.array([t[stage] for t in handler_timings if stage in t], dtype=float) / 1e3)
                 for stage in sorted({name for t in handler_timings for name in t})}
     return {"stages": stages, "repeats_per_image": repeats, "cam_overlay_skipped": cam_missing,
-            "handler_recorded_timings_ms": recorded,
+            "handler_recorded_timings_ms": recorded, "item_statuses": dict(statuses),
             "dynamodb_item_bytes": {"p50": int(np.median(item_bytes)), "max": int(max(item_bytes))},
             "dynamodb_indexes_written": _indexes_written(dynamodb, stack["table"], plain)}
 
