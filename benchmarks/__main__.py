@@ -237,6 +237,7 @@ def main() -> None:
             results["skipped"][name] = f"needs a section that did not run ({type(exc).__name__}: {exc})"
     results["targets"] = targets(results)
     results["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["meta"]["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.markdown.write_text(report.render(results))
     print(f"[bench] wrote {args.out} and {args.markdown}")

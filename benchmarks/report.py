@@ -65,7 +65,8 @@ def render(results: dict) -> str:
         "",
         f"Machine: {machine['cpu']}, {machine['architecture']}, {machine['cores']} cores, "
         f"{machine['memory_gb']} GB RAM, Linux {machine['kernel']}, Python {machine['python']}; "
-        f"load average at start {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}. "
+        f"load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}"
+        f"{_load_at_end(machine)}. "
         f"{meta['lambda_note']}. Warm figures are per image on one pinned core; the local moto server "
         "runs on the other core.",
         "",
@@ -76,6 +77,11 @@ def render(results: dict) -> str:
     if leftover:
         lines += ["## Not measured", ""] + [f"- {name}: {reason}" for name, reason in leftover.items()] + [""]
     return "\n".join(lines)
+
+
+def _load_at_end(machine: dict) -> str:
+    end = machine.get("load_average_at_end")
+    return f", at the end {', '.join(f'{x:.2f}' for x in end)}" if end else ""
 
 
 def _targets(results: dict) -> list[str]:
