@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .augment import AugmentConfig
-from .pipeline import RunOptions, run, run_ensemble
+from .pipeline import RunOptions, promote, run, run_ensemble
 from .train import TrainConfig
 
 DEFAULT_DATA = Path("../shared/data/chest_xray")
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="ablations: geometry only, or no augmentation at all")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
                         help="skip training: export the logit average of these finished runs")
+    parser.add_argument("--promote", type=Path, metavar="EXPORT_DIR",
+                        help="skip training: publish a finished run's export folder into --model-dir")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="use only N images per class and split (smoke tests)")
     parser.add_argument("--no-reference", action="store_true",
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
                          limit_per_class=args.limit_per_class,
                          reference_models=not args.no_reference, version=args.version,
                          enforce_parity=not args.no_parity_gate)
+    if args.promote:
+        metadata = promote(args.promote, args.model_dir, args.version)
+        print(f"published {args.promote} as {metadata['version']} in {args.model_dir}")
+        return
     result = run_ensemble(args.ensemble, options) if args.ensemble else run(config, options)
     metadata = result["metadata"]
     print(json.dumps({"version": metadata["version"], "threshold": metadata["threshold"],

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,32 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     _publish(stage, options.model_dir)
     PneumoniaModel(options.model_dir)  # the published folder loads and its checksum matches
     return {"metadata": metadata, "report": report}
+
+
+def promote(source: Path, model_dir: Path, version: str | None = None) -> dict:
+    """Publish an experiment's exported folder as the release in `model_dir`.
+
+    Experiments export with their own version labels; the release gets the next
+    YYYY.MM.DD-N (or `version`). Only the version changes: model.json, metrics.json and
+    the card are re-written with it, the `.tflite` and every figure are copied as they are.
+    """
+    from .report import METRICS_FILE, REPORT_DIR, write_model_card
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / "model"
+        shutil.copytree(source, stage)
+        metadata = json.loads((stage / METADATA_FILE).read_text())
+        metadata["version"] = version or next_version(model_dir, dt.date.today())
+        metadata["promoted_from"] = str(source)
+        (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        report_file = stage / REPORT_DIR / METRICS_FILE
+        report = json.loads(report_file.read_text())
+        report["model"]["version"] = metadata["version"]
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
+        write_model_card(stage, metadata)
+        _publish(stage, model_dir)
+    PneumoniaModel(model_dir)
+    return metadata
 
 
 def _publish(stage: Path, model_dir: Path) -> None:
