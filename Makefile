@@ -74,11 +74,13 @@ $(BENCH_LAMBDA)/.installed: functions/scorer/requirements.txt | $(INSTALLED)
 	touch $@
 
 # Load test (issue 4): N uploads cycling the 200 originals, WORKERS handler workers -> runs/loadtest.json.
+# RATE=uploads/s paces them (default: one burst, so latency is mostly the backlog).
 N ?= 2000
 WORKERS ?= 3
+RATE ?=
 .PHONY: loadtest
 loadtest: $(INSTALLED)
-	$(PY) -m benchmarks.loadtest --images $(N) --workers $(WORKERS) --data $(DATA)
+	$(PY) -m benchmarks.loadtest --images $(N) --workers $(WORKERS) --data $(DATA) $(if $(RATE),--rate $(RATE))
 
 .PHONY: bench
 bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed
