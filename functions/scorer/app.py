@@ -109,7 +109,7 @@ def _score_object(created: ObjectCreated) -> None:
 
     seen = result_store.current(created.key)
     if result_store.already_done(seen, version_id=created.version_id, etag=created.etag,
-                                 model_sha256=model.sha256):
+                                 model_sha256=model.sha256, model_version=model.version):
         _report(seen, "duplicate")
         return
 
@@ -218,7 +218,7 @@ def _write_overlay(created: ObjectCreated, feature_map, decoded: images.DecodedI
 
 def _report(item: dict, written: str) -> None:
     if written == "duplicate":
-        logger.info("this object version already has this model's result; duplicate delivery skipped")
+        logger.info("this object version already has a result from this model or a newer one; delivery skipped")
         metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=1)
         return
     failed = item["status"] == results.STATUS_FAILED

@@ -11,7 +11,6 @@ previous score in the item.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pneumoscan.results import KEY
+from pneumoscan.results import KEY, version_key
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 
@@ -42,12 +41,6 @@ class StoredObject:
     etag: str
     size: int
     version_id: str | None = None
-
-
-def version_key(version: str) -> tuple:
-    """Orders "2026.11.25-2" < "2026.11.25-10" and "1.9.0" < "1.10.0": numbers compare as numbers."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in re.findall(r"\d+|[^\d.\-+_]+", version))
 
 
 def list_objects(target: Target, prefix: str) -> Iterator[StoredObject]:

@@ -234,9 +234,6 @@ def test_a_rescore_with_a_newer_model_replaces_the_item_and_keeps_the_previous_s
     _assert_exactly_one_scored_item_each(stack, keys.values())
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (reported to the lead): ResultStore.already_done only "
-                   "compares model checksums, so a container still running the OLD model (a deploy "
-                   "draining, a late redelivery) replaces the newer model's result")
 def test_a_late_delivery_to_an_old_model_container_keeps_the_newer_result(handler_stack, tmp_path, monkeypatch):
     stack = handler_stack
     old_container = stack.app

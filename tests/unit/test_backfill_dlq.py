@@ -11,7 +11,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from pneumoscan.events import parse_message
-from pneumoscan.results import KEY
+from pneumoscan.results import KEY, version_key
 from pneumoscan_cli import backfill as backfill_module
 from pneumoscan_cli import dlq as dlq_module
 from pneumoscan_cli.aws import Target
@@ -149,7 +149,7 @@ def test_backfill_messages_look_like_s3_notifications(stack, backlog):
 
 def test_version_order_is_numeric():
     ordered = ["1.2.0", "1.10.0", "2026.11.20-9", "2026.11.25-2", "2026.11.25-10", "2027.1.1-1"]
-    assert sorted(ordered, key=backfill_module.version_key) == ordered
+    assert sorted(ordered, key=version_key) == ordered
 
 
 def test_send_batches_resends_entries_sqs_refused_once():

@@ -56,9 +56,13 @@ def test_first_write_then_duplicate_is_detected(store):
     assert store.save(scored(), None) == "written"
     current = store.current("incoming/b/x.png")
     assert current["probability"] == Decimal("0.9")
-    assert store.already_done(current, version_id="v1", etag="e1", model_sha256="sha-a")
-    assert not store.already_done(current, version_id="v2", etag="e2", model_sha256="sha-a")
-    assert not store.already_done(current, version_id="v1", etag="e1", model_sha256="sha-b")
+    assert store.already_done(current, version_id="v1", etag="e1", model_sha256="sha-a", model_version="model-sha-a")
+    assert not store.already_done(current, version_id="v2", etag="e2", model_sha256="sha-a",
+                                  model_version="model-sha-a")
+    # a newer model rescores; an older one (a container still draining after a deploy) must not
+    assert not store.already_done(current, version_id="v1", etag="e1", model_sha256="sha-b",
+                                  model_version="model-sha-b")
+    assert store.already_done(current, version_id="v1", etag="e1", model_sha256="sha-0", model_version="model-sha-0")
 
 
 def test_a_racing_identical_result_counts_as_duplicate(store):

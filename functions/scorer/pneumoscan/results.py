@@ -13,6 +13,7 @@ Reads served without a Scan:
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -79,6 +80,12 @@ def to_dynamodb(value: Any) -> Any:
     return value
 
 
+def version_key(version: str) -> tuple:
+    """Orders "2026.11.25-2" < "2026.11.25-10" and "1.9.0" < "1.10.0": numbers compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.findall(r"\d+|[^\d.\-+_]+", version))
+
+
 def previous_score(item: dict) -> dict:
     """The part of an existing item that a rescore keeps under `previous`."""
     return {field: item[field] for field in PREVIOUS_FIELDS if field in item}
@@ -107,9 +114,16 @@ class ResultStore:
 
     @staticmethod
     def already_done(item: dict | None, *, version_id: str | None, etag: str | None,
-                     model_sha256: str) -> bool:
-        """True when `item` is this object version's result from this model."""
-        if not item or item.get("model_sha256") != model_sha256:
+                     model_sha256: str, model_version: str) -> bool:
+        """True when `item` is this object version's result from this model or a newer one.
+
+        A newer model's result must survive a late redelivery to a container that still
+        runs the old model (a deploy draining), so it counts as done too.
+        """
+        if not item:
+            return False
+        same_model = item.get("model_sha256") == model_sha256
+        if not same_model and version_key(str(item.get("model_version", ""))) <= version_key(model_version):
             return False
         if version_id and item.get("version_id"):
             return item["version_id"] == version_id
@@ -141,7 +155,8 @@ class ResultStore:
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
             landed = self.current(item[KEY])
             if self.already_done(landed, version_id=item.get("version_id"), etag=item.get("etag"),
-                                 model_sha256=item.get("model_sha256", "")):
+                                 model_sha256=item.get("model_sha256", ""),
+                                 model_version=item.get("model_version", "")):
                 return "duplicate"
             raise ConcurrentWrite(f"item {key_digest(item[KEY])} changed while it was being scored")
         return "rescored" if rescored else "written"
