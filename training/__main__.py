@@ -22,6 +22,9 @@ AUGMENT_PRESETS = {
     "full": AugmentConfig(),
     "geometry": AugmentConfig(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0,
                               blur_probability=0.0, sharpen_probability=0.0, noise_std=0.0),
+    # Close to the first full preset (model 2026.11.25-2, which used a 3x3 binomial blur).
+    "mild": AugmentConfig(gamma=(0.7, 1.45), contrast=(0.7, 1.3), blur_probability=0.3,
+                          blur_sigma_max=0.7, sharpen_probability=0.2, sharpen_amount=1.0),
     "none": AugmentConfig(rotation_degrees=0.0, zoom=0.0, translation=0.0, gamma=(1.0, 1.0),
                           contrast=(1.0, 1.0), brightness=0.0, blur_probability=0.0,
                           sharpen_probability=0.0, noise_std=0.0, flip=False),
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="filters of the five conv blocks (default %(default)s)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--augment", choices=("full", "geometry", "none"), default="full",
+    parser.add_argument("--augment", choices=("full", "mild", "geometry", "none"), default="full",
                         help="ablations: geometry only, or no augmentation at all")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
                         help="skip training: export the logit average of these finished runs")

@@ -144,8 +144,10 @@ Validation: {training['split']}.
 Class-weighted loss (both classes equal total weight), augmentation of geometry
 (rotation, independent x/y zoom = aspect, translation, flip) and intensity (gamma,
 contrast, brightness, blur/sharpen, noise), AdamW with weight decay, dropout, cosine
-schedule, {training['epochs']} epochs, {training['seconds'] / 60:.1f} min on 2 CPU cores. Platt scaling
-on the validation logits, folded into the dense layer.
+schedule, {training['epochs']} epochs, {training['seconds'] / 60:.1f} min on 2 CPU cores (shared with
+other jobs). Platt scaling on the validation logits, folded into the dense layer. What was
+tried and what it did to validation: [training/EXPERIMENTS.md](../training/EXPERIMENTS.md);
+how to reproduce: `make train` ([training/README.md](../training/README.md)).
 
 ## Metrics (validation, by patient, int8 model)
 | n | AUC | threshold | sensitivity | specificity | accuracy | precision | ECE |
@@ -159,6 +161,8 @@ Per collection (the NORMAL2 normals are a later acquisition batch):
 | collection | n | specificity | sensitivity |
 |---|---|---|---|
 {by_collection}
+
+{_official_line(val.get("official_val"))}
 
 {_fullres_line(val.get("fullres_originals"))}
 
@@ -181,6 +185,16 @@ come from the dataset's graders, not from a clinical reference standard. The mod
 "neither": any image, even a non-X-ray that decodes, gets a score.
 """
     (model_dir / "MODEL_CARD.md").write_text(card)
+
+
+def _official_line(official: dict | None) -> str:
+    if not official:
+        return ""
+    return (f"Official 16-image val split (part of the validation set above; its normals are the newest "
+            f"studies, NORMAL2-IM-14xx): sensitivity {_pct(official['sensitivity'])}, specificity "
+            f"{_pct(official['specificity'])} ({official['false_positive']} of {official['negatives']} normals "
+            f"called PNEUMONIA), AUC {official['auc']:.3f}. Too few images for a measurement; shown "
+            "because they are the newest normal studies.")
 
 
 def _fullres_line(check: dict | None) -> str:
