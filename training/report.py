@@ -134,7 +134,7 @@ images from other hospitals without a local evaluation (`pneumoscan evaluate DIR
 
 ## Training data
 {training['source']}. Train split only: the official test split was never seen.
-Validation: {training['split']}.
+Split: {training['split']}.
 
 | split | NORMAL images | PNEUMONIA images | NORMAL patients | PNEUMONIA patients |
 |---|---|---|---|---|
