@@ -1,0 +1,46 @@
+"""The committed int8 model against its committed float reference, on its own validation split."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan import metrics
+from pneumoscan.model import PneumoniaModel, default_model_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / ".." / "shared" / "data" / "chest_xray"
+REFERENCE = default_model_dir() / "reference" / "pneumoscan_float.keras"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not DATA.is_dir() or not REFERENCE.is_file(),
+                                 reason="needs ../shared/data and model/reference")]
+
+
+def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():
+    import keras
+
+    from training.data import dataset_files, load_images
+    from training.pipeline import MIN_SENSITIVITY, check_parity, predict_int8
+
+    model = PneumoniaModel()
+    config = model.metadata["training"]["config"]
+    _, val_files = dataset_files(DATA, config["val_fraction"], config.get("split_seed", config["seed"]))
+    val = load_images(val_files, *model.input_shape)
+    int8_scores = predict_int8(model, val.images)
+    float_model = keras.saving.load_model(REFERENCE)
+    keras_scores = float_model.predict(val.images.astype(np.float32), batch_size=64,
+                                       verbose=0)["probability"].ravel()
+
+    parity = check_parity(val.labels, keras_scores, int8_scores, model.threshold)
+    assert parity["passed"], parity
+    recorded = model.metadata["metrics"]["val"]
+    summary = metrics.summarize(val.labels, int8_scores, model.threshold)
+    assert summary.n == recorded["n"]
+    assert summary.auc == pytest.approx(recorded["auc"], abs=1e-6)
+    assert summary.sensitivity == pytest.approx(recorded["sensitivity"])
+    assert summary.specificity == pytest.approx(recorded["specificity"])
+    # The threshold is the stated rule applied to these very scores.
+    assert metrics.threshold_for_sensitivity(val.labels, int8_scores, MIN_SENSITIVITY) == pytest.approx(
+        model.threshold, abs=1e-6)
+    assert json.loads((default_model_dir() / "report" / "metrics.json").read_text())["val"]["n"] == summary.n
