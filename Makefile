@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# The first of these that really runs (a pyenv shim can exist for a version that is not
+# active), printed as a path.
+runnable = $(shell for p in $(1); do $$p -c '' 2>/dev/null && { command -v $$p; break; }; done)
 # The Lambda runs python3.13; develop on it when present, else the newest Python 3 here.
-PYTHON ?= $(firstword $(shell command -v python3.13) $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.12 python3))
+PYTHON ?= $(call runnable,python3.13 $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) python3.12 python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
@@ -52,7 +55,7 @@ build: $(INSTALLED)
 # (BENCH_ARGS="--limit 20" for a quick look; only the full run belongs in RESULTS.md).
 # tflite-runtime 2.14, the pre-LiteRT runtime, has no wheels after Python 3.11: it gets its
 # own venv, and the benchmark records it as skipped (with this log's reason) if it fails.
-PYTHON311 ?= $(firstword $(shell command -v python3.11) $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3))
+PYTHON311 ?= $(call runnable,python3.11 $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3))
 TFLITE214 := .venv-tflite214
 $(TFLITE214)/.installed:
 	@rm -rf $(TFLITE214)
