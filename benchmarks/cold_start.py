@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -69,7 +68,14 @@ def probe() -> dict:
             "imports_and_model_load_ms": round(imports_and_model, 2),
             "handler_module_present": handler,
             "init_ms": round((time.perf_counter() - start) * 1e3, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    # Imported only now: the clock has stopped, and the Lambda-like path lacks the repo root.
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import peak_rss_mb
+    return peak_rss_mb()
 
 
 def run(repeats: int = 10) -> dict:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +56,6 @@ def load_samples(data_dir: Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
-def pin_to(cores: Iterable[int]) -> None:
-    os.sched_setaffinity(0, set(cores))
-
-
 def summarize(seconds: Iterable[float]) -> dict:
     """p50/p95 (and friends) in milliseconds of a list of per-item durations in seconds."""
     values = np.asarray(list(seconds), dtype=np.float64) * 1e3
@@ -72,18 +66,16 @@ def summarize(seconds: Iterable[float]) -> dict:
             "mean_ms": round(float(values.mean()), 3), "min_ms": round(float(values.min()), 3)}
 
 
-def time_each(items: Iterable, work: Callable) -> tuple[list[float], list]:
-    """Run `work(item)` for every item; per-item wall time in seconds and the results."""
-    durations, results = [], []
-    for item in items:
-        start = time.perf_counter()
-        results.append(work(item))
-        durations.append(time.perf_counter() - start)
-    return durations, results
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """VmHWM, the most resident memory the process's own address space ever had.
 
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Not getrusage's ru_maxrss: Linux carries that across fork + exec, so every probe
+    would report at least the RSS of the benchmark process that started it.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
 
 
 def run_probe(argv: list[str], *, cores: Iterable[int] = (MEASURED_CORE,), env: dict | None = None,

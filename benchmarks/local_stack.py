@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, probe_pythonpath
+from benchmarks.common import REPO_ROOT, peak_rss_mb, probe_pythonpath
 
 TARGET_FIELDS = ("bucket", "table", "region", "endpoint_url", "queue_url", "dead_letter_queue_url",
                  "incoming_prefix")
@@ -44,17 +44,9 @@ def serve() -> None:
                     os.sched_setaffinity(worker.pid, range(os.cpu_count()))
                 print("started", flush=True)
             elif command == "rss":
-                print(json.dumps([_peak_rss_mb(worker.pid) for worker in stack.workers]), flush=True)
+                print(json.dumps([peak_rss_mb(worker.pid) for worker in stack.workers]), flush=True)
     finally:
         stack.stop()
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """VmHWM: the most resident memory the process ever had."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
 
 
 class StackProcess:
