@@ -241,6 +241,13 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.markdown.write_text(report.render(results))
     print(f"[bench] wrote {args.out} and {args.markdown}")
+    if output_dir == BENCH_DIR:
+        readme = REPO_ROOT / "README.md"
+        try:
+            readme.write_text(report.embed_in_readme(readme.read_text(), report.readme_section(results)))
+            print(f"[bench] updated the Costs section of {readme.name}")
+        except (OSError, ValueError) as exc:
+            print(f"[bench] README not updated: {exc}")
 
 
 if __name__ == "__main__":

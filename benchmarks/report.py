@@ -272,3 +272,60 @@ def _cost(results: dict) -> list[str]:
                     f"{chosen['dynamodb_wru_per_write']} WRU per write (table + indexes). "
                     f"Prices: {section['region']}, checked {section['prices_checked']} (`benchmarks/prices.py`). "
                     f"Not included: {section['not_included']}.", ""]
+
+
+README_MARKER = "<!-- BENCHMARK SECTION"
+
+
+def readme_section(results: dict) -> str:
+    """The short version for the README's Costs section; the full tables stay in RESULTS.md."""
+    meta, machine = results["meta"], results["meta"]["machine"]
+    lines = [f"Measured by `make bench` ({meta['started_at'][:16].replace('T', ' ')} UTC, {machine['cpu']} "
+             f"{machine['architecture']}, model `{meta.get('model', {}).get('version', '?')}`, "
+             f"{meta['images']} full-resolution originals); all tables and how each figure is taken: "
+             "[benchmarks/RESULTS.md](benchmarks/RESULTS.md). The Lambda runs on arm64, whose per-core "
+             "speed differs from this machine's.", ""] + _targets(results)[2:]
+    rows = []
+    stages = results.get("stages")
+    if stages:
+        stage, batch = stages["stages"], stages["handler"]["batch"]
+        rows.append(["handler CPU per image, warm, one core (network excluded)",
+                     f"{_ms(batch['cpu'])} ms: decode + preprocess {_ms(stage['decode_plus_preprocess'])}, "
+                     f"inference {_ms(stage['inference'])}"
+                     + (f", CAM overlay {_ms(stage['cam_overlay'])}" if "cam_overlay" in stage else "")])
+        rows.append([f"whole handler per image against the local stack ({batch['batch_size']} per invocation)",
+                     f"{_ms(batch['wall'])} ms"])
+    cold = results.get("cold_start")
+    if cold:
+        layouts = cold["layouts"]
+        rows.append(["cold start (imports + model load + handler init)",
+                     " / ".join(f"{_ms(layout['init'])} ms {LAYOUT_NAMES.get(name, name)}"
+                                for name, layout in layouts.items())])
+    memory, artifact = results.get("memory"), results.get("artifact")
+    if memory:
+        rows.append(["peak RSS of the handler", f"{memory['handler_peak_rss_mb']} MB "
+                     f"(MemorySize {memory['template_memory_mb']} MB)"])
+    if artifact:
+        rows.append(["Lambda artifact", f"{artifact['unzipped_mb']} MB unzipped, {artifact['zipped_mb']} MB zipped"])
+    lines += _table(["", "measured"], rows)
+    cost = results.get("cost")
+    if cost:
+        chosen = cost["by_memory_mb"][str(cost["chosen_memory_mb"])]
+        priced = [(f"OverlayImages={cost['overlay_setting']} (template)", chosen)]
+        if cost.get("overlay_none_at_chosen_memory"):
+            priced.append(("OverlayImages=none", cost["overlay_none_at_chosen_memory"]))
+        lines += _table(["at MemorySize " f"{cost['chosen_memory_mb']} MB", "$ per 1000 images", "$ per million"],
+                        [[name, f"{estimate['total_usd'] / 1000:.4f}", f"{estimate['total_usd']:.2f}"]
+                         for name, estimate in priced])
+        lines += [f"AWS on-demand list prices ({cost['region']}, checked {cost['prices_checked']}, "
+                  "`benchmarks/prices.py`); free tier, logs, X-Ray, KMS and storage not included.", ""]
+    return "\n".join(lines).strip() + "\n"
+
+
+def embed_in_readme(readme: str, section: str) -> str:
+    """Replace what follows the BENCHMARK SECTION comment, up to the next heading, with `section`."""
+    start = readme.index(README_MARKER)
+    body = readme.index("-->", start) + len("-->")
+    end = readme.find("\n## ", body)
+    end = len(readme) if end < 0 else end + 1
+    return readme[:body] + "\n\n" + section + "\n" + readme[end:]

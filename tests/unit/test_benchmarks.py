@@ -86,3 +86,13 @@ def test_report_says_what_was_not_measured_and_why():
     assert "FileNotFoundError: no model" in markdown
     assert "| inference p50 | <= 1 | - | not measured |" in markdown
     assert "**missed by 100%**" in markdown
+
+
+def test_readme_costs_section_is_replaced_up_to_the_next_heading_and_only_there():
+    readme = ("# pneumoscan\n\n## Costs\n\n<!-- BENCHMARK SECTION: generated -->\n\n_old figures_\n\n"
+              "## The model\n\nkept\n")
+    once = report.embed_in_readme(readme, "| new | table |\n")
+    assert "_old figures_" not in once
+    assert once.index("| new | table |") < once.index("## The model")
+    assert once.endswith("## The model\n\nkept\n")
+    assert report.embed_in_readme(once, "| new | table |\n") == once
