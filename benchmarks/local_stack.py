@@ -17,10 +17,6 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, peak_rss_mb, probe_pythonpath
 
-TARGET_FIELDS = ("bucket", "table", "region", "endpoint_url", "queue_url", "dead_letter_queue_url",
-                 "incoming_prefix")
-
-
 def serve() -> None:
     from pneumoscan_cli.local import LocalStack
     from pneumoscan_cli.template import read_settings
@@ -29,8 +25,7 @@ def serve() -> None:
     stack = LocalStack(settings, workers=0)
     target = stack.start()
     try:
-        names = {name: getattr(target, name) for name in TARGET_FIELDS}
-        print(json.dumps({**names, "environment": stack.worker_environment(),
+        print(json.dumps({**target.to_state(), "environment": stack.worker_environment(),
                           "batch_size": settings.event_source.batch_size,
                           "memory_mb": settings.function_memory_mb,
                           "queue_arn": stack.queue_arn}), flush=True)
