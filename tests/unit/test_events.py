@@ -71,6 +71,9 @@ def test_eventbridge_object_created_keys_are_not_decoded():
     json.dumps({"hello": "world"}),
     json.dumps({"Records": []}),
     json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}}}]}),
+    s3_notification(""),
+    json.dumps({"source": "aws.s3", "detail-type": "Object Created",
+                "detail": {"bucket": {"name": "images"}, "object": {"key": ""}}}),
 ])
 def test_unknown_shapes_raise_unknown_event(body):
     with pytest.raises(UnknownEvent):

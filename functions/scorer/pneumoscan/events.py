@@ -67,6 +67,7 @@ def _from_notification(records: list) -> ParsedMessage:
             key = unquote_plus(s3_object["key"])
         except (KeyError, TypeError) as exc:
             raise UnknownEvent(f"an S3 record lacks {exc}") from exc
+        _require_object(bucket, key)
         if not event_name.startswith("ObjectCreated"):
             skipped.append(event_name)
         elif key.endswith("/"):
@@ -86,6 +87,7 @@ def _from_eventbridge(message: dict) -> ParsedMessage:
         key = s3_object["key"]
     except (KeyError, TypeError) as exc:
         raise UnknownEvent(f"an EventBridge S3 event lacks {exc}") from exc
+    _require_object(bucket, key)
     if message.get("detail-type") != "Object Created":
         return ParsedMessage(skipped=(str(message.get("detail-type")),))
     if key.endswith("/"):
@@ -94,6 +96,13 @@ def _from_eventbridge(message: dict) -> ParsedMessage:
         bucket=bucket, key=key, version_id=s3_object.get("version-id") or None,
         etag=_bare_etag(s3_object.get("etag")), size=s3_object.get("size"),
         event_time=message.get("time")),))
+
+
+def _require_object(bucket, key) -> None:
+    # An empty key could never be read back from the table (an empty key attribute is
+    # invalid), so the message would loop to the DLQ instead of being recorded.
+    if not (isinstance(bucket, str) and bucket and isinstance(key, str) and key):
+        raise UnknownEvent("an S3 record names no bucket or no object key")
 
 
 def _bare_etag(etag: str | None) -> str | None:
