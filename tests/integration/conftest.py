@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,13 +81,22 @@ def stop_stack(stack: RunningStack) -> int:
         raise
 
 
+@contextmanager
+def running_stack(state_dir: Path) -> Iterator[RunningStack]:
+    """`local up` for the length of the block, stopped unless a test already stopped it."""
+    # Failed messages come back after 1 s instead of the 360 s visibility timeout.
+    stack = start_stack(state_dir, "--retry-after", "1")
+    try:
+        yield stack
+    finally:
+        if stack.process.poll() is None:
+            stop_stack(stack)
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
-    # Failed messages come back after 1 s instead of the 360 s visibility timeout.
-    stack = start_stack(tmp_path_factory.mktemp("stack"), "--retry-after", "1")
-    yield stack
-    if stack.process.poll() is None:
-        stop_stack(stack)
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from pneumoscan.results import KEY
 from pneumoscan_cli.main import app
 from pneumoscan_cli.template import read_settings
 
-from .conftest import start_stack, stop_stack
+from .conftest import running_stack
 
 runner = CliRunner()
 WAIT_S = 120
@@ -45,10 +45,8 @@ def _wait_for(condition, what: str, stack):
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory):
     """A stack of its own: the outage below must not touch other tests' results."""
-    stack = start_stack(tmp_path_factory.mktemp("faults-stack"), "--retry-after", "1")
-    yield stack
-    if stack.process.poll() is None:
-        stop_stack(stack)
+    with running_stack(tmp_path_factory.mktemp("faults-stack")) as stack:
+        yield stack
 
 
 def test_a_table_outage_sends_messages_to_the_dlq_and_redrive_scores_them_once(own_stack):
