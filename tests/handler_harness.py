@@ -24,6 +24,7 @@ from moto import mock_aws
 
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 from pneumoscan.results import KEY
+from pneumoscan.telemetry import STATS_PREFIX
 from pneumoscan_cli.template import StackSettings, read_settings
 from pneumoscan_cli.worker import FUNCTION_DIR, QueueWorker
 
@@ -115,6 +116,13 @@ class HandlerStack:
         return self.table.get_item(Key={KEY: key}, ConsistentRead=True).get("Item")
 
     def items(self) -> list[dict[str, Any]]:
+        """Result items (the stats counter items in the same table are left out)."""
+        return [item for item in self._scan() if not item[KEY].startswith(STATS_PREFIX)]
+
+    def stats_items(self) -> list[dict[str, Any]]:
+        return [item for item in self._scan() if item[KEY].startswith(STATS_PREFIX)]
+
+    def _scan(self) -> list[dict[str, Any]]:
         response = self.table.scan(ConsistentRead=True)  # test inspection only; the product never scans
         return response["Items"]
 

@@ -13,14 +13,14 @@ from contextlib import contextmanager
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from pneumoscan import cam, images, results
+from pneumoscan import cam, images, results, telemetry
 from pneumoscan.events import ObjectCreated, UnknownEvent, parse_message
 from pneumoscan.model import ModelLoadError, PneumoniaModel
 
@@ -61,6 +61,8 @@ def _load_model() -> PneumoniaModel:
 model = _load_model()
 # A model without CAM weights breaks the model contract: fail at init like a corrupt model.
 cam_weights = cam.CamWeights.from_metadata(model.metadata)
+# What this invocation scored: counted per result, emitted once per batch of records.
+tally = telemetry.BatchTally(positive_label=model.metadata["labels"][1])
 
 
 @contextmanager
@@ -221,12 +223,8 @@ def _report(item: dict, written: str) -> None:
         logger.info("this object version already has a result from this model or a newer one; delivery skipped")
         metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=1)
         return
+    tally.observe(item)
     failed = item["status"] == results.STATUS_FAILED
-    metrics.add_metric(name="ImagesFailed" if failed else "ImagesScored", unit=MetricUnit.Count, value=1)
-    if item.get("label") == model.metadata["labels"][1]:
-        metrics.add_metric(name="Positives", unit=MetricUnit.Count, value=1)
-    for stage, elapsed in item["timings_ms"].items():
-        metrics.add_metric(name=f"{stage.capitalize()}Latency", unit=MetricUnit.Milliseconds, value=elapsed)
     facts = {"status": item["status"], "write": written, "timings_ms": item["timings_ms"]}
     if failed:
         logger.warning("image not scored", extra=dict(facts, reason=item["reason"], error=item["error"]))
@@ -253,5 +251,21 @@ def _record_unknown_event(record: SQSRecord, exc: UnknownEvent) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    tally.reset()
+    try:
+        return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                        context=context)
+    finally:
+        _flush_tally()
+
+
+def _flush_tally() -> None:
+    """Metrics and counter items of this batch. The counters are best effort: a failed
+    update is logged and counted, never a reason to redeliver records already scored."""
+    tally.emit(metrics, EphemeralMetrics, MetricUnit)
+    for request in tally.counter_updates():
+        try:
+            result_store.table.update_item(**request)
+        except (BotoCoreError, ClientError):
+            logger.exception("stats counters not updated; `pneumoscan stats` will undercount this batch")
+            metrics.add_metric(name="StatsWriteErrors", unit=MetricUnit.Count, value=1)

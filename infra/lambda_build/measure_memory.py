@@ -69,7 +69,9 @@ def main() -> None:
         dynamodb = target.client("dynamodb")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            count = dynamodb.scan(TableName=target.table, Select="COUNT")["Count"]  # measurement only
+            # measurement only; counter items have no status
+            count = dynamodb.scan(TableName=target.table, Select="COUNT", FilterExpression="attribute_exists(#s)",
+                                  ExpressionAttributeNames={"#s": "status"})["Count"]
             if count >= len(uploads):
                 break
             time.sleep(2)

@@ -332,3 +332,35 @@ def test_debug_logging_shows_keys_in_clear(handler_stack, monkeypatch):
     invoke(stack, queued_event(stack))
 
     assert key in log.getvalue()
+
+
+def test_each_invocation_adds_its_counts_to_the_hourly_stats_item(handler_stack):
+    stack = handler_stack
+    stack.put(f"{stack.prefix}ward-7/a.jpeg", NORMAL_XRAY.read_bytes())
+    stack.put(f"{stack.prefix}ward-7/b.jpeg", PNEUMONIA_XRAY.read_bytes())
+    stack.put(f"{stack.prefix}ward-7/c.jpeg", b"not an image")
+    invoke(stack, queued_event(stack))
+    stack.put(f"{stack.prefix}ward-7/d.jpeg", NORMAL_XRAY.read_bytes())
+    invoke(stack, queued_event(stack))
+
+    results_by_key = {item[results.KEY]: item for item in stack.items()}
+    (counters,) = stack.stats_items()
+    hour = min(item["scored_at"] for item in results_by_key.values())[:13]
+    assert counters["batch"] == f"_stats#{hour[:10]}"
+    assert counters[results.KEY] == f"_stats#{hour}#{stack.app.model.version}#ward-7"
+    positives = sum(item.get("label") == "PNEUMONIA" for item in results_by_key.values())
+    assert (counters["images"], counters["scored"], counters["failed"], counters["positives"]) == (4, 3, 1, positives)
+    assert float(counters["probability_sum"]) == pytest.approx(
+        sum(float(item.get("probability", 0)) for item in results_by_key.values()), abs=1e-5)
+    assert sum(value for name, value in counters.items() if name.startswith("handler_ms_le_")) == 4
+
+
+def test_a_duplicate_delivery_is_not_counted_twice(handler_stack):
+    stack = handler_stack
+    stack.put(f"{stack.prefix}b/a.jpeg", NORMAL_XRAY.read_bytes())
+    event = queued_event(stack)
+    invoke(stack, event)
+    invoke(stack, event)
+
+    (counters,) = stack.stats_items()
+    assert counters["images"] == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import results
+from pneumoscan.telemetry import STATS_PREFIX
 from pneumoscan_cli.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,8 +83,12 @@ def test_function_role_allows_exactly_the_actions_it_needs(resources):
         "TellDeletedFromDenied": (["s3:ListBucket"], {"Fn::GetAtt": ["ImagesBucket", "Arn"]}),
         "WriteOverlaysOnly": (["s3:PutObject"], {"Fn::Sub": "${ImagesBucket.Arn}/${ResultsPrefix}*"}),
         "WriteOwnResults": (["dynamodb:GetItem", "dynamodb:PutItem"], {"Fn::GetAtt": ["ResultsTable", "Arn"]}),
+        "AddToStatsCounters": (["dynamodb:UpdateItem"], {"Fn::GetAtt": ["ResultsTable", "Arn"]}),
         "UseDataKey": (["kms:Decrypt", "kms:GenerateDataKey"], {"Fn::GetAtt": ["DataKey", "Arn"]}),
     }
+    # Updates reach only the stats counters' partitions, never a result item.
+    counters = next(s for s in statements(policy[0]) if s["Sid"] == "AddToStatsCounters")
+    assert counters["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{STATS_PREFIX}*"]}}
     # Polling rights come from the SQS event source, which SAM scopes to that one queue.
     event = resources["ScorerFunction"]["Properties"]["Events"]["Uploads"]
     assert event["Type"] == "SQS" and event["Properties"]["Queue"] == {"Fn::GetAtt": ["ScoringQueue", "Arn"]}
