@@ -14,7 +14,7 @@ from pneumoscan.events import parse_message
 from pneumoscan.results import KEY, version_key
 from pneumoscan_cli import backfill as backfill_module
 from pneumoscan_cli import dlq as dlq_module
-from pneumoscan_cli.aws import Target
+from pneumoscan_cli.aws import STATE_DIR_ENV, Target
 from pneumoscan_cli.main import app
 from pneumoscan_cli.template import read_settings
 
@@ -23,8 +23,9 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def stack(monkeypatch):
+def stack(monkeypatch, tmp_path):
     """Bucket, queue, DLQ and table as the template defines them, and a Target the commands resolve to."""
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # backfill checkpoints
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -239,3 +240,89 @@ def test_dlq_redrive_limit_leaves_the_rest(stack, dead_letters):
     assert outcome.exit_code == 0, outcome.output
     assert _depth(stack, stack.dead_letter_queue_url) == 2
     assert len(_drain(stack, stack.queue_url)) == 1
+
+
+class DiesAfter:
+    """An SQS client that forwards `calls` SendMessageBatch calls, then dies as a killed run would."""
+
+    def __init__(self, sqs, calls: int):
+        self.sqs, self.calls = sqs, calls
+
+    def send_message_batch(self, **arguments):
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        return self.sqs.send_message_batch(**arguments)
+
+
+@pytest.fixture
+def archive(stack):
+    """250 objects: three chunks of at most 100 keys."""
+    keys = [f"{stack.incoming_prefix}archive/{index:04d}.jpeg" for index in range(250)]
+    for key in keys:
+        _put(stack, key, b"x")
+    return keys
+
+
+def test_an_interrupted_backfill_resumes_after_the_last_chunk_it_finished(stack, archive, tmp_path):
+    checkpoint = tmp_path / "job.json"
+    sqs = stack.client("sqs")
+    stack._clients["sqs"] = DiesAfter(sqs, calls=13)  # chunk 1 (10 calls) sent, chunk 2 part-sent
+    interrupted = runner.invoke(app, ["backfill", "--prefix", "archive/", "--checkpoint", str(checkpoint)])
+    assert interrupted.exit_code != 0
+    saved = json.loads(checkpoint.read_text())
+    assert (saved["last_key"], saved["listed"], saved["enqueued"]) == (archive[99], 100, 100)
+
+    stack._clients["sqs"] = sqs
+    resumed = runner.invoke(app, ["backfill", "--prefix", "archive/", "--checkpoint", str(checkpoint)])
+
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming after 100 object(s)" in resumed.output and "enqueued 250" in resumed.output
+    enqueued = _enqueued_keys(stack)
+    assert sorted(set(enqueued)) == archive
+    assert len(enqueued) == 250 + 30  # only the part-sent chunk's 30 messages went twice
+    assert not checkpoint.exists()  # finished: the next run starts afresh
+
+
+def test_a_checkpoint_of_another_backfill_is_refused_not_resumed(stack, archive, tmp_path):
+    checkpoint = tmp_path / "job.json"
+    stack._clients["sqs"], sqs = DiesAfter(stack.client("sqs"), calls=10), stack.client("sqs")
+    runner.invoke(app, ["backfill", "--prefix", "archive/", "--checkpoint", str(checkpoint)])
+    stack._clients["sqs"] = sqs
+
+    other = runner.invoke(app, ["backfill", "--only-unscored", "--prefix", "archive/", "--checkpoint", str(checkpoint)])
+    assert other.exit_code != 0 and "checkpoint of another backfill" in other.output
+
+    restarted = runner.invoke(app, ["backfill", "--only-unscored", "--prefix", "archive/", "--restart",
+                                    "--checkpoint", str(checkpoint)])
+    assert restarted.exit_code == 0, restarted.output
+    assert "enqueued 250" in restarted.output
+
+
+def test_the_default_checkpoint_is_one_file_per_job(stack):
+    one = backfill_module.default_checkpoint("b", "incoming/", "all")
+    assert one == backfill_module.default_checkpoint("b", "incoming/", "all")
+    assert one != backfill_module.default_checkpoint("b", "incoming/ward/", "all")
+    assert one != backfill_module.default_checkpoint("b", "incoming/", "only-unscored")
+
+
+def test_rate_limit_paces_messages():
+    clock, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    limit = backfill_module.RateLimit(20, clock=lambda: clock[0], sleep=sleep)
+    for _ in range(4):
+        limit.wait(10)  # 40 messages at 20/s: the last batch may go at t = 1.5 s
+    assert clock[0] == pytest.approx(1.5)
+    assert backfill_module.RateLimit(None).interval == 0
+
+
+def test_backfill_rate_option_is_used_for_every_send(stack, archive, monkeypatch):
+    waits = []
+    monkeypatch.setattr(backfill_module.RateLimit, "wait", lambda self, count: waits.append((self.interval, count)))
+    outcome = runner.invoke(app, ["backfill", "--prefix", "archive/", "--rate", "50"])
+    assert outcome.exit_code == 0, outcome.output
+    assert sum(count for _, count in waits) == 250 and {interval for interval, _ in waits} == {0.02}

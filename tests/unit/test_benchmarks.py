@@ -96,3 +96,15 @@ def test_readme_costs_section_is_replaced_up_to_the_next_heading_and_only_there(
     assert once.index("| new | table |") < once.index("## The model")
     assert once.endswith("## The model\n\nkept\n")
     assert report.embed_in_readme(once, "| new | table |\n") == once
+
+
+def test_backfill_benchmark_streams_the_generated_listing_through_the_real_command(tmp_path):
+    from benchmarks import backfill as backfill_benchmark
+
+    row = backfill_benchmark.probe(2500, str(tmp_path))
+
+    # One key in three has a current result and is skipped; listed once to count, once to enqueue.
+    assert row["messages"] == 2500 - len(range(0, 2500, 3))
+    assert (row["list_calls"], row["batch_get_calls"]) == (2 * 3, 25)
+    assert row["peak_rss_mb"] >= row["rss_after_imports_mb"] > 0
+    assert list(tmp_path.iterdir()) == []  # a finished backfill leaves no checkpoint
