@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DATA ?= ../shared/data
 
-.PHONY: help venv test build chromium
+.PHONY: help venv test build chromium dicom3tools
 
 help:
 	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
@@ -96,7 +96,12 @@ chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
-test: $(INSTALLED) $(CHECKOV) chromium
+# dciodvfy (Debian's dicom3tools) validates the structured reports in their test.
+dicom3tools:
+	@command -v dciodvfy >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dicom3tools)
+
+test: $(INSTALLED) $(CHECKOV) chromium dicom3tools
 	$(PY) -m pytest
 
 # Full training + int8 export + report into model/ (~20-30 min on 2 cores); resumes runs/latest.

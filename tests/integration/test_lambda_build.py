@@ -46,13 +46,13 @@ def sam_build(tmp_path_factory):
     return build_dir, run.stdout + run.stderr
 
 
-def test_sam_build_produces_a_checked_arm64_artifact_under_100_mb(sam_build):
+def test_sam_build_produces_a_checked_arm64_artifact_under_120_mb(sam_build):
     build_dir, output = sam_build
     artifact = build_dir / "ScorerFunction"
     assert "Build Succeeded" in output and f"artifact {artifact}:" in output  # the Makefile ran the check
     assert "PROBLEM" not in output
     size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
-    assert size < 100e6
+    assert size < 120e6
     metadata = json.loads((artifact / "model" / "model.json").read_text())
     assert sorted(p.name for p in (artifact / "model").iterdir()) == sorted(["model.json", metadata["file"]])
     assert not any((artifact / name).exists() for name in ("boto3", "botocore", "tests"))
