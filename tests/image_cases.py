@@ -39,6 +39,8 @@ class InputCase:
     reason: str | None = None        # ImageRejected.reason when FAILED
     # Valid cases only: the upright 8-bit greyscale pixels the decoder must reproduce.
     upright: Callable[[], Image.Image] | None = None
+    # Valid cases only: metadata the decoder cannot use and must say it ignored.
+    ignores_metadata: bool = False
 
 
 @cache
@@ -116,6 +118,67 @@ def jpeg_exif_rotated() -> bytes:
     return _encode(stored, "JPEG", quality=95, exif=exif.tobytes())
 
 
+def _tiff_ifd(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A little-endian TIFF header and one IFD of raw (tag, type, count, value bytes) entries,
+    written exactly as given, whatever the TIFF specification says the tag should hold."""
+    values_at = 8 + 2 + 12 * len(entries) + 4
+    directory, values = struct.pack("<H", len(entries)), b""
+    for tag, field_type, count, value in sorted(entries):
+        if len(value) <= 4:
+            directory += struct.pack("<HHI", tag, field_type, count) + value.ljust(4, b"\0")
+        else:
+            directory += struct.pack("<HHII", tag, field_type, count, values_at + len(values))
+            values += value
+    return b"II*\0" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + values
+
+
+def _with_jpeg_exif(jpeg: bytes, tiff: bytes) -> bytes:
+    """`jpeg` with an APP1 Exif segment holding `tiff` right after its SOI marker."""
+    payload = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+_ORIENTATION, _IMAGE_DESCRIPTION, _JPEG_TABLES = 0x0112, 0x010E, 0x015B
+_SHORT, _ASCII, _FLOAT, _DOUBLE = 3, 2, 11, 12
+
+
+def jpeg_exif_rotated_with_mistyped_tags() -> bytes:
+    """A valid orientation 6 next to tags of a type the TIFF specification never gives them
+    (a FLOAT description, DOUBLE JPEG tables): Pillow cannot write such EXIF back."""
+    stored = _encode(reference_image().transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95)
+    return _with_jpeg_exif(stored, _tiff_ifd([
+        (_ORIENTATION, _SHORT, 1, struct.pack("<H", 6)),
+        (_IMAGE_DESCRIPTION, _FLOAT, 2, struct.pack("<ff", 1.5, -2.5)),
+        (_JPEG_TABLES, _DOUBLE, 1, struct.pack("<d", 3.25))]))
+
+
+def jpeg_exif_orientation_as_text() -> bytes:
+    """Orientation written as the text "6" instead of a SHORT: unusable, so not applied."""
+    return _with_jpeg_exif(jpeg_grey_upright(), _tiff_ifd([(_ORIENTATION, _ASCII, 2, b"6\0")]))
+
+
+def jpeg_exif_short_tiff_header() -> bytes:
+    return _with_jpeg_exif(jpeg_grey_upright(), b"II*")
+
+
+def jpeg_exif_bad_byte_order() -> bytes:
+    return _with_jpeg_exif(jpeg_grey_upright(), b"XX*\0\x08\0\0\0" + bytes(16))
+
+
+def png_exif_garbage() -> bytes:
+    png = png_grey_8bit()
+    first_idat = png.index(b"IDAT") - 4
+    return png[:first_idat] + _png_chunk(b"eXIf", b"not a TIFF block at all") + png[first_idat:]
+
+
+def jpeg_grey_upright() -> bytes:
+    return _encode(reference_image(), "JPEG", quality=95)
+
+
 @cache
 def jpeg_50mp() -> bytes:
     """About 50 MP (7100 x 7040), below MAX_PIXELS: a large but plausible radiograph."""
@@ -165,6 +228,27 @@ def png_corrupt_idat() -> bytes:
 def truncated_png() -> bytes:
     data = png_grey_8bit()
     return data[: len(data) // 2]
+
+
+def _png_with_rows(width: int, height: int, rows: bytes) -> bytes:
+    """An 8-bit greyscale PNG whose one IDAT holds a complete zlib stream of `rows` (filter
+    byte + pixels each), however many rows the header declares: every CRC is valid."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows))
+            + _png_chunk(b"IEND", b""))
+
+
+def png_rows_missing() -> bytes:
+    """The reference radiograph's top half only, under a header declaring all of it."""
+    pixels = np.asarray(reference_image())
+    height, width = pixels.shape
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels[: height // 2])
+    return _png_with_rows(width, height, rows)
+
+
+def png_huge_header_ten_rows() -> bytes:
+    """A 7000 x 7000 header (49 MP, under the pixel cap) over ten rows of data."""
+    return _png_with_rows(7000, 7000, (b"\x00" + bytes(range(256)) * 27 + bytes(88)) * 10)
 
 
 def gif_image() -> bytes:
@@ -218,6 +302,16 @@ VALID_CASES = [
     InputCase("jpeg_progressive", ".jpeg", jpeg_progressive, "SCORED", upright=reference_image),
     InputCase("jpeg_rgb", ".JPG", jpeg_rgb, "SCORED", upright=reference_image),
     InputCase("jpeg_exif_rotated", ".jpeg", jpeg_exif_rotated, "SCORED", upright=reference_image),
+    InputCase("jpeg_exif_rotated_with_mistyped_tags", ".jpeg", jpeg_exif_rotated_with_mistyped_tags, "SCORED",
+              upright=reference_image),
+    InputCase("jpeg_exif_orientation_as_text", ".jpeg", jpeg_exif_orientation_as_text, "SCORED",
+              upright=reference_image, ignores_metadata=True),
+    InputCase("jpeg_exif_short_tiff_header", ".jpeg", jpeg_exif_short_tiff_header, "SCORED",
+              upright=reference_image, ignores_metadata=True),
+    InputCase("jpeg_exif_bad_byte_order", ".jpeg", jpeg_exif_bad_byte_order, "SCORED",
+              upright=reference_image, ignores_metadata=True),
+    InputCase("png_exif_garbage", ".png", png_exif_garbage, "SCORED", upright=reference_image,
+              ignores_metadata=True),
 ]
 LARGE_CASE = InputCase("jpeg_50mp", ".jpeg", jpeg_50mp, "SCORED", upright=jpeg_50mp_expected)
 
@@ -229,6 +323,8 @@ INVALID_CASES = [
     InputCase("jpeg_corrupt_scan", ".jpeg", jpeg_corrupt_scan, "FAILED", "corrupt"),
     InputCase("png_corrupt_idat", ".png", png_corrupt_idat, "FAILED", "corrupt"),
     InputCase("truncated_png", ".png", truncated_png, "FAILED", "truncated"),
+    InputCase("png_rows_missing", ".png", png_rows_missing, "FAILED", "truncated"),
+    InputCase("png_huge_header_ten_rows", ".png", png_huge_header_ten_rows, "FAILED", "truncated"),
     InputCase("gif", ".jpeg", gif_image, "FAILED", "unsupported_format"),
     InputCase("bmp", ".png", bmp_image, "FAILED", "unsupported_format"),
     InputCase("tiff", ".jpeg", tiff_image, "FAILED", "unsupported_format"),

@@ -130,7 +130,8 @@ def _score_object(created: ObjectCreated) -> None:
             with _timed(timings, "decode"):
                 pixels, decoded = _decode(data)
             item.update(image_width=decoded.width, image_height=decoded.height,
-                        image_format=decoded.format, image_mode=decoded.mode)
+                        image_format=decoded.format, image_mode=decoded.mode,
+                        ignored_metadata=decoded.ignored_metadata)
             with _timed(timings, "inference"):
                 prediction = model.predict(pixels)
             probability = float(prediction.probability[0])

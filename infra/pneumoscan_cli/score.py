@@ -34,20 +34,33 @@ class Score:
     label: str | None = None
     error: str | None = None
     reason: str | None = None
+    ignored_metadata: str | None = None
 
 
 def score_file(model: PneumoniaModel, path: Path) -> Score:
+    """One file's row, whatever happens: a command over many files never stops at one."""
+    try:
+        return _score_file(model, path)
+    except OSError as exc:
+        return Score(str(path), STATUS_FAILED, reason="unreadable_file", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bug shows in this file's row; the other files still score
+        return Score(str(path), STATUS_FAILED, reason="internal_error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _score_file(model: PneumoniaModel, path: Path) -> Score:
     size = path.stat().st_size
     if size > MAX_OBJECT_BYTES:
         return Score(str(path), STATUS_FAILED, reason="object_too_large",
                      error=f"{size} bytes is above the {MAX_OBJECT_BYTES}-byte limit")
     height, width, channels = model.input_shape
+    data = path.read_bytes()
     try:
-        pixels, _ = images.load_model_input(path.read_bytes(), height, width, channels)
+        pixels, decoded = images.load_model_input(data, height, width, channels)
     except images.ImageRejected as rejected:
         return Score(str(path), STATUS_FAILED, reason=rejected.reason, error=rejected.detail)
     probability = float(model.predict(pixels).probability[0])
-    return Score(str(path), STATUS_SCORED, round(probability, 6), model.label(probability))
+    return Score(str(path), STATUS_SCORED, round(probability, 6), model.label(probability),
+                 ignored_metadata=decoded.ignored_metadata)
 
 
 def score_paths(model: PneumoniaModel, paths: list[Path]) -> Iterator[Score]:

@@ -75,3 +75,35 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["score", str(REFERENCE_XRAY), "--model-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "model.json" in result.output
+
+
+def test_an_unexpected_error_on_one_file_is_its_failed_row_and_the_rest_are_scored(tmp_path, monkeypatch):
+    reference = REFERENCE_XRAY.read_bytes()
+    for name in ("a.jpeg", "b.jpeg", "c.jpeg"):
+        (tmp_path / name).write_bytes(reference)
+    (tmp_path / "b.jpeg").write_bytes(reference + b"\0")  # the one the broken decoder chokes on
+    real_load = score_module.images.load_model_input
+
+    def choke_on_b(data, *args, **kwargs):
+        if data.endswith(b"\0"):
+            raise TypeError("an unforeseen bug")
+        return real_load(data, *args, **kwargs)
+
+    monkeypatch.setattr(score_module.images, "load_model_input", choke_on_b)
+
+    result = runner.invoke(app, ["score", str(tmp_path), "--json"])
+
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(line)["image"].rsplit("/", 1)[-1]: json.loads(line) for line in result.stdout.splitlines()}
+    assert [rows[name]["status"] for name in ("a.jpeg", "b.jpeg", "c.jpeg")] == ["SCORED", "FAILED", "SCORED"]
+    assert rows["b.jpeg"]["reason"] == "internal_error" and "TypeError: an unforeseen bug" in rows["b.jpeg"]["error"]
+
+
+def test_a_file_that_cannot_be_read_is_its_failed_row(tmp_path, model):
+    folder = tmp_path / "not-a-file.jpeg"
+    folder.mkdir()
+
+    scored = score_module.score_file(model, folder)
+
+    assert (scored.status, scored.reason) == ("FAILED", "unreadable_file")
+    assert scored.error

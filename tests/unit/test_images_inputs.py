@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import random
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import simplejpeg
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, TiffTags
 
-from image_cases import (CASES, FULLRES_DIR, INVALID_CASES, LARGE_CASE, VALID_CASES,
-                         jpeg_bomb_just_over_cap, jpeg_corrupt_scan, png_bomb, reference_bytes,
-                         reference_image, truncated_jpeg)
+from image_cases import (CASES, FULLRES_DIR, INVALID_CASES, LARGE_CASE, VALID_CASES, _encode, _png_chunk,
+                         _tiff_ifd, _with_jpeg_exif, jpeg_bomb_just_over_cap, jpeg_corrupt_scan, png_bomb,
+                         png_huge_header_ten_rows, reference_bytes, reference_image, truncated_jpeg)
 from pneumoscan import images
 from pneumoscan.images import ImageRejected, decode, load_model_input
 
@@ -179,3 +182,76 @@ def test_a_jpeg_signature_with_a_broken_header_is_corrupt_not_unknown():
         decode(reference_bytes()[:40])
 
     assert rejected.value.reason in ("corrupt", "truncated")
+
+
+@pytest.mark.parametrize("case", VALID_CASES, ids=lambda c: c.name)
+def test_ignored_metadata_is_noted_only_where_some_was_ignored(case):
+    decoded = decode(case.make(), target_size=(MODEL_SIDE, MODEL_SIDE))
+
+    assert bool(decoded.ignored_metadata) == case.ignores_metadata, decoded.ignored_metadata
+
+
+def test_no_exif_content_ever_loses_the_image():
+    """Orientation 6 beside random tags of random types and counts, as a fuzzer sends them:
+    every image decodes, upright when the orientation is usable, as stored otherwise."""
+    rng = random.Random(13)
+    stored = reference_image().resize((240, 300)).transpose(Image.Transpose.ROTATE_90)
+    jpeg = _encode(stored, "JPEG")
+    sizes = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+    tags = sorted(TiffTags.TAGS_V2)
+    for _ in range(300):
+        entries = {0x0112: (0x0112, 3, 1, b"\x06\x00")}
+        for _ in range(rng.randint(1, 3)):
+            tag, field_type, count = rng.choice(tags), rng.randint(1, 13), rng.randint(1, 4)
+            entries[tag] = (tag, field_type, count, rng.randbytes(sizes[field_type] * count))
+        decoded = decode(_with_jpeg_exif(jpeg, _tiff_ifd(list(entries.values()))))
+        assert decoded.image.size in ((240, 300), (300, 240))
+        assert (decoded.width, decoded.height) == decoded.image.size
+
+
+def test_a_png_whose_data_ends_early_is_refused_before_pillow_fills_it_with_black(monkeypatch):
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("the pixels of a PNG with missing rows were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
+
+    with pytest.raises(ImageRejected) as rejected:
+        decode(png_huge_header_ten_rows())
+
+    assert rejected.value.reason == "truncated"
+    assert "10 of 7000 rows" in rejected.value.detail
+
+
+@pytest.mark.parametrize("interlace", [False, True], ids=["progressive rows", "adam7"])
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "1", "I;16"])
+def test_complete_pngs_of_every_layout_pass_the_row_count(mode, interlace):
+    grey = reference_image().resize((203, 97))
+    image = Image.fromarray(np.asarray(grey, dtype=np.uint16) * 200) if mode == "I;16" else grey.convert(mode)
+    plain = _encode(image, "PNG")
+
+    decoded = decode(_adam7(image, plain) if interlace else plain)
+
+    assert decoded.image.size == (203, 97)
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(decode(plain).image))
+
+
+def _adam7(image: Image.Image, png: bytes) -> bytes:
+    """`png` re-encoded with interlace method 1 (Pillow writes none): the image's packed rows
+    regrouped into the seven Adam7 passes, each row with filter type 0."""
+    width, height, depth, colour = struct.unpack_from(">IIBB", png, 16)
+    raw = image.tobytes("raw", {"I;16": "I;16B"}.get(image.mode, image.mode))
+    stride = len(raw) // height
+    bits_per_pixel = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    passes = bytearray()
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)):
+        for y in range(y0, height, dy):
+            bits = "".join(f"{byte:08b}" for byte in raw[y * stride:(y + 1) * stride])
+            picked = "".join(bits[x * bits_per_pixel:(x + 1) * bits_per_pixel] for x in range(x0, width, dx))
+            if picked:
+                picked += "0" * (-len(picked) % 8)
+                passes += b"\x00" + int(picked, 2).to_bytes(len(picked) // 8, "big")
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 1)
+    palette = png[png.index(b"PLTE") - 4:png.index(b"IDAT") - 4] if b"PLTE" in png else b""
+    return (png[:8] + _png_chunk(b"IHDR", header) + palette + _png_chunk(b"IDAT", zlib.compress(bytes(passes)))
+            + _png_chunk(b"IEND", b""))

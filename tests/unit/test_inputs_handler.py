@@ -49,6 +49,7 @@ def test_every_input_kind_ends_scored_or_failed_with_its_reason(handler_stack):
             assert item["label"] in ("NORMAL", "PNEUMONIA")
             assert (int(item["image_width"]), int(item["image_height"])) in {
                 (1522, 1221), (7100, 7040)}, case.name
+            assert ("ignored_metadata" in item) == case.ignores_metadata, (case.name, item.get("ignored_metadata"))
         else:
             assert item["reason"] == case.reason, (case.name, item["reason"], item.get("error"))
             assert item["error"]
@@ -156,6 +157,7 @@ def test_pneumoscan_score_reports_what_the_lambda_records(handler_stack, tmp_pat
     for name, scored in offline.items():
         item = stack.item(_key(stack, name))
         assert (scored["status"], scored.get("reason")) == (item["status"], item.get("reason")), name
+        assert scored["ignored_metadata"] == item.get("ignored_metadata"), name
         if item["status"] == "SCORED":
             assert scored["label"] == item["label"]
             assert abs(scored["probability"] - float(item["probability"])) < 1e-5, name

@@ -10,13 +10,17 @@ usable image raises `ImageRejected` with a short machine-readable `reason`:
     too_many_pixels     the header declares more than MAX_PIXELS (refused before decoding)
     too_small           a side shorter than MIN_SIDE
     unsupported_mode    a pixel layout we cannot map to greyscale/RGB
-    truncated           the file ends before the image data does
+    truncated           the file, or a PNG's compressed image data, ends before the last row
     corrupt             the data fails its integrity checks or cannot be decoded
 
 Only Pillow's JPEG and PNG decoders are ever used. Pillow hides libjpeg's warnings
 (corrupt entropy-coded data decodes "successfully" into grey or smeared blocks), so
 JPEG scan data is first checked by libjpeg-turbo in strict mode (simplejpeg), and PNG
-chunks by their CRCs, before Pillow decodes the pixels.
+chunks by their CRCs and their image data by its row count, before Pillow decodes the pixels.
+
+Metadata damage is not pixel damage: an EXIF/XMP block that cannot be read, or an
+orientation of an unexpected type or value, is ignored (the image stays as stored) and
+said in `DecodedImage.ignored_metadata`; it never rejects the image.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG")
 # Pillow's JPEG factory reports multi-picture JPEGs (some camera/PACS exports) as MPO;
@@ -54,8 +58,18 @@ _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
-# EXIF orientations 5-8 store the image transposed: the upright width is the stored height.
+# How to stand up an image stored with each EXIF orientation (1 is upright already);
+# 5-8 store it transposed, so the upright width is the stored height.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# PNG colour type -> samples per pixel (IHDR).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 passes: first column, first row, column step, row step.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+# The PNG row check inflates into buffers of at most this size, whatever the image's size.
+_INFLATE_CHUNK = 1 << 20
 
 
 class ImageRejected(ValueError):
@@ -76,6 +90,8 @@ class DecodedImage:
     height: int
     format: str
     mode: str
+    # What metadata was unusable and ignored (the image is as stored), else None.
+    ignored_metadata: str | None = None
 
 
 def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DecodedImage:
@@ -99,7 +115,6 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
         raise ImageRejected("unsupported_mode", f"pixel mode {source_mode} is not supported")
 
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         if source_format in _JPEG_FORMATS and source_mode in _STRICT_JPEG_MODES:
             image = _decode_jpeg_strict(data, image, target_size)
         else:
@@ -108,17 +123,40 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
                 if target_size is not None:
                     image.draft(_DIRECT_MODES.get(source_mode, "RGB"), target_size)
             else:
-                _verify_png_chunks(data)
+                _verify_png(data)
             image.load()
-        image = ImageOps.exif_transpose(image)
     except ImageRejected:
         raise
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         raise _decode_failure(source_format, exc) from exc
 
+    # A PNG's eXIf chunk may follow its image data: read the metadata once the pixels are in.
+    orientation, ignored_metadata = _orientation(image.info)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    return DecodedImage(_to_8bit(image), width, height, source_format, source_mode)
+    return DecodedImage(_to_8bit(image), width, height, source_format, source_mode, ignored_metadata)
+
+
+def _orientation(info: dict) -> tuple[int, str | None]:
+    """The EXIF (or XMP) orientation, 1 to 8, and what was ignored when there is none usable.
+
+    Pillow's own lookup runs on a bare image holding only the metadata: the opened file
+    swallows EXIF errors while it reads the DPI and would hide why nothing was applied.
+    Any failure in there is metadata damage, never a reason to lose the pixels.
+    """
+    carrier = Image.Image()
+    carrier.info = dict(info)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "tag had too many entries" and the like
+            orientation = carrier.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # noqa: BLE001 - any parser error in metadata leaves the image as stored
+        return 1, f"EXIF/XMP metadata unreadable, orientation not applied ({type(exc).__name__}: {exc})"[:300]
+    if isinstance(orientation, int) and not isinstance(orientation, bool) and 1 <= orientation <= 8:
+        return orientation, None
+    return 1, f"EXIF orientation {orientation!r} is not a number from 1 to 8, not applied"[:300]
 
 
 def _open_header(data: bytes) -> ImageFile.ImageFile:
@@ -218,8 +256,61 @@ def _strict_jpeg(data: bytes, **options) -> np.ndarray:
         raise ImageRejected(reason, f"JPEG data is damaged ({message})") from exc
 
 
-def _verify_png_chunks(data: bytes) -> None:
-    """Walk the chunks to IEND, checking every CRC (Pillow skips the IDAT ones)."""
+def _verify_png(data: bytes) -> None:
+    """Walk the chunks to IEND, checking every CRC (Pillow skips the IDAT ones), and check
+    that the image data inflates to every row the header declares.
+
+    Pillow stops at the end of the zlib stream and leaves the rows it never got black, so
+    a short stream sealed with valid CRCs and an IEND would be scored as a mostly black
+    image. The inflate runs in bounded buffers and only counts bytes.
+    """
+    inflater, inflated, layout = zlib.decompressobj(), 0, None
+    for chunk_type, payload in _png_chunks(data):
+        if chunk_type == b"IHDR":
+            layout = _PngLayout.from_header(payload)
+        elif chunk_type == b"IDAT" and not inflater.eof:
+            inflated += len(inflater.decompress(payload, _INFLATE_CHUNK))
+            while inflater.unconsumed_tail and not inflater.eof:
+                inflated += len(inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK))
+    if layout is not None and inflated < layout.data_length:
+        raise ImageRejected("truncated", f"PNG image data ends early: {layout.delivered(inflated)} of a "
+                                         f"{layout.width}x{layout.height} image were delivered")
+
+
+@dataclass(frozen=True)
+class _PngLayout:
+    """How many bytes of filtered rows a PNG's IHDR promises."""
+
+    width: int
+    height: int
+    bits_per_pixel: int
+    interlaced: bool
+
+    @classmethod
+    def from_header(cls, ihdr: bytes) -> _PngLayout:
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr[:13])
+        if colour not in _PNG_CHANNELS:
+            raise ImageRejected("corrupt", f"PNG colour type {colour} does not exist")
+        return cls(width, height, depth * _PNG_CHANNELS[colour], interlace == 1)
+
+    def _row_length(self, pixels: int) -> int:
+        return 1 + -(-pixels * self.bits_per_pixel // 8)  # filter byte + packed samples
+
+    @property
+    def data_length(self) -> int:
+        if not self.interlaced:
+            return self.height * self._row_length(self.width)
+        return sum(-(-(self.height - y0) // dy) * self._row_length(-(-(self.width - x0) // dx))
+                   for x0, y0, dx, dy in _ADAM7 if self.width > x0 and self.height > y0)
+
+    def delivered(self, inflated: int) -> str:
+        if self.interlaced:
+            return f"{inflated} of {self.data_length} bytes"
+        return f"{inflated // self._row_length(self.width)} of {self.height} rows"
+
+
+def _png_chunks(data: bytes):
+    """(type, payload) of every chunk up to IEND, each checked against its CRC."""
     offset = len(_PNG_SIGNATURE)
     while True:
         if offset + 12 > len(data):
@@ -232,6 +323,7 @@ def _verify_png_chunks(data: bytes) -> None:
         (stored_crc,) = struct.unpack_from(">I", data, end)
         if zlib.crc32(data[offset + 4:end]) != stored_crc:
             raise ImageRejected("corrupt", f"PNG chunk {chunk_type!r} at byte {offset} fails its CRC")
+        yield chunk_type, data[offset + 8:end]
         if chunk_type == b"IEND":
             return
         offset = end + 4
