@@ -17,7 +17,8 @@ DATA ?= ../shared/data
 help:
 	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
 	@echo "make test                install what is needed and run every test"
-	@echo "make train               train and export the model into model/"
+	@echo "make train               train and export the model into model/ (then make ood, make shortcut)"
+	@echo "make ood                 refit the out-of-distribution statistics of model/ and measure them"
 	@echo "make bench               benchmarks: time, memory and cost per image -> benchmarks/RESULTS.md"
 	@echo "make loadtest N=2000     N full-res X-rays through the local stack: rate, latency, lost, duplicated"
 
@@ -108,7 +109,14 @@ test: $(INSTALLED) $(CHECKOV) chromium dicom3tools
 .PHONY: train
 train: $(INSTALLED)
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest
+	$(MAKE) --no-print-directory ood
 	$(MAKE) --no-print-directory shortcut
+
+# Out-of-distribution statistics of the model in model/ (they belong to one network: refit
+# after every new model) and what they flag -> model/ood.npz, model.json `ood`, report/ood.json (~2 min).
+.PHONY: ood
+ood: $(INSTALLED)
+	$(PY) -m training.ood --data $(DATA) --model-dir model
 
 # Where the model looks: share of CAM heat in the image border / outside the chest, on val
 # and the full-resolution originals -> model/report/shortcut.json + shortcut.png (~1 min).

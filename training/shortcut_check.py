@@ -181,14 +181,14 @@ def card_section(result: dict) -> str:
     ])
 
 
-def update_model_card(card: Path, section: str) -> bool:
+def update_model_card(card: Path, section: str, *, start: str = CARD_START, end: str = CARD_END) -> bool:
     """Replace the section between the markers, else insert it before the limitations."""
     if not card.is_file():
         return False
     text = card.read_text()
-    if CARD_START in text and CARD_END in text:
-        before, rest = text.split(CARD_START, 1)
-        text = before + section + rest.split(CARD_END, 1)[1]
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
     elif "## Limitations" in text:
         before, after = text.split("## Limitations", 1)
         text = before + section + "\n\n## Limitations" + after

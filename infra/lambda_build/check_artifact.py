@@ -62,12 +62,18 @@ def model_problems(root: Path) -> list[str]:
     if not metadata_path.is_file():
         return ["model/model.json is missing"]
     metadata = json.loads(metadata_path.read_text())
-    model_path = root / "model" / metadata["file"]
-    if not model_path.is_file():
-        return [f"model/{metadata['file']} is missing"]
-    if hashlib.sha256(model_path.read_bytes()).hexdigest() != metadata["sha256"]:
-        return [f"model/{metadata['file']} does not match the sha256 in model.json"]
-    extra = sorted(p.name for p in (root / "model").iterdir() if p.name not in {"model.json", metadata["file"]})
+    # The network and the out-of-distribution statistics fitted on its features.
+    expected = {metadata["file"]: metadata["sha256"]}
+    if "ood" not in metadata:
+        return ["model.json has no 'ood' entry (out-of-distribution statistics)"]
+    expected[metadata["ood"]["file"]] = metadata["ood"]["sha256"]
+    for name, digest in expected.items():
+        path = root / "model" / name
+        if not path.is_file():
+            return [f"model/{name} is missing"]
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return [f"model/{name} does not match the sha256 in model.json"]
+    extra = sorted(p.name for p in (root / "model").iterdir() if p.name not in {"model.json", *expected})
     return [f"model/ holds files the function never reads: {extra}"] if extra else []
 
 
