@@ -24,7 +24,7 @@ from pathlib import Path
 from benchmarks import cold_start, prices, report
 from benchmarks.common import BENCH_DIR, DEFAULT_DATA, MEASURED_CORE, REPO_ROOT, SERVER_CORE, load_samples, run_probe
 
-SECTIONS = ("cold_start", "decoding", "runtimes", "stages", "throughput", "artifact")
+SECTIONS = ("cold_start", "decoding", "dicom_decoding", "runtimes", "stages", "throughput", "artifact")
 ARTIFACT_DIR = REPO_ROOT / ".aws-sam" / "build" / "ScorerFunction"
 WORKER_COUNTS = (1, 2, 4)
 # The handler's overlay setting (template parameter OverlayImages: all | positives | none).
@@ -69,6 +69,11 @@ def model_facts() -> dict:
 
 def run_decoding(args, samples) -> dict:
     return run_probe(["-m", "benchmarks.decoding", "--data", str(args.data), *_limit(args),
+                      "--repeats", str(args.repeats)])
+
+
+def run_dicom_decoding(args, samples) -> dict:
+    return run_probe(["-m", "benchmarks.dicom_decoding", "--data", str(args.data), *_limit(args),
                       "--repeats", str(args.repeats)])
 
 
@@ -215,6 +220,7 @@ def main() -> None:
                                              "(Graviton2), whose per-core speed differs"},
                      "skipped": {}}
     runners = {"cold_start": lambda a, s: cold_start.run(a.cold_starts), "decoding": run_decoding,
+               "dicom_decoding": run_dicom_decoding,
                "runtimes": run_runtimes, "stages": run_stages, "throughput": run_throughput,
                "artifact": run_artifact}
     try:

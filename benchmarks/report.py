@@ -72,6 +72,7 @@ def render(results: dict) -> str:
         "",
     ]
     lines += _targets(results) + _stages(results) + _cold_start(results) + _runtimes(results) + _decoding(results)
+    lines += _dicom_decoding(results)
     lines += _threads(results) + _throughput(results) + _memory(results) + _cost(results)
     leftover = {k: v for k, v in results.get("skipped", {}).items()}
     if leftover:
@@ -199,6 +200,32 @@ def _decoding(results: dict) -> list[str]:
                        "(about 190 px for a 1.5 MP radiograph) stretched up to 224 px, a loss of detail that "
                        f"no flips on {section['images']} training-set images cannot clear."
                        if section["fastest_without_label_flip"] == "eighth" else ""), ""]
+
+
+def _dicom_decoding(results: dict) -> list[str]:
+    lines, section = _section(results, "dicom_decoding", "DICOM: decode per transfer syntax, memory, imports")
+    if not section:
+        return lines
+    rows = [[name.replace("_", " "), _ms(run), _ms(run, "p95_ms"), run["mean_file_mb"]]
+            for name, run in section["transfer_syntaxes"].items()]
+    lines += _table(["transfer syntax", "decode + resize p50", "p95", "mean file MB"], rows)
+    memory = section["memory_4k_16bit"]
+    imports = section["imports"]
+    return lines + [
+        f"{section['images']} originals written as 12-bit data in 16-bit words (JPEG baseline: the original "
+        f"8-bit JPEG in a DICOM wrapper); ms per image, median of {section['repeats_per_image']} repeats, "
+        "through `pneumoscan.dicom.decode` and the shared resize.",
+        "",
+        f"A {memory['image']} image peaks at {memory['max_peak_rss_mb']:.0f} MB RSS in a fresh process "
+        f"(" + ", ".join(f"{name.replace('_', ' ')} {run['peak_rss_mb']:.0f} MB"
+                         for name, run in memory["by_syntax"].items())
+        + f"; the function has {memory['function_memory_mb']} MB).",
+        "",
+        f"Imports, fresh process, median of 3: JPEG/PNG path {imports['import_jpeg_path_ms']:.0f} ms "
+        f"(pydicom loaded: {'yes' if imports['jpeg_path_imports_pydicom'] else 'no'}); DICOM decoding "
+        f"{imports['import_dicom_decode_ms']:.0f} ms and the structured report "
+        f"{imports['import_structured_report_ms']:.0f} ms more, paid by the first DICOM object a container sees.",
+        ""]
 
 
 def _threads(results: dict) -> list[str]:

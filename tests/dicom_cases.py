@@ -10,6 +10,7 @@ relabelled as a chest radiograph. Nothing is written into the repo.
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 from functools import cache
@@ -156,9 +157,8 @@ def radiograph(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", modality
 
 
 def to_bytes(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian, **encode_options) -> bytes:
-    """The dataset written as a Part 10 file in `transfer_syntax` (compressing its pixels)."""
-    ds = ds.copy()
-    ds.file_meta = ds.file_meta.copy()
+    """The dataset written as a Part 10 file in `transfer_syntax` (compressing a copy of its pixels)."""
+    ds = copy.deepcopy(ds)
     if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.file_meta.TransferSyntaxUID = transfer_syntax
     else:
@@ -269,7 +269,7 @@ def new_uid() -> str:
 
 def bare_dataset_bytes(ds: Dataset, *, implicit_vr: bool = True) -> bytes:
     """The dataset alone, without preamble, DICM magic or file meta (an ACR-NEMA-style export)."""
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)
     ds.file_meta = FileMetaDataset()
     ds.preamble = None
     buffer = io.BytesIO()

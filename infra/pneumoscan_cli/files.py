@@ -1,4 +1,7 @@
-"""Finding the X-rays a command was pointed at: files as given, folders walked for images."""
+"""Finding the X-rays a command was pointed at: files as given, folders walked for images.
+
+From folders: JPEG, PNG and DICOM files by suffix (any letter case), and files named without a
+suffix or by a UID that are DICOM (`DICM` at byte 128): PACS exports often carry no suffix."""
 
 from __future__ import annotations
 
@@ -7,7 +10,12 @@ from pathlib import Path
 
 import typer
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # compared in lower case: .JPG, .Png ... too
+from pneumoscan import formats
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# Compared in lower case: .JPG, .Png, .DCM ... too.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"}) | DICOM_SUFFIXES
+CONTENT_TYPES = {".png": "image/png", ".dcm": "application/dicom", ".dicom": "application/dicom"}
 
 
 @dataclass(frozen=True)
@@ -17,16 +25,34 @@ class LocalFile:
 
     @property
     def content_type(self) -> str:
-        return "image/png" if self.path.suffix.lower() == ".png" else "image/jpeg"
+        suffix = self.path.suffix.lower()
+        if suffix in CONTENT_TYPES:
+            return CONTENT_TYPES[suffix]
+        if suffix in IMAGE_SUFFIXES:
+            return "image/jpeg"
+        return "application/dicom" if is_dicom_file(self.path) else "application/octet-stream"
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file whatever its name: `DICM` at byte 128."""
+    try:
+        with path.open("rb") as file:
+            return formats.has_dicom_magic(file.read(formats.SNIFF_BYTES))
+    except OSError:
+        return False
 
 
 def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its name, or a DICOM file named without a suffix or by its UID (`1.2.840...`)."""
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or ((suffix == "" or suffix[1:].isdigit()) and is_dicom_file(path))
 
 
 def collect_files(paths: list[Path]) -> list[LocalFile]:
     """Files named explicitly are taken whatever their suffix (the pipeline records a
-    non-image as FAILED); folders contribute their JPEG/PNG files, recursively, sorted."""
+    non-image as FAILED); folders contribute their JPEG/PNG/DICOM files, recursively, sorted."""
     found: dict[str, LocalFile] = {}
     for path in paths:
         if path.is_dir():
