@@ -2,7 +2,7 @@
 
 import typer
 
-from . import backfill, demo, dlq, evaluate, local, report, results, score, upload
+from . import backfill, demo, dlq, evaluate, local, report, results, score, stats, upload
 
 app = typer.Typer(help="Score chest X-rays for pneumonia, locally or on a deployed stack.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -10,6 +10,7 @@ app = typer.Typer(help="Score chest X-rays for pneumonia, locally or on a deploy
 app.add_typer(local.app, name="local")
 app.command()(upload.upload)
 app.command()(results.results)
+app.command()(stats.stats)
 app.command()(score.score)
 app.command()(demo.demo)
 app.command()(report.report)

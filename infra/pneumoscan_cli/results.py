@@ -70,11 +70,16 @@ def _query(target: Target, **arguments: Any) -> Iterator[dict[str, Any]]:
             yield _plain({name: _deserializer.deserialize(value) for name, value in item.items()})
 
 
-def batch_items(target: Target, batch: str, *, projection: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every item of one batch, in object-key order (batch-index)."""
+def batch_items(target: Target, batch: str, *, projection: list[str] | None = None,
+                key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every item of one batch (or the part with an object key in `key_between`), in object-key order."""
     arguments: dict[str, Any] = {
         "IndexName": BATCH_INDEX, "KeyConditionExpression": "#batch = :batch",
         "ExpressionAttributeNames": {"#batch": BATCH}, "ExpressionAttributeValues": {":batch": {"S": batch}}}
+    if key_between:
+        arguments["KeyConditionExpression"] += " AND #key BETWEEN :low AND :high"
+        arguments["ExpressionAttributeNames"]["#key"] = KEY
+        arguments["ExpressionAttributeValues"] |= {":low": {"S": key_between[0]}, ":high": {"S": key_between[1]}}
     if projection:
         names = {f"#p{index}": name for index, name in enumerate(projection)}
         arguments["ProjectionExpression"] = ", ".join(names)

@@ -147,3 +147,23 @@ def test_overlays_are_written_where_they_cannot_trigger_a_scoring(local_stack, u
         in_queue = (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"])
         time.sleep(0.2)
     assert in_queue == ("0", "0"), "the overlays (or something else) put messages on the queue"
+
+
+def test_stats_counts_the_batch_from_the_counter_items(local_stack, uploaded_batch):
+    _, items, _, _ = uploaded_batch
+    positives = sum(item.get("label") == "PNEUMONIA" for item in items)
+    deadline = time.monotonic() + 30
+    while True:  # the counters are added after the invocation's last item is written
+        rows = json.loads(_cli(local_stack, "stats", "--since", "2h", "--by", "batch", "--format", "json").stdout)
+        row = next((row for row in rows if row["batch"] == BATCH), None)
+        if (row and row["images"] >= 13) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert row is not None, rows
+    assert (row["images"], row["scored"], row["failed"], row["positives"]) == (13, 12, 1, positives)
+    assert row["mean_probability"] == pytest.approx(
+        sum(item["probability"] for item in items if item["status"] == "SCORED") / 12, abs=1e-4)
+    assert row["handler_ms_p50"] is not None and row["end_to_end_s_p95"] is not None
+
+    table = _cli(local_stack, "stats", "--since", "2h")
+    assert "13" in table.stdout

@@ -183,7 +183,7 @@ def test_table_key_design_matches_the_results_contract(resources):
 
 def test_alarms_watch_the_dlq_the_queue_age_and_function_errors(resources):
     alarms = {(r["Properties"]["Namespace"], r["Properties"]["MetricName"]): r["Properties"]
-              for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"}
+              for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in r["Properties"]}
     assert alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]["Dimensions"][0]["Value"] == {
         "Fn::GetAtt": ["ScoringDeadLetterQueue", "QueueName"]}
     assert alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]["Dimensions"][0]["Value"] == {
@@ -200,3 +200,43 @@ def test_sample_events_exist_for_sam_local_invoke():
     for name in ("sqs-s3-object-created.json", "sqs-s3-test-event.json"):
         event = json.loads((ROOT / "events" / name).read_text())
         assert event["Records"][0]["eventSource"] == "aws:sqs"
+
+
+def _substituted(sub, parameters, resources):
+    """Fn::Sub [text, variables] with the template's Parameter defaults and placeholder names."""
+    import re
+
+    text, variables = sub if isinstance(sub, list) else (sub, {})
+    def value(match):
+        name = match.group(1)
+        if name in parameters:
+            return str(parameters[name]["Default"])
+        return f"<{name}>"
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def test_dashboard_body_is_json_and_shows_what_operators_need(template, resources):
+    body = _substituted(resources["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"],
+                        template["Parameters"], resources)
+    widgets = json.loads(body)["widgets"]
+    titles = " ".join(widget["properties"]["title"].lower() for widget in widgets)
+    for topic in ("throughput", "latency per stage", "queue", "dead-letter", "positive", "failed", "warned",
+                  "model version"):
+        assert topic in titles, topic
+
+
+def test_rate_alarms_use_the_metrics_the_function_emits_and_the_band_parameters(template, resources):
+    emitted = {"ImagesScored", "ImagesFailed", "ImagesWarned", "Positives"}  # pneumoscan.telemetry, service only
+    for alarm_id, band in (("PositiveRateOutOfBandAlarm", ("PositiveRateLow", "PositiveRateHigh")),
+                           ("WarnedRateOutOfBandAlarm", ("WarnedRateLow", "WarnedRateHigh"))):
+        alarm = resources[alarm_id]["Properties"]
+        stats = [query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query]
+        assert {stat["Metric"]["MetricName"] for stat in stats} <= emitted
+        assert all(stat["Period"] == 3600 and stat["Stat"] == "Sum" for stat in stats)
+        assert all(stat["Metric"]["Namespace"] == "Pneumoscan" for stat in stats)
+        (expression,) = [query["Expression"]["Fn::Sub"] for query in alarm["Metrics"] if "Expression" in query]
+        assert all(f"${{{name}}}" in expression for name in (*band, "RateAlarmMinImages"))
+        assert alarm["TreatMissingData"] == "notBreaching"
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    service = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    assert (namespace, service) == ("Pneumoscan", "pneumoscan")

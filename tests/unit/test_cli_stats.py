@@ -1,0 +1,150 @@
+"""`pneumoscan stats` on moto: counter items written by the handler's own tally, read by Query only."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pytest
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from pneumoscan import results, telemetry
+from pneumoscan_cli import aws
+from pneumoscan_cli.main import app
+from pneumoscan_cli.stats import GroupBy, counter_items, histogram_percentile, summarize
+from pneumoscan_cli.template import read_settings
+
+SETTINGS = read_settings()
+runner = CliRunner()
+OLD, NEW = "2026.11.20-1", "2026.11.25-3"
+
+
+def scored(batch, hour, *, model=NEW, label="NORMAL", probability=0.2, status="SCORED", warnings=(),
+           total_ms=120.0, waited_s=3):
+    scored_at = f"{hour}:30:00.000Z"
+    uploaded = datetime.fromisoformat(scored_at.replace("Z", "+00:00")) - timedelta(seconds=waited_s)
+    item = {results.KEY: f"incoming/{batch}/x", results.BATCH: batch, "status": status, "model_version": model,
+            results.SCORED_AT: scored_at, "uploaded_at": results.utc_timestamp(uploaded),
+            "warnings": list(warnings), "timings_ms": {"total": total_ms}}
+    if status == "SCORED":
+        item.update(label=label, probability=probability)
+    return item
+
+
+# Three days, two batches, two models; one image per line unless said otherwise.
+INVOCATIONS = [
+    [scored("ward-7", "2026-11-24T09", model=OLD, probability=0.1),
+     scored("ward-7", "2026-11-24T09", model=OLD, label="PNEUMONIA", probability=0.9)],
+    [scored("ward-7", "2026-11-25T23", label="PNEUMONIA", probability=0.8, warnings=["adult_patient"]),
+     scored("ward-7", "2026-11-25T23", status="FAILED", total_ms=20.0)],
+    [scored("ward-9", "2026-11-26T00", probability=0.3, warnings=["out_of_distribution", "adult_patient"],
+            total_ms=3000.0, waited_s=100)],
+    [scored("ward-9", "2026-11-26T00", probability=0.5)],
+    [scored("ward-9", "2026-11-26T05", probability=0.4)],
+]
+
+
+@pytest.fixture
+def target(tmp_path, monkeypatch):
+    monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path))
+    for name in ("AWS_ENDPOINT_URL", "PNEUMOSCAN_STACK", "PNEUMOSCAN_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        target = aws.Target(bucket=SETTINGS.bucket, table=SETTINGS.table, region=SETTINGS.region, source="local")
+        target.client("dynamodb").create_table(**SETTINGS.table_definition)
+        table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+        for invocation in INVOCATIONS:
+            tally = telemetry.BatchTally(positive_label="PNEUMONIA")
+            for item in invocation:
+                tally.observe(item)
+                table.put_item(Item=results.to_dynamodb(item))  # result items share the table
+            for request in tally.counter_updates():
+                table.update_item(**request)
+
+        def no_scan(**_):
+            raise AssertionError("stats must never Scan the table")
+        target.client("dynamodb").meta.events.register("before-call.dynamodb.Scan", no_scan)
+        queries = []
+        target.client("dynamodb").meta.events.register(
+            "before-call.dynamodb.Query", lambda params, **_: queries.append(params))
+        target.queries = queries
+        monkeypatch.setattr(aws, "local_target", lambda: target)
+        yield target
+
+
+def window(start="2026-11-24T00:00", end="2026-11-26T23:59"):
+    parse = lambda text: datetime.fromisoformat(text).replace(tzinfo=timezone.utc)  # noqa: E731
+    return parse(start), parse(end)
+
+
+def test_one_query_per_day_reads_only_counter_items(target):
+    items = list(counter_items(target, *window()))
+
+    assert len(target.queries) == 3
+    assert sum(item["images"] for item in items) == 7
+    assert all(item[results.KEY].startswith(telemetry.STATS_PREFIX) for item in items)
+
+
+def test_the_window_is_cut_at_hours(target):
+    items = list(counter_items(target, *window("2026-11-25T23:10", "2026-11-26T04:59")))
+    assert sorted((item["stats_hour"], item["images"]) for item in items) == [
+        ("2026-11-25T23", 2), ("2026-11-26T00", 2)]
+
+
+def test_by_day_counts_rates_and_mean_probability(target):
+    rows = summarize(counter_items(target, *window()), GroupBy.day)
+
+    assert [row["day"] for row in rows] == ["2026-11-24", "2026-11-25", "2026-11-26"]
+    day25 = rows[1]
+    assert (day25["images"], day25["scored"], day25["positives"], day25["failed"], day25["warned"]) == (2, 1, 1, 1, 1)
+    assert (day25["positive_rate"], day25["failure_rate"], day25["warned_rate"]) == (1.0, 0.5, 0.5)
+    assert day25["mean_probability"] == pytest.approx(0.8)
+    day26 = rows[2]
+    assert day26["mean_probability"] == pytest.approx(0.4)
+    assert day26["warnings"] == {"adult_patient": 1, "out_of_distribution": 1}
+
+
+def test_by_model_and_by_batch(target):
+    by_model = {row["model"]: row for row in summarize(counter_items(target, *window()), GroupBy.model)}
+    assert {model: row["images"] for model, row in by_model.items()} == {OLD: 2, NEW: 5}
+    assert by_model[OLD]["positive_rate"] == 0.5
+
+    by_batch = {row["batch"]: row for row in summarize(counter_items(target, *window()), GroupBy.batch)}
+    assert {batch: row["images"] for batch, row in by_batch.items()} == {"ward-7": 4, "ward-9": 3}
+    # ward-9: 120, 120 and 3000 ms; 3, 3 and 100 s from upload to result.
+    assert (by_batch["ward-9"]["handler_ms_p50"], by_batch["ward-9"]["handler_ms_p99"]) == (250, 5000)
+    assert (by_batch["ward-9"]["end_to_end_s_p50"], by_batch["ward-9"]["end_to_end_s_p99"]) == (5, 300)
+
+
+def test_histogram_percentile_reads_bucket_bounds():
+    counts = Counter({"h_10": 50, "h_20": 45, "h_inf": 5})
+    assert histogram_percentile(counts, "h_", (10, 20), 50) == 10
+    assert histogram_percentile(counts, "h_", (10, 20), 95) == 20
+    assert histogram_percentile(counts, "h_", (10, 20), 99) == ">20"
+    assert histogram_percentile(Counter(), "h_", (10, 20), 50) is None
+
+
+def test_cli_json_csv_and_table(target):
+    as_json = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "batch",
+                                  "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert [(row["batch"], row["images"]) for row in rows] == [("ward-7", 4), ("ward-9", 3)]
+
+    as_csv = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    lines = as_csv.stdout.splitlines()
+    assert lines[0].startswith("day,images,scored,positives,failed,warned,positive_rate")
+    assert lines[1].startswith("2026-11-24,2,2,1,0,0,0.5") and len(lines) == 4
+
+    as_table = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "model"])
+    assert as_table.exit_code == 0, as_table.output
+    assert OLD in as_table.stdout and NEW in as_table.stdout and "━" in as_table.stdout  # the bar chart
+
+
+def test_an_empty_window_says_so(target):
+    outcome = runner.invoke(app, ["stats", "--since", "2026-10-01", "--until", "2026-10-02"])
+    assert outcome.exit_code == 0 and "no images scored in this window" in outcome.output
