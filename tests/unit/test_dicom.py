@@ -257,6 +257,22 @@ def test_pydicom_warnings_about_header_values_are_silenced(recwarn):
     assert not [warning for warning in recwarn if "SEC!" in str(warning.message)]
 
 
+def test_pydicom_log_records_stay_out_of_the_function_log():
+    """What pydicom logs about a header never reaches the root logger the Lambda runtime prints."""
+    import logging
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: SECRET^NAME")
+        logging.getLogger("pydicom.filereader").warning("Invalid value for VR PN: SECRET^NAME")
+    finally:
+        root.removeHandler(handler)
+    assert not seen
+
+
 def test_pydicom_is_not_imported_for_the_sniff():
     code = ("import sys; from pneumoscan import formats, images; "
             "assert 'pydicom' not in sys.modules and 'highdicom' not in sys.modules, sorted(sys.modules)")

@@ -27,6 +27,7 @@ written here and never quote a header value.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVR
 from pneumoscan.formats import has_dicom_magic, looks_like_bare_dataset
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE, DecodedImage, ImageRejected
 
-# Header values must never reach a log: pydicom's validation warnings quote them.
+# Header values must never reach a log: pydicom's validation warnings quote them, and what it
+# finds odd in a header goes to its logger as well as to warnings (the Lambda prints both).
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+logging.getLogger("pydicom").propagate = False
 
 FORMAT = "DICOM"
 # The training population: paediatric patients one to five years old (the Guangzhou

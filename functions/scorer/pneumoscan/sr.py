@@ -18,6 +18,7 @@ with the same model again writes the same SR instance (a replacement, not a dupl
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -28,6 +29,9 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumoscan.dicom import DicomFacts
+
+# highdicom logs what it copies and what it finds odd in its inputs: not for the function's logs.
+logging.getLogger("highdicom").propagate = False
 
 MANUFACTURER = "pneumoscan"
 SERIES_DESCRIPTION = "pneumoscan pneumonia score (research use, not a diagnosis)"
