@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_cases import (CASES, SERIES_UID, SOP_UID, STUDY_UID, bare_dataset_bytes, radiograph,
+from dicom_cases import (CASES, CASES_BY_NAME, SERIES_UID, SOP_UID, STUDY_UID, bare_dataset_bytes, radiograph,
                          reference_pixels, sixteen_bit, to_bytes)
 from image_cases import reference_bytes
 from pneumoscan import dicom, formats
@@ -290,3 +290,19 @@ def test_parsed_header_is_kept_only_on_the_result_object():
     assert "SECRET" not in repr(result.facts)
     assert isinstance(result.dataset, pydicom.Dataset)
     assert io  # the module is used by helpers above
+
+
+def test_jpeg_baseline_takes_the_strict_reduced_jpeg_path():
+    data = CASES_BY_NAME["jpeg_baseline_8bit"].make()
+    full = dicom.decode(data)
+    reduced = dicom.decode(data, target_size=(224, 224))
+    assert (reduced.decoded.width, reduced.decoded.height) == (full.decoded.width, full.decoded.height) == (1522, 1221)
+    assert reduced.decoded.image.width < full.decoded.image.width and reduced.decoded.image.width >= 224
+
+
+def test_a_damaged_jpeg_baseline_frame_is_refused_not_smeared():
+    data = bytearray(CASES_BY_NAME["jpeg_baseline_8bit"].make())
+    # Garbage in the middle of the entropy-coded scan: libjpeg would only warn and carry on.
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(range(64))
+    assert _refused(bytes(data)).reason in ("corrupt", "truncated")

@@ -40,10 +40,12 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+from pydicom.encaps import generate_frames
+from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit,
                          JPEGLSLossless, JPEGLSNearLossless)
 
 from pneumoscan.formats import has_dicom_magic, looks_like_bare_dataset
+from pneumoscan import images
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE, DecodedImage, ImageRejected
 
 # Header values must never reach a log: pydicom's validation warnings quote them, and what it
@@ -240,17 +242,40 @@ def check_scorable(facts: DicomFacts, dataset: Dataset) -> None:
 def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DicomImage:
     """DICOM bytes -> the decoded image, its facts and warnings (ImageRejected if not scorable).
 
-    `target_size` is accepted for the same call shape as `images.decode`; every codec here
-    decodes at full resolution (a 4k x 4k 16-bit image stays far below the function's memory).
+    With `target_size`, greyscale JPEG baseline pixel data goes through the JPEG decoder the
+    JPEG uploads use (strict libjpeg-turbo, DCT-domain downscaling); every other codec decodes
+    at full resolution (a 4k x 4k 16-bit image stays far below the function's memory).
     """
     dataset = read_dataset(data)
     facts = facts_of(dataset)
     check_scorable(facts, dataset)
-    pixels = _pixel_array(dataset)
-    image = _to_image(pixels, dataset, facts.photometric)
-    decoded = DecodedImage(image, width=image.width, height=image.height, format=FORMAT,
-                           mode=facts.photometric or "unknown")
+    if _is_greyscale_jpeg_baseline(dataset, facts):
+        image = _jpeg_baseline_image(dataset, target_size)
+    else:
+        image = _to_image(_pixel_array(dataset), dataset, facts.photometric)
+    # The source's own size: the hot region is reported in its pixel coordinates.
+    decoded = DecodedImage(image, width=facts.columns or image.width, height=facts.rows or image.height,
+                           format=FORMAT, mode=facts.photometric or "unknown")
     return DicomImage(decoded, facts, dataset)
+
+
+def _is_greyscale_jpeg_baseline(dataset: Dataset, facts: DicomFacts) -> bool:
+    return (facts.transfer_syntax == JPEGBaseline8Bit and facts.photometric in _GREYSCALE
+            and _int(dataset, "SamplesPerPixel") == 1 and (facts.bits_stored or 8) == 8)
+
+
+def _jpeg_baseline_image(dataset: Dataset, target_size: tuple[int, int] | None) -> Image.Image:
+    """The one JPEG frame through `images.decode`, then the display transforms on its 8-bit values."""
+    try:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError, KeyError, TypeError) as exc:
+        raise ImageRejected("corrupt", f"the encapsulated JPEG frame cannot be read ({type(exc).__name__})") from exc
+    jpeg = images.decode(frame, target_size=target_size)
+    if jpeg.format not in ("JPEG", "MPO") or (jpeg.width, jpeg.height) != (dataset.Columns, dataset.Rows):
+        raise ImageRejected("corrupt", f"the JPEG frame is {jpeg.width}x{jpeg.height}, the header says "
+                                       f"{dataset.Columns}x{dataset.Rows}")
+    pixels = np.asarray(jpeg.image.convert("L"), dtype=np.uint8)
+    return Image.fromarray(display_greyscale(pixels, dataset), mode="L")
 
 
 def _pixel_array(dataset: Dataset) -> np.ndarray:
