@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,8 @@ from . import ood_probes
 from .data import collection, dataset_files, patient_id
 from .shortcut_check import CARD_FILE, DEFAULT_DATA, FULLRES_SET, TRAINING_SET, update_model_card, validation_split
 
-STATS_FILE = "ood.npz"
+STATS_FILE = "ood.npy"
+METADATA_KEY = "ood"  # model.json section
 REPORT_FILE = "ood.json"
 DEFAULT_PERCENTILE = 97.0
 FOLDS = 5
@@ -194,39 +194,36 @@ def main(argv: list[str] | None = None) -> dict:
 
     stats, held_out = fit(train_features, patient_folds(train_files), model_sha256=model.sha256,
                           percentile=args.percentile)
-    data = stats.to_bytes()
-    # The stored float32 matrices must give the distances just fitted.
-    stored = ood.FeatureDistribution.from_bytes(data)
+    data = stats.matrix_bytes()
+    entry = {"file": STATS_FILE, "sha256": hashlib.sha256(data).hexdigest(), **stats.entry()}
+    # Scoring uses the stored float32 numbers and the rounded threshold: measure with those.
+    stored = ood.FeatureDistribution.from_stored(data, entry)
     rounding = float(np.max(np.abs(stored.distance(val_features) - stats.distance(val_features))))
     measured = measure(model, stored, args.data, val_files, val_features, val_spread)
     measured["grey_level_std"]["training split"] = _spread(train_spread)
 
-    (model_dir / STATS_FILE).write_bytes(data)
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
     statistics = {
-        "file": STATS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+        **entry, "size_bytes": len(data),
         "features": "spatial mean of feature_map (the vector the classifier head pools)",
-        "distance": "Mahalanobis, Ledoit-Wolf shrunk covariance", "shrinkage": round(stats.shrinkage, 6),
-        "threshold": round(stats.threshold, 4), "percentile": args.percentile,
+        "distance": "Mahalanobis, Ledoit-Wolf shrunk covariance", "percentile": args.percentile,
         "cut": f"{args.percentile:g}th percentile of the distances of training images held out of the fit "
                f"({FOLDS} folds by patient)",
         "fitted_on": {"images": len(train_files), "patients": len({patient_id(f.path) for f in train_files})},
         "blank_max_std": ood.BLANK_MAX_STD,
         "validation_flagged": measured["real"]["validation (by patient)"]["share"],
     }
-    metadata[ood.METADATA_KEY] = statistics
+    (model_dir / STATS_FILE).write_bytes(data)
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    metadata[METADATA_KEY] = statistics
     (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    ood.load(model_dir, statistics, model.sha256)  # what the scorer will load
 
-    started = time.perf_counter()
-    ood.load(model_dir, metadata)
-    load_ms = round((time.perf_counter() - started) * 1000, 2)
     result = {
         "model": {"version": model.version, "sha256": model.sha256},
         "statistics": statistics,
         "held_out_training": {"images": len(held_out), "share_above_cut": round(float(
             np.mean(held_out > stats.threshold)), 4)},
-        "float32_storage_max_distance_error": rounding,
-        "load_ms": load_ms,
+        "float32_storage_max_distance_error": round(rounding, 6),
         "measured": measured,
         "command": "python -m training.ood",
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     report.mkdir(parents=True, exist_ok=True)
     (report / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     update_model_card(model_dir / CARD_FILE, card_section(result), start=CARD_START, end=CARD_END)
-    print(json.dumps({"threshold": statistics["threshold"], "load_ms": load_ms,
+    print(json.dumps({"threshold": statistics["threshold"],
                       **{name: row["share"] for name, row in measured["real"].items()},
                       **{name: row["share"] for name, row in measured["generated"].items()}}, indent=2))
     return result

@@ -101,37 +101,40 @@ def test_the_cut_flags_about_the_percentile_of_new_in_distribution_samples_and_m
     assert fitted.model_sha256 == "m"
 
 
-def test_statistics_round_trip_through_the_stored_bytes():
+def test_statistics_round_trip_through_the_stored_matrix_and_entry():
     rng = np.random.default_rng(3)
     fitted = ood.FeatureDistribution.fit(rng.normal(size=(500, 5)), model_sha256="abc", threshold=4.2)
-    stored = ood.FeatureDistribution.from_bytes(fitted.to_bytes())
+    stored = ood.FeatureDistribution.from_stored(fitted.matrix_bytes(), fitted.entry())
     probe = rng.normal(size=(50, 5)) * 3
     assert stored.threshold == 4.2 and stored.model_sha256 == "abc"
-    assert stored.shrinkage == pytest.approx(fitted.shrinkage)
+    assert stored.shrinkage == pytest.approx(fitted.shrinkage, abs=1e-6)
     assert stored.distance(probe) == pytest.approx(fitted.distance(probe), rel=1e-4)
 
 
-def _model_folder(tmp_path, stats: ood.FeatureDistribution, model_sha256="abc"):
-    data = stats.to_bytes()
-    (tmp_path / "ood.npz").write_bytes(data)
-    return {"sha256": model_sha256, "ood": {"file": "ood.npz", "sha256": hashlib.sha256(data).hexdigest()}}
+def _model_folder(tmp_path, stats: ood.FeatureDistribution):
+    data = stats.matrix_bytes()
+    (tmp_path / "ood.npy").write_bytes(data)
+    return {"file": "ood.npy", "sha256": hashlib.sha256(data).hexdigest(), **stats.entry()}
 
 
 def test_load_checks_the_entry_the_digest_and_the_model(tmp_path):
     rng = np.random.default_rng(4)
     stats = ood.FeatureDistribution.fit(rng.normal(size=(50, 3)), model_sha256="abc", threshold=3.0)
-    metadata = _model_folder(tmp_path, stats)
-    assert ood.load(tmp_path, metadata).threshold == 3.0
+    entry = _model_folder(tmp_path, stats)
+    assert ood.load(tmp_path, entry, "abc").threshold == 3.0
 
     with pytest.raises(ood.OodStatsError, match="no 'ood' entry"):
-        ood.load(tmp_path, {"sha256": "abc"})
+        ood.load(tmp_path, None, "abc")
     with pytest.raises(ood.OodStatsError, match="fitted for model"):
-        ood.load(tmp_path, dict(metadata, sha256="another model"))
+        ood.load(tmp_path, entry, "another model")
     with pytest.raises(ood.OodStatsError, match="cannot read"):
-        ood.load(tmp_path / "elsewhere", metadata)
-    (tmp_path / "ood.npz").write_bytes(b"tampered")
+        ood.load(tmp_path / "elsewhere", entry, "abc")
+    (tmp_path / "ood.npy").write_bytes(b"tampered")
     with pytest.raises(ood.OodStatsError, match="sha256"):
-        ood.load(tmp_path, metadata)
+        ood.load(tmp_path, entry, "abc")
+    (tmp_path / "ood.npy").write_bytes(b"tampered")
+    with pytest.raises(ood.OodStatsError, match="not a feature distribution"):
+        ood.load(tmp_path, dict(entry, sha256=hashlib.sha256(b"tampered").hexdigest()), "abc")
 
 
 @pytest.mark.parametrize("value", [0, 1, 128, 254, 255])
@@ -163,7 +166,7 @@ def test_no_real_radiograph_is_blank():
 def test_shipped_statistics_belong_to_the_shipped_model():
     model_dir = default_model_dir()
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    stats = ood.load(model_dir, metadata)
+    stats = ood.load(model_dir, metadata["ood"], metadata["sha256"])
     assert stats.threshold == pytest.approx(metadata["ood"]["threshold"], abs=1e-3)
     assert stats.mean.shape == (len(metadata["cam"]["weights"]),)
     assert (model_dir / metadata["ood"]["file"]).stat().st_size < 400_000
@@ -178,7 +181,7 @@ def _features(model, encoded):
 @needs_data
 def test_real_xrays_mostly_pass_and_noise_documents_photos_and_inverted_xrays_are_flagged():
     model = PneumoniaModel()
-    stats = ood.load(model.model_dir, model.metadata)
+    stats = ood.load(model.model_dir, model.metadata["ood"], model.sha256)
     xrays = list_labelled(DATA_DIR / "chest_xray", splits=("val",)) + list_labelled(DATA_DIR / "xray_fullres_sample")[::5]
     features, _ = ood_fit.file_features(model, xrays, "real")
     assert np.mean(stats.is_outside(features)) <= 0.1
@@ -218,13 +221,13 @@ def test_fit_command_writes_statistics_model_json_report_and_card(tmp_path):
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     del metadata["ood"]
     (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
-    (model_dir / "ood.npz").unlink()
+    (model_dir / "ood.npy").unlink()
 
     result = ood_fit.main(["--data", str(data), "--model-dir", str(model_dir), "--percentile", "90"])
 
     written = json.loads((model_dir / METADATA_FILE).read_text())["ood"]
     assert written["percentile"] == 90 and written["fitted_on"]["images"] == result["statistics"]["fitted_on"]["images"]
-    stats = ood.load(model_dir, json.loads((model_dir / METADATA_FILE).read_text()))
+    stats = ood.load(model_dir, written, metadata["sha256"])
     assert stats.threshold == pytest.approx(written["threshold"], abs=1e-3)
     report = json.loads((model_dir / "report" / ood_fit.REPORT_FILE).read_text())
     assert report["measured"]["generated"]["noise"]["share"] is not None
@@ -232,3 +235,19 @@ def test_fit_command_writes_statistics_model_json_report_and_card(tmp_path):
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert card.count(ood_fit.CARD_START) == 1 and card.count(shortcut_check.CARD_START) == 1
     assert f"{written['threshold']:.2f}" in card
+
+
+class _Evidence:
+    def __init__(self, pixels, pooled_features):
+        self.pixels, self.pooled_features = pixels, pooled_features
+
+
+def test_scoring_checks_warn_far_features_and_refuse_blank_pixels():
+    check = ood.OutOfDistributionCheck(ood.FeatureDistribution(np.zeros(2), np.eye(2), 3.0, "m"))
+    textured = np.random.default_rng(8).integers(0, 256, (224, 224, 1), dtype=np.uint8)
+    assert check(_Evidence(textured, np.array([1.0, 1.0]))) is None
+    assert check(_Evidence(textured, np.array([3.0, 1.0]))) == ood.OUT_OF_DISTRIBUTION
+
+    assert ood.blank_check(_Evidence(textured, None)) is None
+    with pytest.raises(images.ImageRejected, match="nearly uniform"):
+        ood.blank_check(_Evidence(np.zeros((224, 224, 1), np.uint8), None))
