@@ -64,7 +64,7 @@ def model_facts() -> dict:
     from pneumoscan.model import PneumoniaModel
     model = PneumoniaModel()
     return {"version": model.version, "sha256": model.sha256[:12], "input": list(model.input_shape),
-            "tflite_bytes": (model.model_dir / model.metadata["file"]).stat().st_size}
+            "tflite_bytes": (model.model_dir / model.metadata.file).stat().st_size}
 
 
 def run_decoding(args, samples) -> dict:

@@ -15,7 +15,7 @@ STAGE_NAMES = {
     "resize_preprocess": "resize + preprocess",
     "decode_plus_preprocess": "decode + resize + preprocess",
     "inference": "inference (LiteRT int8, 1 thread)",
-    "cam_overlay": "CAM overlay (pneumoscan.cam.explain)",
+    "cam_overlay": "CAM overlay (heat-map stage of pneumoscan.scoring)",
     "dynamodb_write": "DynamoDB write (local moto server)",
 }
 TARGET_NAMES = {
@@ -125,8 +125,6 @@ def _stages(results: dict) -> list[str]:
               f"AWS calls per image by the handler: {', '.join(f'{k} {v:g}' for k, v in calls.items())}. "
               f"Stages are timed separately after the handler pass (median of {stages['repeats_per_image']} "
               "repeats per image); the S3 and DynamoDB rows are local HTTP to moto, not AWS latency.", ""]
-    if stages.get("cam_overlay_skipped"):
-        lines += [f"CAM overlay not timed: {stages['cam_overlay_skipped']}", ""]
     return lines
 
 

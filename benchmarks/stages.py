@@ -11,8 +11,8 @@ environment (AWS_ENDPOINT_URL points at the local stack's moto server on the oth
    may skip an object it has already scored). Wall and CPU time per image, and the AWS
    calls it makes per image, are recorded.
 3. The stages are then timed one by one on the same objects, each a median of `repeats`:
-   S3 get, decode, resize + preprocess, inference, CAM overlay, DynamoDB write (the very
-   item the handler wrote, put again).
+   S3 get, then the scoring path's own stage timings (decode + preprocess, inference,
+   CAM overlay), then the DynamoDB write (the very item the handler wrote, put again).
 """
 
 from __future__ import annotations
@@ -96,15 +96,13 @@ def time_handler(records: list[dict], batch_size: int, stack: dict) -> dict:
 
 
 def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) -> dict:
-    from pneumoscan import images
-    from pneumoscan.model import PneumoniaModel
+    from pneumoscan import scoring
 
-    model = PneumoniaModel(num_threads=1)
-    height, width, channels = model.input_shape
-    explain, cam_weights, cam_missing = _cam(model)
-    durations: dict[str, list[float]] = {name: [] for name in
-                                         ("s3_get", "decode", "resize_preprocess", "inference", "cam_overlay",
-                                          "dynamodb_write")}
+    scorer = scoring.Scorer.load(num_threads=1)
+    # Benchmark stage name <- the scoring stage it reads.
+    scoring_stages = {"decode_plus_preprocess": scoring.DECODE, "inference": scoring.INFERENCE,
+                      "cam_overlay": scoring.HEAT_MAP}
+    durations: dict[str, list[float]] = {name: [] for name in ("s3_get", *scoring_stages, "dynamodb_write")}
     item_bytes, handler_timings, statuses = [], [], Counter()
     deserialize = TypeDeserializer().deserialize
     for sample in samples:
@@ -126,36 +124,20 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
 
         for _ in range(repeats):
             data = timed("s3_get", lambda: s3.get_object(Bucket=stack["bucket"], Key=key)["Body"].read())
-            decoded = timed("decode", lambda: images.decode(data, target_size=(width, height)))
-            pixels = timed("resize_preprocess",
-                           lambda: images.to_model_input(decoded.image, height, width, channels))
-            prediction = timed("inference", lambda: model.predict(pixels))
-            if explain is not None:
-                probability = float(prediction.probability[0])
-                label = model.label(probability)
-                timed("cam_overlay", lambda: explain(
-                    prediction.feature_map[0], cam_weights, decoded, probability=probability, label=label,
-                    positive=label == model.metadata["labels"][1]))
+            scored = scorer.score(data, overlay="all")
+            for name, stage in scoring_stages.items():
+                runs[name].append(scored.timings_ms[stage] / 1e3)
             timed("dynamodb_write", lambda: dynamodb.put_item(TableName=stack["table"], Item=stored))
         for stage, values in runs.items():
             if values:
                 durations[stage].append(float(np.median(values)))
     stages = {stage: summarize(values) for stage, values in durations.items() if values}
-    stages["decode_plus_preprocess"] = summarize(np.add(durations["decode"], durations["resize_preprocess"]))
     recorded = {stage: summarize(np.array([t[stage] for t in handler_timings if stage in t], dtype=float) / 1e3)
                 for stage in sorted({name for t in handler_timings for name in t})}
-    return {"stages": stages, "repeats_per_image": repeats, "cam_overlay_skipped": cam_missing,
+    return {"stages": stages, "repeats_per_image": repeats,
             "handler_recorded_timings_ms": recorded, "item_statuses": dict(statuses),
             "dynamodb_item_bytes": {"p50": int(np.median(item_bytes)), "max": int(max(item_bytes))},
             "dynamodb_indexes_written": _indexes_written(dynamodb, stack["table"], plain)}
-
-
-def _cam(model):
-    try:
-        from pneumoscan.cam import CamWeights, explain
-        return explain, CamWeights.from_metadata(model.metadata), None
-    except (ImportError, ValueError) as exc:
-        return None, None, f"{type(exc).__name__}: {exc}"
 
 
 def _indexes_written(dynamodb, table: str, item: dict) -> int:

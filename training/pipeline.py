@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -17,7 +18,8 @@ import numpy as np
 
 from pneumoscan import metrics
 from pneumoscan.datasets import LABELS, LabelledFile, list_labelled
-from pneumoscan.model import METADATA_FILE, PneumoniaModel
+from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, InputSpec,
+                              ModelMetadata, PneumoniaModel)
 
 from .architecture import LOGIT_LAYER
 from .calibration import fit_platt, fold_into_dense
@@ -221,20 +223,18 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         raise RuntimeError(f"int8 model is {len(tflite)} bytes, above the {MAX_TFLITE_BYTES} limit")
     (stage / TFLITE_FILE).write_bytes(tflite)
     dense_kernel, dense_bias = model.get_layer(LOGIT_LAYER).get_weights()
-    metadata = {
-        "name": MODEL_NAME,
-        "version": options.version or next_version(options.model_dir, dt.date.today()),
-        "file": TFLITE_FILE,
-        "sha256": hashlib.sha256(tflite).hexdigest(),
-        "size_bytes": len(tflite),
-        "input": {"height": HEIGHT, "width": WIDTH, "channels": CHANNELS, "colour": "L",
-                  "dtype": "uint8", "resize": "bilinear", "aspect": "stretch",
-                  "decode": "pneumoscan.images"},
-        "outputs": {"probability": "float32 (N,1) P(pneumonia)",
-                    "feature_map": "(N,14,14,%d) float32, last conv block (after ReLU)" % dense_kernel.shape[0]},
-        "labels": list(LABELS),
-    }
-    (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    metadata = ModelMetadata(
+        name=MODEL_NAME,
+        version=options.version or next_version(options.model_dir, dt.date.today()),
+        file=TFLITE_FILE,
+        sha256=hashlib.sha256(tflite).hexdigest(),
+        size_bytes=len(tflite),
+        input=InputSpec(height=HEIGHT, width=WIDTH, channels=CHANNELS),
+        outputs={PROBABILITY_OUTPUT: "float32 (N,1) P(pneumonia)",
+                 FEATURE_MAP_OUTPUT: f"(N,14,14,{dense_kernel.shape[0]}) float32, last conv block (after ReLU)"},
+        labels=LABELS,
+    )
+    metadata.write(stage)  # enough for LiteRT to load the int8 model and score val with it
     int8_model = PneumoniaModel(stage)
     int8_scores = predict_int8(int8_model, val.images)
 
@@ -255,13 +255,14 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
             val.labels[official], int8_scores[official], threshold).as_dict()
     val_summary["fullres_originals"] = fullres_check(int8_model, options.data_dir, val, int8_scores,
                                                      threshold)
-    metadata.update({
-        "threshold": round(threshold, 6),
-        "threshold_rule": THRESHOLD_RULE,
-        "cam": {"weights": [float(w) for w in dense_kernel.ravel()], "bias": float(dense_bias[0]),
-                "note": "logit map = sum_k weights[k] * feature_map[..., k] + bias; its spatial mean "
-                        "is the logit of probability (GAP head, Platt calibration folded in)"},
-        "training": {
+    metadata = dataclasses.replace(
+        metadata,
+        threshold=round(threshold, 6),
+        threshold_rule=THRESHOLD_RULE,
+        cam=CamWeights(dense_kernel.ravel().astype(np.float32), float(dense_bias[0]),
+                       note="logit map = sum_k weights[k] * feature_map[..., k] + bias; its spatial mean "
+                            "is the logit of probability (GAP head, Platt calibration folded in)"),
+        training={
             "data": str(options.data_dir),
             "source": "Kermany et al. 2018 chest X-ray (pneumonia) train split, paediatric AP, CC BY 4.0",
             "split": f"validation = {config.val_fraction:.0%} of train patients per class and "
@@ -274,13 +275,14 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
             "seconds": round(training_seconds, 1),
             "ensemble": ensemble,
         },
-        "metrics": {"val": val_summary,
-                    "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
-                    "parity": parity},
-        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
-    })
-    (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        metrics={"val": val_summary,
+                 "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
+                 "parity": parity},
+        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        commit=_git_commit(),
+    )
+    metadata.write(stage)
+    metadata = metadata.to_dict()  # the report and the card read model.json's layout
 
     report = write_report(stage, val.labels, int8_scores, threshold, history, metadata)
     if options.reference_models:
@@ -306,18 +308,18 @@ def promote(source: Path, model_dir: Path, version: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "model"
         shutil.copytree(source, stage)
-        metadata = json.loads((stage / METADATA_FILE).read_text())
-        metadata["version"] = version or next_version(model_dir, dt.date.today())
-        metadata["promoted_from"] = str(source)
-        (stage / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata = dataclasses.replace(ModelMetadata.read(stage),
+                                       version=version or next_version(model_dir, dt.date.today()),
+                                       promoted_from=str(source))
+        metadata.write(stage)
         report_file = stage / REPORT_DIR / METRICS_FILE
         report = json.loads(report_file.read_text())
-        report["model"]["version"] = metadata["version"]
+        report["model"]["version"] = metadata.version
         report_file.write_text(json.dumps(report, indent=2) + "\n")
-        write_model_card(stage, metadata)
+        write_model_card(stage, metadata.to_dict())
         _publish(stage, model_dir)
     PneumoniaModel(model_dir)
-    return metadata
+    return metadata.to_dict()
 
 
 def _publish(stage: Path, model_dir: Path) -> None:

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumoscan import cam, images
+from pneumoscan import cam
 from pneumoscan.datasets import list_labelled
-from pneumoscan.model import PneumoniaModel, default_model_dir
+from pneumoscan.model import ModelMetadata, default_model_dir
+from pneumoscan.scoring import HEAT_MAP, ImageRejected, Scorer
 
 from .data import dataset_files
 
@@ -94,43 +95,37 @@ def uniform_shares() -> dict:
     return {"border_share": _round(1 - inner), "outside_chest_share": _round(1 - (right - left) * (bottom - top))}
 
 
-def measure(name: str, files: list[tuple[Path, int]], model: PneumoniaModel, weights: cam.CamWeights,
+def measure(name: str, files: list[tuple[Path, int]], scorer: Scorer,
             timings: dict[str, list[float]] | None = None) -> SplitShares:
     """Shares for every file; with `timings`, also the wall and CPU time of CAM + overlay per image."""
-    height, width, channels = model.input_shape
-    positive = model.metadata["labels"][1]
     shares = SplitShares(name)
     for count, (path, label) in enumerate(tqdm(files, desc=name, unit="img", leave=False)):
         try:
-            pixels, decoded = images.load_model_input(path.read_bytes(), height, width, channels)
-        except images.ImageRejected as exc:
+            scored = scorer.score(path.read_bytes(), overlay="all")
+        except ImageRejected as exc:
             shares.unreadable.append(f"{path}: {exc}")
             continue
-        prediction = model.predict(pixels)
-        probability = float(prediction.probability[0])
-        predicted = model.label(probability)
-        wall, cpu = time.perf_counter(), time.process_time()
-        explanation = cam.explain(prediction.feature_map[0], weights, decoded, probability=probability,
-                                  label=predicted, positive=predicted == positive)
+        if scored.heat_map is None:
+            shares.unreadable.append(f"{path}: heat map failed ({scored.heat_map_error})")
+            continue
         if timings is not None and count >= TIMING_WARMUP:
-            timings["wall"].append((time.perf_counter() - wall) * 1000)
-            timings["cpu"].append((time.process_time() - cpu) * 1000)
-        heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], weights), predicted == positive)
-        grid = cam.upsample(heat, (cam.ANALYSIS_GRID, cam.ANALYSIS_GRID))
+            timings["wall"].append(scored.timings_ms[HEAT_MAP])
+            timings["cpu"].append(scored.cpu_ms[HEAT_MAP])
+        grid = cam.upsample(scored.heat_map.heat, (cam.ANALYSIS_GRID, cam.ANALYSIS_GRID))
         if grid.sum() > 0:
             shares.mean_heat += grid / grid.sum()
         shares.paths.append(str(path))
         shares.labels.append(label)
-        shares.predicted.append(predicted)
-        shares.border.append(explanation.summary.border_share)
-        shares.outside_chest.append(explanation.summary.outside_chest_share)
+        shares.predicted.append(scored.label)
+        shares.border.append(scored.heat_map.summary.border_share)
+        shares.outside_chest.append(scored.heat_map.summary.outside_chest_share)
     shares.mean_heat /= max(1, len(shares.border))
     return shares
 
 
-def validation_split(metadata: dict) -> tuple[float, int]:
+def validation_split(metadata: ModelMetadata) -> tuple[float, int]:
     """(val_fraction, split seed) the model was validated with, from model.json."""
-    config = metadata.get("training", {}).get("config", {})
+    config = metadata.training.get("config", {})
     seed = config.get("split_seed", config.get("seed"))  # models before split_seed used one seed
     if seed is None or "val_fraction" not in config:
         raise SystemExit("model.json has no training.config (val_fraction, split_seed): cannot rebuild its val split")
@@ -239,14 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: <model-dir>/report)")
     args = parser.parse_args(argv)
 
-    model = PneumoniaModel(args.model_dir)
-    weights = cam.CamWeights.from_metadata(model.metadata)
+    scorer = Scorer.load(args.model_dir)
+    model = scorer.model
     _, val_files = dataset_files(args.data / TRAINING_SET, *validation_split(model.metadata))
     fullres_files = list_labelled(args.data / FULLRES_SET)
 
     timings: dict[str, list[float]] = {"wall": [], "cpu": []}
-    splits = [measure("val", [(f.path, f.label) for f in val_files], model, weights),
-              measure("fullres", [(f.path, f.label) for f in fullres_files], model, weights, timings)]
+    splits = [measure("val", [(f.path, f.label) for f in val_files], scorer),
+              measure("fullres", [(f.path, f.label) for f in fullres_files], scorer, timings)]
 
     out = args.out or (args.model_dir or default_model_dir()) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": {"version": model.version, "sha256": model.sha256},
         "definition": {
             "heat": "class activation map of the label given (positive part of feature_map @ cam.weights + bias "
-                    "for PNEUMONIA, of its negation for NORMAL), stretched over the whole image",
+                    f"for {model.metadata.positive_label}, of its negation for {model.metadata.negative_label}), "
+                    "stretched over the whole image",
             "border": f"outer {cam.BORDER_FRACTION:.0%} of width and height on every side",
             "chest_box": {"left": cam.CHEST_BOX[0], "top": cam.CHEST_BOX[1], "right": cam.CHEST_BOX[2],
                           "bottom": cam.CHEST_BOX[3], "units": "fraction of image width/height"},
@@ -266,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "splits": {split.name: split.summary() for split in splits},
         "cam_overlay_ms_per_fullres_image": {
-            "what": "pneumoscan.cam.explain: CAM, shares, hot region, 512 px overlay, PNG encode (the Lambda's "
-                    "added work before its S3 put), warm, one thread; CPU time is the robust figure on a busy machine",
+            "what": "the heat-map stage of pneumoscan.scoring: CAM, shares, hot region, 512 px overlay, PNG encode "
+                    "(the Lambda's added work before its S3 put), warm, one thread; CPU time is the robust figure "
+                    "on a busy machine",
             "images": len(timings["wall"]), "load_average_1min": round(load, 2), "cpus": os.cpu_count(),
             **{f"{kind}_{stat}": _round(np.percentile(values, q)) for kind, values in timings.items()
                for stat, q in (("p50", 50), ("p95", 95))}},

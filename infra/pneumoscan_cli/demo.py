@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from pneumoscan.model import ModelLoadError, PneumoniaModel
-from pneumoscan.results import STATUS_FAILED
+from pneumoscan.results import LABEL, STATUS, STATUS_FAILED
 
 from .aws import local_target
 from .files import collect_files
@@ -70,9 +70,10 @@ def demo(
     prefix = f"{target.incoming_prefix}{batch}/"
     Console().print(results_table(items, title=f"{prefix} - model {model.version}", key_prefix=prefix,
                                   compact=True))
-    failures = sum(1 for item in items if item.get("status") == STATUS_FAILED)
-    positives = sum(1 for item in items if item.get("label") == model.metadata["labels"][1])
+    metadata = model.metadata
+    failures = sum(1 for item in items if item.get(STATUS) == STATUS_FAILED)
+    positives = sum(1 for item in items if metadata.is_positive(item.get(LABEL)))
     console.print(
-        f"[bold]{len(items)} image(s)[/bold]: {positives} {model.metadata['labels'][1]}, "
-        f"{len(items) - positives - failures} {model.metadata['labels'][0]}, {failures} failed; "
+        f"[bold]{len(items)} image(s)[/bold]: {positives} {metadata.positive_label}, "
+        f"{len(items) - positives - failures} {metadata.negative_label}, {failures} failed; "
         f"{len(items) / elapsed:.1f} images/s end to end (upload to last result, {elapsed:.1f} s)")

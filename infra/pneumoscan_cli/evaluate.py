@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import track
@@ -15,10 +14,10 @@ from rich.table import Table
 
 from pneumoscan import metrics
 from pneumoscan.datasets import LayoutError, list_labelled
-from pneumoscan.images import ImageRejected, load_model_input
-from pneumoscan.model import ModelLoadError, PneumoniaModel
+from pneumoscan.model import ModelLoadError
+from pneumoscan.scoring import ImageRejected, Scorer
 
-BATCH_SIZE = 32
+from .score import function_settings
 
 
 @dataclass
@@ -29,35 +28,24 @@ class Evaluation:
     unreadable: list[dict] = field(default_factory=list)
 
 
-def score_folder(directory: Path, model: PneumoniaModel, *, show_progress: bool = False) -> Evaluation:
-    """Decode every labelled file like the Lambda does and score it; bad files are listed."""
+def score_folder(directory: Path, scorer: Scorer, *, show_progress: bool = False) -> Evaluation:
+    """Score every labelled file through the Lambda's scoring path; bad files are listed."""
     files = list_labelled(directory)
-    height, width, channels = model.input_shape
+    max_bytes = function_settings().max_object_bytes
     result = Evaluation()
-    pending: list[tuple[np.ndarray, int, str]] = []
-
-    def flush() -> None:
-        if pending:
-            batch = np.stack([pixels for pixels, _, _ in pending])
-            result.scores.extend(float(p) for p in model.predict(batch).probability)
-            result.labels.extend(label for _, label, _ in pending)
-            result.paths.extend(path for _, _, path in pending)
-            pending.clear()
-
     iterator = track(files, description="scoring", transient=True) if show_progress else files
     for item in iterator:
         try:
-            pixels, _ = load_model_input(item.path.read_bytes(), height, width, channels)
+            scored = scorer.score_file(item.path, max_bytes=max_bytes)
         except ImageRejected as exc:
             result.unreadable.append({"path": str(item.path), "reason": exc.reason, "detail": exc.detail})
             continue
         except OSError as exc:
             result.unreadable.append({"path": str(item.path), "reason": "unreadable", "detail": str(exc)})
             continue
-        pending.append((pixels, item.label, str(item.path)))
-        if len(pending) == BATCH_SIZE:
-            flush()
-    flush()
+        result.scores.append(scored.probability)
+        result.labels.append(item.label)
+        result.paths.append(str(item.path))
     return result
 
 
@@ -75,12 +63,13 @@ def evaluate(
     """Accuracy, sensitivity, specificity and AUC of the model on a labelled folder of X-rays."""
     console = Console(stderr=True)
     try:
-        model = PneumoniaModel(model_dir, num_threads=threads)
-        result = score_folder(directory, model, show_progress=not as_json)
-    except (ModelLoadError, LayoutError) as exc:
+        scorer = Scorer.load(model_dir, num_threads=threads)
+        result = score_folder(directory, scorer, show_progress=not as_json)
+    except (ModelLoadError, LayoutError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
+    model = scorer.model
     summary = metrics.summarize(result.labels, result.scores, model.threshold)
     report = {
         "n": summary.n, "accuracy": _finite(summary.accuracy), "sensitivity": _finite(summary.sensitivity),

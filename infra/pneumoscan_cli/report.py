@@ -25,15 +25,16 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
-from pneumoscan import cam, images
-from pneumoscan.model import ModelLoadError, PneumoniaModel
+from pneumoscan import cam, images, results
+from pneumoscan.model import ModelLoadError, ModelMetadata, default_model_dir
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
+from pneumoscan.scoring import ImageRejected, Scorer
 
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
                   TargetError, resolve_target)
 from .files import collect_files
 from .results import batch_items
-from .score import MAX_OBJECT_BYTES
+from .score import function_settings
 
 console = Console(stderr=True)
 
@@ -65,33 +66,22 @@ class ReportEntry:
 
 
 # -- gathering ----------------------------------------------------------------------------
-def entries_from_files(paths: list[Path], model: Any) -> Iterator[ReportEntry]:
-    """Score local files offline with the Lambda's decoder, model and CAM."""
-    weights = cam.CamWeights.from_metadata(model.metadata)
-    height, width, channels = model.input_shape
-    positive_label = model.metadata["labels"][1]
+def entries_from_files(paths: list[Path], scorer: Scorer) -> Iterator[ReportEntry]:
+    """Score local files offline through the Lambda's scoring path, overlays included."""
+    settings = function_settings()
+    version = scorer.metadata.version
     for path in track(paths, description="Scoring", console=console):
-        size = path.stat().st_size
-        if size > MAX_OBJECT_BYTES:  # the Lambda's cap: never read, recorded as FAILED
-            yield ReportEntry(str(path), STATUS_FAILED, reason="object_too_large",
-                              error=f"{size} bytes is above the {MAX_OBJECT_BYTES}-byte limit",
-                              model_version=model.version)
-            continue
         try:
-            pixels, decoded = images.load_model_input(path.read_bytes(), height, width, channels)
-        except images.ImageRejected as exc:
-            yield ReportEntry(str(path), STATUS_FAILED, reason=exc.reason, error=exc.detail,
-                              model_version=model.version)
+            scored = scorer.score_file(path, max_bytes=settings.max_object_bytes, overlay="all")
+        except ImageRejected as exc:
+            yield ReportEntry(str(path), STATUS_FAILED, reason=exc.reason, error=exc.detail, model_version=version)
             continue
-        prediction = model.predict(pixels)
-        probability = float(prediction.probability[0])
-        label = model.label(probability)
-        explanation = cam.explain(prediction.feature_map[0], weights, decoded, probability=probability,
-                                  label=label, positive=label == positive_label)
-        yield ReportEntry(str(path), STATUS_SCORED, probability, label, model_version=model.version,
-                          border_share=explanation.summary.border_share,
-                          outside_chest_share=explanation.summary.outside_chest_share,
-                          thumbnail=thumbnail(decoded.image), overlay=as_jpeg(explanation.overlay_png))
+        summary = scored.heat_map.summary if scored.heat_map is not None else None
+        yield ReportEntry(str(path), STATUS_SCORED, scored.probability, scored.label, model_version=version,
+                          border_share=summary.border_share if summary else None,
+                          outside_chest_share=summary.outside_chest_share if summary else None,
+                          thumbnail=thumbnail(scored.image.image),
+                          overlay=as_jpeg(scored.overlay_png) if scored.overlay_png else None)
 
 
 def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
@@ -102,10 +92,11 @@ def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
     s3 = target.client("s3")
 
     def entry(item: dict[str, Any]) -> ReportEntry:
-        summary = item.get(cam.ITEM_CAM) or {}
+        summary = item.get(results.CAM) or {}
         return ReportEntry(
-            item["object_key"], item.get("status", "?"), _number(item.get("probability")), item.get("label"),
-            item.get("reason"), item.get("error"), item.get("model_version"),
+            item[results.KEY], item.get(results.STATUS, "?"), _number(item.get(results.PROBABILITY)),
+            item.get(results.LABEL), item.get(results.REASON), item.get(results.ERROR),
+            item.get(results.MODEL_VERSION),
             _number(summary.get("border_share")), _number(summary.get("outside_chest_share")),
             thumbnail=_source_thumbnail(s3, target.bucket, item),
             overlay=_overlay(s3, target.bucket, item))
@@ -125,14 +116,14 @@ def _fetch(s3: Any, bucket: str, key: str | None, version_id: str | None = None)
 
 
 def _overlay(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
-    png = _fetch(s3, bucket, item.get(cam.ITEM_OVERLAY_KEY))
+    png = _fetch(s3, bucket, item.get(results.OVERLAY_KEY))
     return as_jpeg(png) if png else None
 
 
 def _source_thumbnail(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
-    if item.get("status") != STATUS_SCORED:
+    if item.get(results.STATUS) != STATUS_SCORED:
         return None  # failed objects are missing, too large or not images: nothing to show
-    data = _fetch(s3, bucket, item["object_key"], item.get("version_id"))
+    data = _fetch(s3, bucket, item[results.KEY], item.get(results.VERSION_ID))
     if data is None:
         return None
     return thumbnail(images.decode(data, target_size=(THUMBNAIL_SIDE, THUMBNAIL_SIDE)).image)
@@ -164,23 +155,25 @@ def data_uri(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def summarise(entries: list[ReportEntry]) -> dict[str, Any]:
+def summarise(entries: list[ReportEntry], positive_label: str) -> dict[str, Any]:
     scored = [e for e in entries if e.status == STATUS_SCORED]
-    return {"images": len(entries), "scored": len(scored),
-            "positives": sum(e.label == "PNEUMONIA" for e in scored),
-            "negatives": sum(e.label == "NORMAL" for e in scored),
+    positives = sum(e.label == positive_label for e in scored)
+    return {"images": len(entries), "scored": len(scored), "positives": positives,
+            "negatives": len(scored) - positives,
             "failures": sum(e.status == STATUS_FAILED for e in entries),
             "flagged": sum(e.flagged for e in entries),
             "model_versions": sorted({e.model_version for e in entries if e.model_version})}
 
 
-def render_html(entries: list[ReportEntry], *, source: str) -> str:
-    counts = summarise(entries)
+def render_html(entries: list[ReportEntry], *, source: str, labels: tuple[str, str]) -> str:
+    """The page; `labels` is the model's (negative, positive) pair."""
+    negative_label, positive_label = labels
+    counts = summarise(entries, positive_label)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = "\n".join(_row(position, entry) for position, entry in enumerate(entries))
+    rows = "\n".join(_row(position, entry, positive_label) for position, entry in enumerate(entries))
     left, top, right, bottom = (round(edge * 100) for edge in cam.CHEST_BOX)
     summary_items = [("images", counts["images"]), ("scored", counts["scored"]),
-                     ("positives", counts["positives"]), ("normal", counts["negatives"]),
+                     ("positives", counts["positives"]), (negative_label.lower(), counts["negatives"]),
                      ("failures", counts["failures"]), ("heat outside chest", counts["flagged"])]
     summary = "".join(f'<div class="count" data-count="{html.escape(name)}"><b>{value}</b>{html.escape(name)}</div>'
                       for name, value in summary_items)
@@ -188,11 +181,12 @@ def render_html(entries: list[ReportEntry], *, source: str) -> str:
     return PAGE.format(
         title=html.escape(f"pneumoscan report: {source}"), source=html.escape(source), generated=generated,
         summary=summary, versions=html.escape(versions), rows=rows, total=len(entries),
+        probability_heading=html.escape(f"P({positive_label.lower()})"),
         flag_share=round(cam.OUTSIDE_CHEST_FLAG * 100), chest=f"{left}-{right} % across, {top}-{bottom} % down",
         counts_json=html.escape(json.dumps(counts)))
 
 
-def _row(position: int, entry: ReportEntry) -> str:
+def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
     probability = "" if entry.probability is None else f"{entry.probability:.6f}"
     flag = ""
     if entry.flagged:
@@ -205,12 +199,13 @@ def _row(position: int, entry: ReportEntry) -> str:
         detail = f'<div class="muted">heat in outer 10 %: {entry.border_share:.0%}</div>'
     return (
         f'<tr data-position="{position}" data-probability="{probability}" data-status="{html.escape(entry.status)}" '
-        f'data-label="{html.escape(entry.label or "")}" data-flagged="{int(entry.flagged)}">'
+        f'data-label="{html.escape(entry.label or "")}" data-positive="{int(entry.label == positive_label)}" '
+        f'data-flagged="{int(entry.flagged)}">'
         f"<td>{_image(entry.thumbnail, 'thumbnail', entry.name)}</td>"
         f"<td>{_image(entry.overlay, 'overlay', entry.name)}</td>"
         f'<td class="name">{html.escape(entry.name)}{detail}</td>'
         f'<td class="status {html.escape(entry.status.lower())}">{html.escape(entry.status)}</td>'
-        f'<td class="label {html.escape((entry.label or "").lower())}">{html.escape(entry.label or "-")}</td>'
+        f'<td class="label{" positive" if entry.label == positive_label else ""}">{html.escape(entry.label or "-")}</td>'
         f'<td class="probability">{"-" if entry.probability is None else f"{entry.probability:.3f}"}</td>'
         f"<td>{flag}</td></tr>")
 
@@ -241,7 +236,7 @@ img.overlay {{ width: 288px; cursor: zoom-in; }}
 img.overlay.zoomed {{ width: auto; cursor: zoom-out; }}
 .name {{ word-break: break-all; max-width: 24em; }}
 .failed, .error {{ color: #b00; }}
-.pneumonia {{ color: #b35900; font-weight: bold; }}
+.positive {{ color: #b35900; font-weight: bold; }}
 .muted, .none {{ color: #777; font-size: .9em; }}
 .probability {{ font-variant-numeric: tabular-nums; font-size: 1.2em; }}
 .flag {{ white-space: nowrap; background: #fde68a; border: 1px solid #b45309; border-radius: 4px; padding: .1em .4em; }}
@@ -268,7 +263,7 @@ Not a medical device: a research aid.</p>
 <span id="shown">{total} of {total} shown</span>
 </div>
 <table id="results">
-<thead><tr><th>image</th><th>heat map</th><th>object</th><th>status</th><th>label</th><th>P(pneumonia)</th><th></th></tr></thead>
+<thead><tr><th>image</th><th>heat map</th><th>object</th><th>status</th><th>label</th><th>{probability_heading}</th><th></th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>
@@ -279,7 +274,7 @@ Not a medical device: a research aid.</p>
   const rows = Array.from(body.rows);
   const filters = {{
     all: () => true,
-    positives: (row) => row.dataset.label === "PNEUMONIA",
+    positives: (row) => row.dataset.positive === "1",
     failures: (row) => row.dataset.status === "FAILED",
     flagged: (row) => row.dataset.flagged === "1",
   }};
@@ -346,6 +341,7 @@ def report(
     if bool(paths) == bool(batch):
         raise typer.BadParameter("give either --batch B (results from a stack) or PATH... (local files)")
     try:
+        metadata = ModelMetadata.read(model_dir or default_model_dir())
         if batch:
             target = resolve_target(stack, endpoint_url, region, bucket, table)
             entries, source = entries_from_stack(target, batch), f"batch {batch} ({target.source})"
@@ -353,12 +349,12 @@ def report(
             files = [found.path for found in collect_files(paths)]
             if not files:
                 raise typer.BadParameter("no JPEG or PNG files under the given paths")
-            entries = list(entries_from_files(files, PneumoniaModel(model_dir)))
+            entries = list(entries_from_files(files, Scorer.load(model_dir)))
             source = ", ".join(str(p) for p in paths)
-    except (TargetError, ModelLoadError, cam.CamUnavailable) as exc:
+    except (TargetError, ModelLoadError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    output.write_text(render_html(entries, source=source), encoding="utf-8")
-    counts = summarise(entries)
+    output.write_text(render_html(entries, source=source, labels=metadata.labels), encoding="utf-8")
+    counts = summarise(entries, metadata.positive_label)
     console.print(f"wrote {output}: {counts['images']} images, {counts['positives']} positives, "
                   f"{counts['failures']} failures, {counts['flagged']} with heat outside the chest")

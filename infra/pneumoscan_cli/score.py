@@ -1,13 +1,12 @@
 """`pneumoscan score`: score local files with the bundled model, no AWS involved.
 
-Same decoding (`pneumoscan.images`), model (`pneumoscan.model`), size cap and
-FAILED reasons as the Lambda, so a file scores here exactly as it would there.
+Files go through the Lambda's own scoring path (`pneumoscan.scoring`) with the Lambda's
+size cap and FAILED reasons, so a file scores here exactly as it would there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -16,14 +15,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pneumoscan import images
-from pneumoscan.model import ModelLoadError, PneumoniaModel
+from pneumoscan.model import ModelLoadError
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
+from pneumoscan.scoring import ImageRejected, Scorer
+from pneumoscan.settings import Settings
 
 from .files import collect_files
 
-# The Lambda's own cap (template Parameter MaxObjectBytes -> env MAX_OBJECT_BYTES).
-MAX_OBJECT_BYTES = int(os.environ.get("MAX_OBJECT_BYTES", images.MAX_BYTES))
+
+def function_settings() -> Settings:
+    """The deployed function's limits and policies as this environment sets them (no table needed)."""
+    return Settings.from_env(table_required=False)
 
 
 @dataclass(frozen=True)
@@ -37,35 +39,29 @@ class Score:
     ignored_metadata: str | None = None
 
 
-def score_file(model: PneumoniaModel, path: Path) -> Score:
+def score_file(scorer: Scorer, path: Path, settings: Settings | None = None) -> Score:
     """One file's row, whatever happens: a command over many files never stops at one."""
     try:
-        return _score_file(model, path)
+        return _score_file(scorer, path, settings or function_settings())
     except OSError as exc:
         return Score(str(path), STATUS_FAILED, reason="unreadable_file", error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - a bug shows in this file's row; the other files still score
         return Score(str(path), STATUS_FAILED, reason="internal_error", error=f"{type(exc).__name__}: {exc}")
 
 
-def _score_file(model: PneumoniaModel, path: Path) -> Score:
-    size = path.stat().st_size
-    if size > MAX_OBJECT_BYTES:
-        return Score(str(path), STATUS_FAILED, reason="object_too_large",
-                     error=f"{size} bytes is above the {MAX_OBJECT_BYTES}-byte limit")
-    height, width, channels = model.input_shape
-    data = path.read_bytes()
+def _score_file(scorer: Scorer, path: Path, settings: Settings) -> Score:
     try:
-        pixels, decoded = images.load_model_input(data, height, width, channels)
-    except images.ImageRejected as rejected:
+        scored = scorer.score_file(path, max_bytes=settings.max_object_bytes)
+    except ImageRejected as rejected:
         return Score(str(path), STATUS_FAILED, reason=rejected.reason, error=rejected.detail)
-    probability = float(model.predict(pixels).probability[0])
-    return Score(str(path), STATUS_SCORED, round(probability, 6), model.label(probability),
-                 ignored_metadata=decoded.ignored_metadata)
+    return Score(str(path), STATUS_SCORED, round(scored.probability, 6), scored.label,
+                 ignored_metadata=scored.image.ignored_metadata)
 
 
-def score_paths(model: PneumoniaModel, paths: list[Path]) -> Iterator[Score]:
+def score_paths(scorer: Scorer, paths: list[Path]) -> Iterator[Score]:
+    settings = function_settings()
     for file in collect_files(paths):
-        yield score_file(model, file.path)
+        yield score_file(scorer, file.path, settings)
 
 
 def score(
@@ -75,18 +71,20 @@ def score(
 ) -> None:
     """Score local X-rays offline (no AWS), exactly as the Lambda would."""
     try:
-        model = PneumoniaModel(model_dir)
-    except ModelLoadError as exc:
+        scorer = Scorer.load(model_dir)
+    except (ModelLoadError, ValueError) as exc:
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    scores = score_paths(model, paths)
+    model = scorer.metadata
+    scores = score_paths(scorer, paths)
     if as_json:
         for result in scores:
             typer.echo(json.dumps(asdict(result)))
         return
     table = Table(title=f"model {model.version} (threshold {model.threshold:.2f})")
-    for column in ("image", "status", "label", "P(pneumonia)", "error"):
-        table.add_column(column, overflow="fold", justify="right" if column == "P(pneumonia)" else "left")
+    probability_column = f"P({model.positive_label.lower()})"
+    for column in ("image", "status", "label", probability_column, "error"):
+        table.add_column(column, overflow="fold", justify="right" if column == probability_column else "left")
     for result in scores:
         table.add_row(result.image, result.status, result.label or "",
                       "" if result.probability is None else f"{result.probability:.3f}",

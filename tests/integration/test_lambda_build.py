@@ -83,15 +83,9 @@ def test_the_trimmed_artifact_scores_an_xray_with_only_the_runtime_beside_it(tmp
 import sys
 sys.path[:0] = [{str(artifact)!r}, {str(runtime)!r}]
 import aws_xray_sdk.core, numpy, PIL, app
-from pneumoscan import cam
 assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith({str(artifact)!r})
-pixels, decoded = app._decode(open({str(XRAY)!r}, "rb").read())
-prediction = app.model.predict(pixels)
-probability = float(prediction.probability[0])
-label = app.model.label(probability)
-overlay = cam.explain(prediction.feature_map[0], app.cam_weights, decoded, probability=probability,
-                      label=label, positive=label == app.model.metadata["labels"][1]).overlay_png
-print(probability, decoded.width, decoded.height, len(overlay))
+scored = app.scorer.score(open({str(XRAY)!r}, "rb").read(), overlay="all")
+print(scored.probability, scored.image.width, scored.image.height, len(scored.overlay_png))
 """
     environment = {"PATH": "/usr/bin:/bin", "RESULTS_TABLE": "results", "AWS_DEFAULT_REGION": "us-east-1",
                    "POWERTOOLS_TRACE_DISABLED": "true", "PNEUMOSCAN_MODEL_DIR": str(artifact / "model")}

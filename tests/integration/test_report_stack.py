@@ -6,7 +6,7 @@ import re
 
 from PIL import Image
 
-from pneumoscan import cam
+from pneumoscan import cam, results
 
 from .conftest import real_xrays
 from .test_pipeline import _cli
@@ -24,7 +24,7 @@ def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
 
     target = local_stack.target
     overlays = target.client("s3").list_objects_v2(
-        Bucket=target.bucket, Prefix=cam.overlay_key("results/", f"incoming/{BATCH}/").removesuffix(".png"))
+        Bucket=target.bucket, Prefix=results.overlay_key(f"incoming/{BATCH}/", "results/").removesuffix(".png"))
     assert overlays["KeyCount"] == 4  # one per scored X-ray, none for the letter
 
     page_path = tmp_path / "report.html"

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan import cam, images
+from pneumoscan.model import CamWeights
 
 
 def _jpeg(size, *, colour="L", exif_orientation=None, fill=None):
@@ -40,10 +41,10 @@ def test_evidence_is_the_positive_part_for_the_label_given():
 
 
 def test_weights_come_from_model_json_and_must_match_the_feature_map():
-    weights = cam.CamWeights.from_metadata({"cam": {"weights": [0.5, 1.5], "bias": -1}})
+    weights = CamWeights.from_dict({"weights": [0.5, 1.5], "bias": -1})
     assert weights.weights.tolist() == [0.5, 1.5] and weights.bias == -1.0
     with pytest.raises(cam.CamUnavailable):
-        cam.CamWeights.from_metadata({"name": "no cam section"})
+        CamWeights.from_dict({"note": "no weights in this cam section"})
     with pytest.raises(cam.CamUnavailable, match="does not match"):
         cam.class_activation_map(np.zeros((7, 7, 3), np.float32), weights)
 
@@ -80,7 +81,8 @@ def test_overlay_is_a_png_of_the_documented_size():
     decoded = images.decode(_jpeg((2000, 1500)), target_size=(224, 224))
     feature_map = np.random.default_rng(1).random((7, 7, 4), dtype=np.float32)
     weights = cam.CamWeights(np.array([1, -1, 0.5, 0.25], np.float32), -0.1)
-    explanation = cam.explain(feature_map, weights, decoded, probability=0.8, label="PNEUMONIA", positive=True)
+    heat = cam.evidence(cam.class_activation_map(feature_map, weights), positive=True)
+    explanation = cam.explain(heat, decoded, overlay_title="P = 0.800   PNEUMONIA")
 
     overlay = Image.open(io.BytesIO(explanation.overlay_png))
     assert overlay.format == "PNG"
@@ -97,8 +99,8 @@ def test_hot_region_is_in_upright_pixels_when_exif_rotates_the_image():
     weights = cam.CamWeights(np.ones(1, np.float32), 0.0)
     feature_map = np.zeros((4, 4, 1), np.float32)
     feature_map[3, 0] = 1.0  # bottom-left of the upright image
-    box = cam.explain(feature_map, weights, decoded, probability=0.9, label="PNEUMONIA",
-                      positive=True).summary.hot_region
+    heat = cam.evidence(cam.class_activation_map(feature_map, weights), positive=True)
+    box = cam.explain(heat, decoded).summary.hot_region
     assert box.x == 0 and box.y + box.height == 300 and box.width < 100 and box.height < 150
 
 
@@ -135,7 +137,7 @@ def test_cam_of_a_hand_set_tflite_model_matches_the_hand_computation(tmp_path):
     image = np.zeros((1, 8, 8, 1), np.uint8)
     image[0, 2, 5, 0] = 255
     prediction = PneumoniaModel(tmp_path).predict(image)
-    activation = cam.class_activation_map(prediction.feature_map[0], cam.CamWeights.from_metadata(metadata))
+    activation = cam.class_activation_map(prediction.feature_map[0], CamWeights.from_dict(metadata["cam"]))
 
     # By hand: a white pixel gives features (2, 0) -> 1.5*2 + 0.1 = 3.1; black gives (0, 1) -> -0.5 + 0.1.
     expected = np.full((8, 8), -0.4, np.float32)
@@ -153,7 +155,7 @@ def test_the_bundled_models_cam_averages_to_its_score():
     from pneumoscan.model import PneumoniaModel
 
     model = PneumoniaModel()
-    weights = cam.CamWeights.from_metadata(model.metadata)
+    weights = model.metadata.cam
     xrays = [path for label in ("NORMAL", "PNEUMONIA") for path in sorted((FULLRES_DIR / label).glob("*.jpeg"))[:3]]
     for xray in xrays:
         pixels, _ = images.load_model_input(xray.read_bytes(), *model.input_shape)

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from image_cases import CASES, REFERENCE_XRAY
 from pneumoscan.model import PneumoniaModel
+from pneumoscan.scoring import Scorer
+from pneumoscan.settings import Settings
 from pneumoscan_cli import score as score_module
 from pneumoscan_cli.main import app
 
@@ -66,8 +68,7 @@ def test_folders_are_walked_and_the_table_view_lists_them(tmp_path):
 def test_objects_above_the_size_cap_are_refused_unread(tmp_path, monkeypatch, model):
     big = tmp_path / "big.jpeg"
     big.write_bytes(REFERENCE_XRAY.read_bytes())
-    monkeypatch.setattr(score_module, "MAX_OBJECT_BYTES", 1000)
-    scored = score_module.score_file(model, big)
+    scored = score_module.score_file(Scorer(model), big, Settings(max_object_bytes=1000))
     assert (scored.status, scored.reason) == ("FAILED", "object_too_large")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -139,7 +140,7 @@ def test_an_object_above_the_size_cap_is_never_downloaded(handler_stack, monkeyp
     stack = handler_stack
     key = f"{stack.prefix}b/huge.jpeg"
     stack.put(key, NORMAL_XRAY.read_bytes())
-    monkeypatch.setattr(stack.app, "MAX_OBJECT_BYTES", 1000)
+    monkeypatch.setattr(stack.app, "settings", dataclasses.replace(stack.app.settings, max_object_bytes=1000))
     s3 = CallCounter(stack.app.s3_client)
     monkeypatch.setattr(stack.app, "s3_client", s3)
 
@@ -325,7 +326,7 @@ def test_debug_logging_shows_keys_in_clear(handler_stack, monkeypatch):
     stack = handler_stack
     log = io.StringIO()
     monkeypatch.setattr(stack.app.logger.registered_handler, "stream", log)
-    monkeypatch.setattr(stack.app, "LOG_KEYS_IN_CLEAR", True)
+    monkeypatch.setattr(stack.app, "settings", dataclasses.replace(stack.app.settings, log_keys_in_clear=True))
     key = f"{stack.prefix}b/patient-qzxw-doe.jpeg"
     stack.put(key, NORMAL_XRAY.read_bytes())
 

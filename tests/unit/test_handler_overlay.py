@@ -36,24 +36,24 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(handler_stack)
     item = stack.item(key)
 
     assert item["status"] == results.STATUS_SCORED and "overlay" in item["timings_ms"]
-    assert item[cam.ITEM_OVERLAY_KEY] == f"results/overlays/{key}.png"
-    assert overlays(stack) == [item[cam.ITEM_OVERLAY_KEY]]
-    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[cam.ITEM_OVERLAY_KEY])
+    assert item[results.OVERLAY_KEY] == f"results/overlays/{key}.png"
+    assert overlays(stack) == [item[results.OVERLAY_KEY]]
+    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[results.OVERLAY_KEY])
     assert stored["ContentType"] == "image/png"
     overlay = Image.open(io.BytesIO(stored["Body"].read()))
     width, height = int(item["image_width"]), int(item["image_height"])
     assert overlay.format == "PNG" and overlay.size == cam.overlay_size((width, height))
 
-    box = {name: int(value) for name, value in item[cam.ITEM_HOT_REGION].items()}
+    box = {name: int(value) for name, value in item[results.HOT_REGION].items()}
     assert 0 <= box["x"] < box["x"] + box["width"] <= width
     assert 0 <= box["y"] < box["y"] + box["height"] <= height
-    shares = item[cam.ITEM_CAM]
+    shares = item[results.CAM]
     assert 0 <= shares["border_share"] <= 1 and 0 <= shares["outside_chest_share"] <= 1
     assert shares["outside_chest"] == (shares["outside_chest_share"] > cam.OUTSIDE_CHEST_FLAG)
 
     # The overlay's own S3 event would be a second scoring: the notification filter stops it.
     assert stack.queue_depth(stack.queue_url) == 0
-    assert stack.item(item[cam.ITEM_OVERLAY_KEY]) is None
+    assert stack.item(item[results.OVERLAY_KEY]) is None
 
 
 def test_failed_image_gets_no_overlay(handler_stack):
@@ -64,7 +64,7 @@ def test_failed_image_gets_no_overlay(handler_stack):
     stack.deliver()
 
     item = stack.item(key)
-    assert item["status"] == results.STATUS_FAILED and cam.ITEM_OVERLAY_KEY not in item
+    assert item["status"] == results.STATUS_FAILED and results.OVERLAY_KEY not in item
     assert overlays(stack) == []
 
 
@@ -83,7 +83,7 @@ def test_an_overlay_that_cannot_be_written_retries_the_record(handler_stack, mon
 
     monkeypatch.undo()
     stack.deliver()
-    assert stack.item(key)[cam.ITEM_OVERLAY_KEY] in overlays(stack)
+    assert stack.item(key)[results.OVERLAY_KEY] in overlays(stack)
 
 
 def test_overlays_for_positives_only_keep_every_items_heat_summary(handler_stack, monkeypatch):
@@ -98,9 +98,9 @@ def test_overlays_for_positives_only_keep_every_items_heat_summary(handler_stack
 
     normal, pneumonia = stack.item(normal_key), stack.item(pneumonia_key)
     assert (normal["label"], pneumonia["label"]) == ("NORMAL", "PNEUMONIA"), "pick X-rays the model gets right"
-    assert cam.ITEM_OVERLAY_KEY not in normal and cam.ITEM_CAM in normal and cam.ITEM_HOT_REGION in normal
-    assert overlays(stack) == [pneumonia[cam.ITEM_OVERLAY_KEY]]
-    assert app.OVERLAY_IMAGES == "positives"
+    assert results.OVERLAY_KEY not in normal and results.CAM in normal and results.HOT_REGION in normal
+    assert overlays(stack) == [pneumonia[results.OVERLAY_KEY]]
+    assert app.settings.overlay_images == "positives"
 
 
 def test_an_unknown_overlay_setting_fails_the_cold_start(handler_stack, monkeypatch):
@@ -117,10 +117,10 @@ def test_a_heat_map_bug_never_holds_back_the_score(handler_stack, monkeypatch):
     def broken(*_, **__):
         raise IndexError("injected rendering bug")
 
-    monkeypatch.setattr(stack.app.cam, "explain", broken)
+    monkeypatch.setattr(cam, "explain", broken)
     outcomes = stack.deliver()
 
     item = stack.item(key)
     assert outcomes[0].failed == 0 and item["status"] == results.STATUS_SCORED
-    assert item["overlay_error"] == "IndexError: injected rendering bug" and cam.ITEM_OVERLAY_KEY not in item
+    assert item["overlay_error"] == "IndexError: injected rendering bug" and results.OVERLAY_KEY not in item
     assert overlays(stack) == []

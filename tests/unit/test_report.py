@@ -76,12 +76,13 @@ def _scored(name, probability, *, outside_chest_share=0.1, seed=0):
     picture = _picture(seed)
     heat = np.random.default_rng(seed).random((7, 7)).astype(np.float32)
     label = "PNEUMONIA" if probability >= 0.5 else "NORMAL"
-    overlay = cam.encode_png(cam.render_overlay(picture, heat, probability=probability, label=label))
+    overlay = cam.encode_png(cam.render_overlay(picture, heat, title=f"P = {probability:.3f}   {label}"))
     return report.ReportEntry(name, "SCORED", probability, label, model_version="2026.11.25-1",
                               border_share=0.05, outside_chest_share=outside_chest_share,
                               thumbnail=report.thumbnail(picture), overlay=report.as_jpeg(overlay))
 
 
+LABELS = ("NORMAL", "PNEUMONIA")
 ENTRIES = [
     _scored("incoming/b/a.jpeg", 0.31, seed=1),
     _scored("incoming/b/b <&>.jpeg", 0.97, seed=2),
@@ -93,13 +94,13 @@ ENTRIES = [
 
 
 def test_summary_counts_and_flags():
-    counts = report.summarise(ENTRIES)
+    counts = report.summarise(ENTRIES, "PNEUMONIA")
     assert counts == {"images": 6, "scored": 4, "positives": 2, "negatives": 2, "failures": 2, "flagged": 1,
                       "model_versions": ["2026.11.25-1"]}
 
 
 def test_page_is_self_contained_and_escapes_names():
-    page = report.render_html(ENTRIES, source="batch b")
+    page = report.render_html(ENTRIES, source="batch b", labels=LABELS)
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from a network
     assert "b &lt;&amp;&gt;.jpeg" in page and "b <&>.jpeg" not in page
     assert page.count("data:image/jpeg;base64,") == 8  # thumbnail + overlay of each scored image
@@ -107,7 +108,7 @@ def test_page_is_self_contained_and_escapes_names():
 
 def test_report_renders_sorts_and_filters_in_chromium(chromium, tmp_path):
     page = tmp_path / "report.html"
-    page.write_text(report.render_html(ENTRIES, source="batch b").replace("</body>", HARNESS + "</body>"))
+    page.write_text(report.render_html(ENTRIES, source="batch b", labels=LABELS).replace("</body>", HARNESS + "</body>"))
     dom = dump_dom(chromium, page, tmp_path / "profile")
     seen = json.loads(re.search(r'<pre id="harness">(.*?)</pre>', dom, re.S).group(1))
 

@@ -24,7 +24,7 @@ def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():
     from training.pipeline import MIN_SENSITIVITY, check_parity, predict_int8
 
     model = PneumoniaModel()
-    config = model.metadata["training"]["config"]
+    config = model.metadata.training["config"]
     _, val_files = dataset_files(DATA, config["val_fraction"], config.get("split_seed", config["seed"]))
     val = load_images(val_files, *model.input_shape)
     int8_scores = predict_int8(model, val.images)
@@ -34,7 +34,7 @@ def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():
 
     parity = check_parity(val.labels, keras_scores, int8_scores, model.threshold)
     assert parity["passed"], parity
-    recorded = model.metadata["metrics"]["val"]
+    recorded = model.metadata.metrics["val"]
     summary = metrics.summarize(val.labels, int8_scores, model.threshold)
     assert summary.n == recorded["n"]
     assert summary.auc == pytest.approx(recorded["auc"], abs=1e-6)

@@ -6,7 +6,7 @@ activation map (Zhou et al. 2016): no gradients, one small matrix product per im
 cheap enough to run on every image in the Lambda. numpy and Pillow only.
 
 Heat is the evidence for the label the model gave: the positive part of the map for
-PNEUMONIA, of its negation for NORMAL. The hot region, the border share and the chest
+the positive label, of its negation for the negative one. The hot region, the border share and the chest
 share are measured on the heat stretched over the whole image, exactly as the model
 input was stretched from it.
 """
@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import DecodedImage
+from .model import CamUnavailable, CamWeights
 
 # Overlays are small enough to look at and cheap to encode; the X-ray part fits this box.
 OVERLAY_LONG_SIDE = 512
@@ -45,41 +46,10 @@ OUTSIDE_CHEST_FLAG = 0.5
 ANALYSIS_GRID = 100
 HOT_REGION_GRID = 50
 
-# Result item attributes written by the Lambda and read by `pneumoscan report`.
-ITEM_OVERLAY_KEY = "overlay_key"
-ITEM_HOT_REGION = "hot_region"
-ITEM_CAM = "cam"
-OVERLAY_FOLDER = "overlays/"
-OVERLAY_POLICIES = ("all", "positives", "none")
-
 # Anchors of a perceptually ordered dark-to-bright map (after matplotlib's inferno).
 _COLOUR_ANCHORS = np.array([
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99),
     (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164)], dtype=np.float64)
-
-
-class CamUnavailable(ValueError):
-    """model.json has no usable `cam` section for this model's feature map."""
-
-
-@dataclass(frozen=True)
-class CamWeights:
-    """The GAP -> dense weights of the model's one output unit."""
-
-    weights: np.ndarray  # (k,) float32
-    bias: float
-
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> CamWeights:
-        try:
-            section = metadata["cam"]
-            weights = np.asarray(section["weights"], dtype=np.float32).reshape(-1)
-            bias = float(section["bias"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CamUnavailable(f"model.json has no usable cam section: {exc}") from exc
-        if weights.size == 0 or not np.all(np.isfinite(weights)):
-            raise CamUnavailable("model.json cam weights are empty or not finite")
-        return cls(weights, bias)
 
 
 @dataclass(frozen=True)
@@ -111,29 +81,6 @@ class Explanation:
     summary: CamSummary
     overlay_png: bytes | None  # None when no overlay was asked for
 
-    def item_fields(self, overlay_key: str | None) -> dict:
-        """What a result item records about the CAM (floats; the writer converts them)."""
-        fields: dict = {ITEM_CAM: {"border_share": round(self.summary.border_share, 4),
-                                   "outside_chest_share": round(self.summary.outside_chest_share, 4),
-                                   "outside_chest": self.summary.outside_chest}}
-        if overlay_key:
-            fields[ITEM_OVERLAY_KEY] = overlay_key
-        if self.summary.hot_region is not None:
-            fields[ITEM_HOT_REGION] = self.summary.hot_region.as_dict()
-        return fields
-
-
-def wants_overlay(policy: str, positive: bool) -> bool:
-    """The OverlayImages setting: `all`, `positives` or `none` of the scored images."""
-    if policy not in OVERLAY_POLICIES:
-        raise ValueError(f"overlay policy {policy!r} is not one of {', '.join(OVERLAY_POLICIES)}")
-    return policy == "all" or (policy == "positives" and positive)
-
-
-def overlay_key(results_prefix: str, object_key: str) -> str:
-    """`results/overlays/<object key>.png`: outside the incoming prefix, so never rescored."""
-    return f"{results_prefix}{OVERLAY_FOLDER}{object_key}.png"
-
 
 def class_activation_map(feature_map: np.ndarray, cam: CamWeights) -> np.ndarray:
     """(h, w, k) feature map -> (h, w) map whose mean is the model's logit."""
@@ -145,7 +92,7 @@ def class_activation_map(feature_map: np.ndarray, cam: CamWeights) -> np.ndarray
 
 
 def evidence(activation_map: np.ndarray, positive: bool) -> np.ndarray:
-    """Non-negative heat for the label given: PNEUMONIA (positive) or NORMAL."""
+    """Non-negative heat for the label given: the positive label's, or the negative one's."""
     return np.maximum(activation_map if positive else -activation_map, 0.0)
 
 
@@ -207,8 +154,7 @@ def overlay_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return width + LEGEND_WIDTH, height + TITLE_HEIGHT
 
 
-def render_overlay(image: Image.Image, heat: np.ndarray, *, probability: float, label: str,
-                   summary: CamSummary | None = None,
+def render_overlay(image: Image.Image, heat: np.ndarray, *, title: str, summary: CamSummary | None = None,
                    image_size: tuple[int, int] | None = None) -> Image.Image:
     """Heat over the greyscale X-ray, a colour bar, the probability and the hot region.
 
@@ -229,8 +175,7 @@ def render_overlay(image: Image.Image, heat: np.ndarray, *, probability: float, 
     canvas = Image.new("RGB", overlay_size(image.size), "black")
     canvas.paste(xray, (0, TITLE_HEIGHT))
     draw = ImageDraw.Draw(canvas)
-    draw.text((6, 5), f"P(pneumonia) = {probability:.3f}   {label}   (heat: evidence for {label})",
-              fill="white", font=_font())
+    draw.text((6, 5), title, fill="white", font=_font())
     if summary is not None and summary.hot_region is not None:
         full_width, full_height = image_size or image.size
         scale_x, scale_y = size[0] / full_width, size[1] / full_height
@@ -285,14 +230,12 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def explain(feature_map: np.ndarray, cam: CamWeights, decoded: DecodedImage, *,
-            probability: float, label: str, positive: bool, overlay: bool = True) -> Explanation:
-    """Everything the pipeline records about one image's CAM: summary plus (optionally) overlay PNG."""
-    heat = evidence(class_activation_map(feature_map, cam), positive)
+def explain(heat: np.ndarray, decoded: DecodedImage, *, overlay_title: str | None = None) -> Explanation:
+    """Summary of a heat map (`evidence`) over the upright image, plus the overlay PNG
+    with `overlay_title` as its caption when one is given."""
     image_size = (decoded.width, decoded.height)
     summary = summarise(heat, image_size)
-    if not overlay:
+    if overlay_title is None:
         return Explanation(summary, None)
-    picture = render_overlay(decoded.image, heat, probability=probability, label=label,
-                             summary=summary, image_size=image_size)
+    picture = render_overlay(decoded.image, heat, title=overlay_title, summary=summary, image_size=image_size)
     return Explanation(summary, encode_png(picture))

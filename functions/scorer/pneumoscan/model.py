@@ -1,17 +1,22 @@
-"""Loading and running the quantized pneumonia model with LiteRT.
+"""The model contract (`ModelMetadata`, read from and written to model.json) and the
+LiteRT interpreter that runs the quantized pneumonia model.
 
 The `.tflite` and its `model.json` travel together in one folder; the metadata is
-the only place the threshold, labels and input geometry are written down.
+the only place the threshold, labels and input geometry are written down. Training
+writes model.json through `ModelMetadata.write` and everything else reads it through
+`ModelMetadata.read`, so both sides agree on one type instead of on string keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +35,10 @@ class ModelLoadError(RuntimeError):
     """The model folder is missing, incomplete or does not match its metadata."""
 
 
+class CamUnavailable(ValueError):
+    """model.json has no usable `cam` section for this model's feature map."""
+
+
 def default_model_dir() -> Path:
     """`$PNEUMOSCAN_MODEL_DIR`, else `model/` beside the code (Lambda zip) or at the repo root."""
     if os.environ.get(MODEL_DIR_ENV):
@@ -42,8 +51,149 @@ def default_model_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """How one image is fed to the model: a uint8 height x width x channels array."""
+
+    height: int
+    width: int
+    channels: int
+    colour: str = "L"
+    dtype: str = "uint8"
+    resize: str = "bilinear"
+    aspect: str = "stretch"
+    decode: str = "pneumoscan.images"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.channels
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> InputSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {name: value for name, value in section.items() if name in known}
+        return cls(**{**values, "height": int(section["height"]), "width": int(section["width"]),
+                      "channels": int(section["channels"])})
+
+
+@dataclass(frozen=True, eq=False)
+class CamWeights:
+    """The GAP -> dense weights of the model's one output unit (its class activation map)."""
+
+    weights: np.ndarray  # (k,) float32
+    bias: float
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> CamWeights:
+        try:
+            weights = np.asarray(section["weights"], dtype=np.float32).reshape(-1)
+            bias = float(section["bias"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CamUnavailable(f"model.json has no usable cam section: {exc}") from exc
+        if weights.size == 0 or not np.all(np.isfinite(weights)):
+            raise CamUnavailable("model.json cam weights are empty or not finite")
+        return cls(weights, bias, str(section.get("note", "")))
+
+    def as_dict(self) -> dict[str, Any]:
+        section: dict[str, Any] = {"weights": [float(w) for w in self.weights], "bias": float(self.bias)}
+        if self.note:
+            section["note"] = self.note
+        return section
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """model.json as a type. `labels` is ordered (negative, positive): the model's one
+    output is the probability of the positive label."""
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    input: InputSpec
+    labels: tuple[str, str]
+    threshold: float | None = None  # None only while training has not calibrated it yet
+    cam: CamWeights | None = None
+    size_bytes: int | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    threshold_rule: str | None = None
+    # Provenance and evaluation, recorded by training and shown by reports; not read at scoring time.
+    training: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    trained_at: str | None = None
+    commit: str | None = None
+    promoted_from: str | None = None
+    # Sections this version of the code does not know, kept so a read-write round trip loses nothing.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
+            raise ValueError(f"labels must be two distinct names (negative, positive), got {self.labels!r}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold} is not a probability")
+
+    @property
+    def negative_label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def positive_label(self) -> str:
+        return self.labels[1]
+
+    def is_positive(self, label: str | None) -> bool:
+        return label == self.positive_label
+
+    def label(self, probability: float) -> str:
+        """The label the threshold gives `probability` (the probability of the positive label)."""
+        if self.threshold is None:
+            raise ModelLoadError(f"model {self.version} has no threshold in {METADATA_FILE}")
+        return self.positive_label if probability >= self.threshold else self.negative_label
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ModelMetadata:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        negative, positive = raw["labels"]
+        return cls(
+            name=str(raw["name"]), version=str(raw["version"]), file=str(raw["file"]), sha256=str(raw["sha256"]),
+            input=InputSpec.from_dict(raw["input"]), labels=(str(negative), str(positive)),
+            threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
+            cam=CamWeights.from_dict(raw["cam"]) if "cam" in raw else None,
+            size_bytes=raw.get("size_bytes"), outputs=dict(raw.get("outputs", {})),
+            threshold_rule=raw.get("threshold_rule"), training=dict(raw.get("training") or {}),
+            metrics=dict(raw.get("metrics") or {}), trained_at=raw.get("trained_at"), commit=raw.get("commit"),
+            promoted_from=raw.get("promoted_from"),
+            extra={name: value for name, value in raw.items() if name not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """model.json's layout: the fields in this order, empty optional ones left out."""
+        raw: dict[str, Any] = {"name": self.name, "version": self.version, "file": self.file,
+                               "sha256": self.sha256, "size_bytes": self.size_bytes,
+                               "input": dataclasses.asdict(self.input), "outputs": dict(self.outputs),
+                               "labels": list(self.labels), "threshold": self.threshold,
+                               "threshold_rule": self.threshold_rule,
+                               "cam": self.cam.as_dict() if self.cam is not None else None,
+                               "training": dict(self.training), "metrics": dict(self.metrics),
+                               "trained_at": self.trained_at, "commit": self.commit,
+                               "promoted_from": self.promoted_from}
+        raw = {name: value for name, value in raw.items() if value not in (None, {})}
+        return {**raw, **self.extra}
+
+    @classmethod
+    def read(cls, model_dir: Path | str) -> ModelMetadata:
+        try:
+            return cls.from_dict(json.loads((Path(model_dir) / METADATA_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"cannot read the model in {model_dir}: {exc}") from exc
+
+    def write(self, model_dir: Path | str) -> Path:
+        path = Path(model_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+@dataclass(frozen=True)
 class Prediction:
-    probability: np.ndarray  # (N,) float32, P(pneumonia)
+    probability: np.ndarray  # (N,) float32, probability of the positive label
     feature_map: np.ndarray  # (N, h, w, k) float32, last convolutional block
 
 
@@ -53,16 +203,15 @@ class PneumoniaModel:
     def __init__(self, model_dir: Path | str | None = None, *, num_threads: int = 1,
                  verify_checksum: bool = True):
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
-        metadata_path = self.model_dir / METADATA_FILE
+        self.metadata = ModelMetadata.read(self.model_dir)
         try:
-            self.metadata = json.loads(metadata_path.read_text())
-            model_bytes = (self.model_dir / self.metadata["file"]).read_bytes()
-        except (OSError, ValueError, KeyError) as exc:
+            model_bytes = (self.model_dir / self.metadata.file).read_bytes()
+        except OSError as exc:
             raise ModelLoadError(f"cannot read the model in {self.model_dir}: {exc}") from exc
         digest = hashlib.sha256(model_bytes).hexdigest()
-        if verify_checksum and digest != self.metadata.get("sha256"):
+        if verify_checksum and digest != self.metadata.sha256:
             raise ModelLoadError(
-                f"{self.metadata['file']} has sha256 {digest}, model.json says {self.metadata.get('sha256')}")
+                f"{self.metadata.file} has sha256 {digest}, {METADATA_FILE} says {self.metadata.sha256}")
         try:
             self._interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
             self._interpreter.allocate_tensors()
@@ -74,30 +223,30 @@ class PneumoniaModel:
             self._outputs = {name: outputs[name] for name in (PROBABILITY_OUTPUT, FEATURE_MAP_OUTPUT)}
             del runner
         except (ValueError, RuntimeError, KeyError, StopIteration) as exc:
-            raise ModelLoadError(f"{self.metadata['file']} is not a usable pneumoscan model: {exc}") from exc
+            raise ModelLoadError(f"{self.metadata.file} is not a usable pneumoscan model: {exc}") from exc
         self._batch_size = int(self._input["shape"][0])
 
     @property
     def version(self) -> str:
-        return self.metadata["version"]
+        return self.metadata.version
 
     @property
     def sha256(self) -> str:
-        return self.metadata["sha256"]
+        return self.metadata.sha256
 
     @property
     def threshold(self) -> float:
-        return float(self.metadata["threshold"])
+        if self.metadata.threshold is None:
+            raise ModelLoadError(f"model {self.version} has no threshold in {METADATA_FILE}")
+        return self.metadata.threshold
 
-    @cached_property
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of one image."""
-        spec = self.metadata["input"]
-        return int(spec["height"]), int(spec["width"]), int(spec["channels"])
+        return self.metadata.input.shape
 
     def label(self, probability: float) -> str:
-        negative, positive = self.metadata["labels"]
-        return positive if probability >= self.threshold else negative
+        return self.metadata.label(probability)
 
     def predict(self, images: np.ndarray) -> Prediction:
         """Run a uint8 batch of shape (N, height, width, channels)."""

@@ -15,9 +15,15 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT
+    from .model import ModelMetadata
+    from .scoring import ImageScore
 
 TABLE_ENV = "RESULTS_TABLE"
 INCOMING_PREFIX_ENV = "INCOMING_PREFIX"
@@ -25,6 +31,7 @@ DEFAULT_INCOMING_PREFIX = "incoming/"
 # Everything the pipeline itself writes to the bucket goes here, outside the
 # notification prefix, so it can never trigger another scoring.
 RESULTS_PREFIX = "results/"
+OVERLAY_FOLDER = "overlays/"
 
 KEY = "object_key"
 BATCH_INDEX = "batch-index"
@@ -32,6 +39,31 @@ BATCH = "batch"
 OUTCOME_INDEX = "outcome-index"
 OUTCOME_DAY = "outcome_day"
 SCORED_AT = "scored_at"
+
+# Item attributes.
+STATUS = "status"
+PROBABILITY = "probability"
+LABEL = "label"
+THRESHOLD = "threshold"
+REASON = "reason"
+ERROR = "error"
+WARNINGS = "warnings"
+BUCKET = "bucket"
+VERSION_ID = "version_id"
+ETAG = "etag"
+SIZE_BYTES = "size_bytes"
+UPLOADED_AT = "uploaded_at"
+MODEL_VERSION = "model_version"
+MODEL_SHA256 = "model_sha256"
+TIMINGS_MS = "timings_ms"
+IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_FORMAT, IMAGE_MODE = "image_width", "image_height", "image_format", "image_mode"
+IGNORED_METADATA = "ignored_metadata"  # EXIF/XMP that could not be used (the image is scored as stored)
+OVERLAY_KEY = "overlay_key"
+OVERLAY_ERROR = "overlay_error"
+HOT_REGION = "hot_region"
+CAM = "cam"  # {border_share, outside_chest_share, outside_chest}
+PREVIOUS = "previous"
+WRITE_ID = "write_id"
 
 STATUS_SCORED = "SCORED"
 STATUS_FAILED = "FAILED"
@@ -42,8 +74,7 @@ ROOT_BATCH = "_root"
 UNKNOWN_EVENT_BATCH = "_unknown_event"
 
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
-PREVIOUS_FIELDS = ("status", "probability", "label", "threshold", "model_version", "model_sha256",
-                   "scored_at", "reason")
+PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -62,6 +93,11 @@ def batch_of(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) ->
     relative = object_key[len(incoming_prefix):] if object_key.startswith(incoming_prefix) else object_key
     folder, separator, _ = relative.partition("/")
     return folder if separator and folder else ROOT_BATCH
+
+
+def overlay_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
+    """`results/overlays/<object key>.png`: outside the incoming prefix, so never rescored."""
+    return f"{results_prefix}{OVERLAY_FOLDER}{object_key}.png"
 
 
 def key_digest(object_key: str) -> str:
@@ -84,6 +120,80 @@ def version_key(version: str) -> tuple:
     """Orders "2026.11.25-2" < "2026.11.25-10" and "1.9.0" < "1.10.0": numbers compare as numbers."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
                  for part in re.findall(r"\d+|[^\d.\-+_]+", version))
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """What S3 said about the object a result is for (from its event, then its head)."""
+
+    bucket: str | None = None
+    version_id: str | None = None
+    etag: str | None = None
+    uploaded_at: str | None = None
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an object could not be scored: a short machine-readable reason and a detail."""
+
+    reason: str
+    error: str
+
+
+def object_item(object_key: str, *, batch: str, source: SourceObject, model: ModelMetadata,
+                outcome: ImageScore | Failure, timings_ms: Mapping[str, float],
+                overlay_key: str | None = None, scored_at: str | None = None) -> dict[str, Any]:
+    """The one item of an object: where it came from, which model, and its score or failure."""
+    item: dict[str, Any] = {
+        KEY: object_key, BATCH: batch, BUCKET: source.bucket, VERSION_ID: source.version_id,
+        ETAG: source.etag, UPLOADED_AT: source.uploaded_at, SIZE_BYTES: source.size_bytes,
+        MODEL_VERSION: model.version, MODEL_SHA256: model.sha256, THRESHOLD: model.threshold,
+    }
+    if isinstance(outcome, Failure):
+        item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: outcome.error, WARNINGS: []})
+        outcome_name = OUTCOME_FAILED
+    else:
+        item.update(_score_fields(outcome, overlay_key))
+        outcome_name = outcome.label
+    return _stamped(item, outcome_name, timings_ms, scored_at)
+
+
+def unknown_event_item(message_id: str, error: str, model: ModelMetadata,
+                       scored_at: str | None = None) -> dict[str, Any]:
+    """A message that is no S3 notification, recorded once under its message id (never retried)."""
+    item = {KEY: f"sqs-message/{message_id}", BATCH: UNKNOWN_EVENT_BATCH, STATUS: STATUS_FAILED,
+            REASON: "unknown_event", ERROR: error, ETAG: message_id,
+            MODEL_VERSION: model.version, MODEL_SHA256: model.sha256}
+    return _stamped(item, OUTCOME_FAILED, {}, scored_at)
+
+
+def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
+    image = score.image
+    fields: dict[str, Any] = {
+        STATUS: STATUS_SCORED, PROBABILITY: score.probability, LABEL: score.label,
+        WARNINGS: list(score.warnings), IMAGE_WIDTH: image.width, IMAGE_HEIGHT: image.height,
+        IMAGE_FORMAT: image.format, IMAGE_MODE: image.mode, IGNORED_METADATA: image.ignored_metadata,
+    }
+    if score.heat_map_error is not None:
+        fields[OVERLAY_ERROR] = score.heat_map_error
+    if score.heat_map is not None:
+        summary = score.heat_map.summary
+        fields[CAM] = {"border_share": round(summary.border_share, 4),
+                       "outside_chest_share": round(summary.outside_chest_share, 4),
+                       "outside_chest": summary.outside_chest}
+        if summary.hot_region is not None:
+            fields[HOT_REGION] = summary.hot_region.as_dict()
+    if overlay_key:
+        fields[OVERLAY_KEY] = overlay_key
+    return fields
+
+
+def _stamped(item: dict[str, Any], outcome: str, timings_ms: Mapping[str, float],
+             scored_at: str | None) -> dict[str, Any]:
+    scored_at = scored_at or utc_timestamp()
+    item.update({TIMINGS_MS: dict(timings_ms), SCORED_AT: scored_at, OUTCOME_DAY: outcome_day(outcome, scored_at)})
+    return {name: value for name, value in item.items() if value is not None}
 
 
 def previous_score(item: dict) -> dict:

@@ -1,0 +1,191 @@
+"""What happens to one X-ray: bytes in, score out.
+
+Every caller that turns an image into a score comes through `Scorer.score`: the Lambda
+handler, `pneumoscan score`, `report` and `evaluate`, the training shortcut check and the
+benchmarks. The steps, in order:
+
+1. size      `check_size`: a caller that knows the size before reading the bytes (an S3
+             head, a file's stat) refuses an oversized object unread.
+2. decode    `decode`: bytes -> upright 8-bit image -> the model's uint8 input array. The
+             one decode step: the format is recognised from the bytes' signature.
+3. model     `PneumoniaModel.predict`: probability of the positive label + feature map.
+4. label     `ModelMetadata.label`: the threshold from model.json.
+5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares
+             and hot region, and the overlay PNG when the overlay policy asks for one.
+             The heat map is an aid: if it fails the image is still scored, and
+             `heat_map_error` says why.
+6. warnings  every `Check` the scorer was built with looks at the `Evidence` (pixels,
+             prediction, label) and may return a warning code. A check may instead raise
+             `ImageRejected` to refuse an image that must not be scored at all.
+
+A permanent problem with the input raises `ImageRejected` (a short `reason` and a
+`detail`); the caller records it as a FAILED result. Anything else (a bug, memory) is
+not caught here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import cam, images
+from .images import DecodedImage, ImageRejected
+from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
+
+# Which scored images get an overlay PNG: every one, only those given the positive label, or none.
+OVERLAY_POLICIES = ("all", "positives", "none")
+# Stage names of `ImageScore.timings_ms` (also the handler's latency metrics).
+DECODE, INFERENCE, HEAT_MAP = "decode", "inference", "overlay"
+
+__all__ = ["OVERLAY_POLICIES", "Check", "Evidence", "HeatMap", "ImageRejected", "ImageScore", "Scorer",
+           "check_size", "decode", "wants_overlay"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a warning check may look at: the decoded image, the model's input and its output."""
+
+    image: DecodedImage
+    pixels: np.ndarray  # (height, width, channels) uint8, exactly what the model saw
+    prediction: Prediction  # batch of one
+    probability: float
+    label: str
+    positive: bool
+
+    @property
+    def pooled_features(self) -> np.ndarray:
+        """(k,) global-average-pooled feature map: the vector the model's dense head reads."""
+        return self.prediction.feature_map[0].mean(axis=(0, 1))
+
+
+# A warning check: returns a warning code (e.g. "out_of_distribution") or None.
+Check = Callable[[Evidence], "str | None"]
+
+
+@dataclass(frozen=True, eq=False)
+class HeatMap:
+    """The class activation map of the label given, measured on the upright image."""
+
+    heat: np.ndarray  # (h, w) non-negative evidence on the model's feature grid
+    summary: cam.CamSummary  # hot region (image pixels), border and outside-chest shares
+    overlay_png: bytes | None  # only when the overlay policy asked for one
+
+
+@dataclass(frozen=True, eq=False)
+class ImageScore:
+    """Everything known about one scored image."""
+
+    probability: float  # of the positive label
+    label: str
+    positive: bool
+    threshold: float
+    model_version: str
+    model_sha256: str
+    image: DecodedImage  # the decoded picture and its source facts (size, format, mode)
+    heat_map: HeatMap | None  # None only when it failed: see heat_map_error
+    heat_map_error: str | None
+    warnings: tuple[str, ...]  # codes of the checks that fired, in check order
+    timings_ms: Mapping[str, float]  # wall time per stage
+    cpu_ms: Mapping[str, float]  # CPU time per stage
+
+    @property
+    def overlay_png(self) -> bytes | None:
+        return self.heat_map.overlay_png if self.heat_map is not None else None
+
+
+def check_size(size_bytes: int, limit_bytes: int) -> None:
+    """Refuse an object above the size limit from its size alone, before reading it."""
+    if size_bytes > limit_bytes:
+        raise ImageRejected("object_too_large", f"{size_bytes} bytes is above the {limit_bytes}-byte limit")
+
+
+def decode(data: bytes, spec: InputSpec) -> tuple[np.ndarray, DecodedImage]:
+    """Bytes -> (model input array, decoded image). The only place input formats are told
+    apart: each is recognised by its signature, anything unrecognised is refused with
+    `not_an_image` or `unsupported_format`."""
+    return images.load_model_input(data, spec.height, spec.width, spec.channels)
+
+
+def wants_overlay(policy: str, positive: bool) -> bool:
+    """The OverlayImages setting: `all`, `positives` or `none` of the scored images."""
+    if policy not in OVERLAY_POLICIES:
+        raise ValueError(f"overlay policy {policy!r} is not one of {', '.join(OVERLAY_POLICIES)}")
+    return policy == "all" or (policy == "positives" and positive)
+
+
+class Scorer:
+    """A loaded model and the checks to run: `score(bytes)` is the whole path."""
+
+    def __init__(self, model: PneumoniaModel, *, checks: Sequence[Check] = ()):
+        metadata = model.metadata
+        if metadata.threshold is None:
+            raise ModelLoadError(f"model {metadata.version} has no threshold: it cannot label a score")
+        if metadata.cam is None:
+            raise CamUnavailable(f"model {metadata.version} has no cam section: it cannot explain a score")
+        self.model = model
+        self.checks = tuple(checks)
+
+    @classmethod
+    def load(cls, model_dir: Path | str | None = None, *, num_threads: int = 1,
+             checks: Sequence[Check] = ()) -> Scorer:
+        return cls(PneumoniaModel(model_dir, num_threads=num_threads), checks=checks)
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.model.metadata
+
+    def score_file(self, path: Path, *, max_bytes: int, overlay: str = "none") -> ImageScore:
+        """A local file, refused unread when it is larger than `max_bytes`."""
+        check_size(path.stat().st_size, max_bytes)
+        return self.score(path.read_bytes(), overlay=overlay)
+
+    def score(self, data: bytes, *, overlay: str = "none") -> ImageScore:
+        """Decode, predict, label, explain and check one image; `overlay` is an overlay policy."""
+        if overlay not in OVERLAY_POLICIES:
+            raise ValueError(f"overlay policy {overlay!r} is not one of {', '.join(OVERLAY_POLICIES)}")
+        metadata = self.metadata
+        timings: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        with _timed(DECODE, timings, cpu):
+            pixels, decoded = decode(data, metadata.input)
+        with _timed(INFERENCE, timings, cpu):
+            prediction = self.model.predict(pixels)
+        probability = float(prediction.probability[0])
+        label = metadata.label(probability)
+        positive = metadata.is_positive(label)
+        heat_map, heat_map_error = None, None
+        with _timed(HEAT_MAP, timings, cpu):
+            try:
+                heat_map = self._heat_map(prediction, decoded, probability, label, positive,
+                                          wants_overlay(overlay, positive))
+            except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
+                heat_map_error = f"{type(exc).__name__}: {exc}"[:500]
+        evidence = Evidence(decoded, pixels, prediction, probability, label, positive)
+        warnings = tuple(code for code in (check(evidence) for check in self.checks) if code)
+        return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
+                          model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
+                          heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,
+                          timings_ms=timings, cpu_ms=cpu)
+
+    def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
+                  positive: bool, overlay: bool) -> HeatMap:
+        heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], self.metadata.cam), positive)
+        title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
+                 f"(heat: evidence for {label})") if overlay else None
+        explanation = cam.explain(heat, decoded, overlay_title=title)
+        return HeatMap(heat, explanation.summary, explanation.overlay_png)
+
+
+@contextmanager
+def _timed(stage: str, wall: dict[str, float], cpu: dict[str, float]) -> Iterator[None]:
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        wall[stage] = round((time.perf_counter() - wall_start) * 1000, 2)
+        cpu[stage] = round((time.process_time() - cpu_start) * 1000, 2)
