@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from pneumoscan import images, ood
 from pneumoscan.datasets import LabelledFile, list_labelled
-from pneumoscan.model import METADATA_FILE, PneumoniaModel, default_model_dir
+from pneumoscan.model import ModelMetadata, PneumoniaModel, default_model_dir
 
 from . import ood_probes
 from .data import collection, dataset_files, patient_id
@@ -213,9 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         "validation_flagged": measured["real"]["validation (by patient)"]["share"],
     }
     (model_dir / STATS_FILE).write_bytes(data)
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    metadata[METADATA_KEY] = statistics
-    (model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata = ModelMetadata.read(model_dir)
+    dataclasses.replace(metadata, extra={**metadata.extra, METADATA_KEY: statistics}).write(model_dir)
     ood.load(model_dir, statistics, model.sha256)  # what the scorer will load
 
     result = {

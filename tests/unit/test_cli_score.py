@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from image_cases import CASES, REFERENCE_XRAY
+from pneumoscan import images
 from pneumoscan.model import PneumoniaModel
 from pneumoscan.scoring import Scorer
 from pneumoscan.settings import Settings
@@ -83,14 +84,14 @@ def test_an_unexpected_error_on_one_file_is_its_failed_row_and_the_rest_are_scor
     for name in ("a.jpeg", "b.jpeg", "c.jpeg"):
         (tmp_path / name).write_bytes(reference)
     (tmp_path / "b.jpeg").write_bytes(reference + b"\0")  # the one the broken decoder chokes on
-    real_load = score_module.images.load_model_input
+    real_load = images.load_model_input
 
     def choke_on_b(data, *args, **kwargs):
         if data.endswith(b"\0"):
             raise TypeError("an unforeseen bug")
         return real_load(data, *args, **kwargs)
 
-    monkeypatch.setattr(score_module.images, "load_model_input", choke_on_b)
+    monkeypatch.setattr(images, "load_model_input", choke_on_b)
 
     result = runner.invoke(app, ["score", str(tmp_path), "--json"])
 
@@ -104,7 +105,7 @@ def test_a_file_that_cannot_be_read_is_its_failed_row(tmp_path, model):
     folder = tmp_path / "not-a-file.jpeg"
     folder.mkdir()
 
-    scored = score_module.score_file(model, folder)
+    scored = score_module.score_file(Scorer(model), folder)
 
     assert (scored.status, scored.reason) == ("FAILED", "unreadable_file")
     assert scored.error
