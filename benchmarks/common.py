@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumoscan_eval.datasets import LABELS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data"
 SAMPLE_SUBDIR = "xray_fullres_sample"
-LABELS = ("NORMAL", "PNEUMONIA")
 # The warm handler targets are "on one core"; core 0 runs the code under test, core 1
 # is left to the local stack's moto server so it does not steal the measured core.
 MEASURED_CORE = 0

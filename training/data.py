@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumoscan.datasets import LABELS, LabelledFile, list_labelled
+from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
 from pneumoscan.images import ImageRejected, load_model_input
 
 # person1024_bacteria_2955.jpeg, person447_virus_921_1.jpeg -> pneumonia patient 1024

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan import images, ood
-from pneumoscan.datasets import LabelledFile, list_labelled
+from pneumoscan_eval.datasets import LabelledFile, list_labelled
 from pneumoscan.model import ModelMetadata, PneumoniaModel, default_model_dir
 
 from . import ood_probes

@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pneumoscan import metrics
-from pneumoscan.datasets import LABELS, LabelledFile, list_labelled
+from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
 from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, InputSpec,
                               ModelMetadata, PneumoniaModel)
 

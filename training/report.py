@@ -11,8 +11,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pneumoscan import metrics  # noqa: E402
-from pneumoscan.datasets import LABELS  # noqa: E402
+from pneumoscan_eval import metrics  # noqa: E402
+from pneumoscan_eval.datasets import LABELS  # noqa: E402
 
 NAN = float("nan")
 REPORT_DIR = "report"

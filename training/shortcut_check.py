@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan import cam
-from pneumoscan.datasets import list_labelled
+from pneumoscan_eval.datasets import list_labelled
 from pneumoscan.model import ModelMetadata, default_model_dir
 from pneumoscan.scoring import HEAT_MAP, ImageRejected, Scorer
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from pneumoscan import metrics
-from pneumoscan.datasets import LayoutError, list_labelled
+from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import LayoutError, list_labelled
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, Scorer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pneumoscan import metrics
+from pneumoscan_eval import metrics
 from pneumoscan.images import load_model_input
 from pneumoscan.model import PneumoniaModel, default_model_dir
 from pneumoscan_cli.main import app

@@ -1,11 +1,11 @@
-"""pneumoscan.metrics against values worked out by hand."""
+"""pneumoscan_eval.metrics against values worked out by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from pneumoscan import metrics
+from pneumoscan_eval import metrics
 
 # 3 positives, 3 negatives. Pairs (pos, neg) ordered correctly: 0.9 beats all 3
 # negatives, 0.6 beats 0.2 and 0.4 and ties 0.6 (half), 0.3 beats 0.2 only.

@@ -10,7 +10,7 @@ import pytest
 
 from image_cases import DATA_DIR
 from pneumoscan import images, ood
-from pneumoscan.datasets import LabelledFile, list_labelled
+from pneumoscan_eval.datasets import LabelledFile, list_labelled
 from pneumoscan.model import METADATA_FILE, PneumoniaModel, default_model_dir
 from training import ood as ood_fit
 from training import ood_probes, shortcut_check

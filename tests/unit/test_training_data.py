@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.datasets import LabelledFile, LayoutError, list_labelled
+from pneumoscan_eval.datasets import LabelledFile, LayoutError, list_labelled
 from training.data import collection, dataset_files, patient_id, split_by_patient
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "chest_xray"

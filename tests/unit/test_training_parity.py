@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan import metrics
+from pneumoscan_eval import metrics
 from pneumoscan.model import PneumoniaModel, default_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]

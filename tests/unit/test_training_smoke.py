@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan import metrics
+from pneumoscan_eval import metrics
 from pneumoscan.images import load_model_input
 from pneumoscan.model import PneumoniaModel
 

@@ -1,4 +1,6 @@
-"""Core of pneumoscan shared by the Lambda, the CLI and training evaluation.
+"""The scorer: everything in this package runs in the Lambda and is bundled into its zip.
 
-Everything here must import without TensorFlow: it is bundled into the Lambda zip.
+The CLI, training and the benchmarks import it to score exactly as the Lambda does
+(`pneumoscan.scoring`). It must import without TensorFlow. Evaluation-only code
+(labelled folders, metrics) lives in `pneumoscan_eval`.
 """

@@ -1,7 +1,7 @@
 """Binary classification metrics in plain numpy, shared by training, the CLI and tests.
 
-Labels are 1 = PNEUMONIA (positive), 0 = NORMAL. A score at or above the threshold
-is called positive, the same rule as `PneumoniaModel.label`.
+Labels are 1 = positive (the model's positive label), 0 = negative. A score at or above
+the threshold is called positive, the same rule as `ModelMetadata.label`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _as_arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     if labels.shape != scores.shape:
         raise ValueError(f"{labels.size} labels but {scores.size} scores")
     if labels.size and not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 (NORMAL) or 1 (PNEUMONIA)")
+        raise ValueError("labels must be 0 (negative) or 1 (positive)")
     return labels, scores
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# Class folder names in class-index order (negative, positive). Training writes them into
+# model.json as the model's labels; everything downstream reads them from there.
 LABELS = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 
@@ -19,7 +21,7 @@ SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
 class LabelledFile:
     path: Path
-    label: int  # index into LABELS: 0 NORMAL, 1 PNEUMONIA
+    label: int  # index into LABELS: 0 negative, 1 positive
     split: str | None  # Kaggle split name, None in the plain layout
 
     @property
