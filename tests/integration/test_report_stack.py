@@ -6,7 +6,7 @@ import re
 
 from PIL import Image
 
-from pneumoscan import cam, results
+from pneumoscan import overlay, results
 
 from .conftest import real_xrays
 from .test_pipeline import _cli
@@ -40,7 +40,7 @@ def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
         thumbnails = re.findall(r'<img class="thumbnail" src="data:image/jpeg;base64,([^"]+)"', page)
         assert len(overlays) == len(thumbnails) == 4
         for encoded in overlays:
-            with Image.open(io.BytesIO(base64.b64decode(encoded))) as overlay:
-                assert overlay.width == cam.OVERLAY_LONG_SIDE + cam.LEGEND_WIDTH or \
-                    overlay.height == cam.OVERLAY_LONG_SIDE + cam.TITLE_HEIGHT
+            with Image.open(io.BytesIO(base64.b64decode(encoded))) as picture:
+                assert picture.width == overlay.OVERLAY_LONG_SIDE + overlay.LEGEND_WIDTH or \
+                    picture.height == overlay.OVERLAY_LONG_SIDE + overlay.TITLE_HEIGHT
         assert 'data-count="failures"><b>1</b>' in page and "not_an_image" in page

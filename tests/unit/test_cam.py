@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import cam, images
+from pneumoscan import cam, images, overlay
 from pneumoscan.model import CamWeights
 
 
@@ -82,14 +82,15 @@ def test_overlay_is_a_png_of_the_documented_size():
     feature_map = np.random.default_rng(1).random((7, 7, 4), dtype=np.float32)
     weights = cam.CamWeights(np.array([1, -1, 0.5, 0.25], np.float32), -0.1)
     heat = cam.evidence(cam.class_activation_map(feature_map, weights), positive=True)
-    explanation = cam.explain(heat, decoded, overlay_title="P = 0.800   PNEUMONIA")
+    summary = cam.summarise(heat, (decoded.width, decoded.height))
+    png = overlay.overlay_png(decoded, heat, title="P = 0.800   PNEUMONIA", summary=summary)
 
-    overlay = Image.open(io.BytesIO(explanation.overlay_png))
-    assert overlay.format == "PNG"
+    picture = Image.open(io.BytesIO(png))
+    assert picture.format == "PNG"
     # X-ray scaled to 512 on its long side (512x384), plus the legend column and title row.
-    assert overlay.size == (512 + cam.LEGEND_WIDTH, 384 + cam.TITLE_HEIGHT) == cam.overlay_size((2000, 1500))
-    overlay.load()  # decodes every row: a truncated or corrupt PNG raises here
-    box = explanation.summary.hot_region
+    assert picture.size == (512 + overlay.LEGEND_WIDTH, 384 + overlay.TITLE_HEIGHT) == overlay.overlay_size((2000, 1500))
+    picture.load()  # decodes every row: a truncated or corrupt PNG raises here
+    box = summary.hot_region
     assert 0 <= box.x < box.x + box.width <= 2000 and 0 <= box.y < box.y + box.height <= 1500
 
 
@@ -100,7 +101,7 @@ def test_hot_region_is_in_upright_pixels_when_exif_rotates_the_image():
     feature_map = np.zeros((4, 4, 1), np.float32)
     feature_map[3, 0] = 1.0  # bottom-left of the upright image
     heat = cam.evidence(cam.class_activation_map(feature_map, weights), positive=True)
-    box = cam.explain(heat, decoded).summary.hot_region
+    box = cam.summarise(heat, (decoded.width, decoded.height)).hot_region
     assert box.x == 0 and box.y + box.height == 300 and box.width < 100 and box.height < 150
 
 

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from handler_harness import handler_stack  # noqa: F401 - pytest fixture
-from pneumoscan import cam, results
+from pneumoscan import cam, overlay, results
 from pneumoscan.model import default_model_dir as model_dir
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xray_fullres_sample"
@@ -40,9 +40,9 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(handler_stack)
     assert overlays(stack) == [item[results.OVERLAY_KEY]]
     stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[results.OVERLAY_KEY])
     assert stored["ContentType"] == "image/png"
-    overlay = Image.open(io.BytesIO(stored["Body"].read()))
+    picture = Image.open(io.BytesIO(stored["Body"].read()))
     width, height = int(item["image_width"]), int(item["image_height"])
-    assert overlay.format == "PNG" and overlay.size == cam.overlay_size((width, height))
+    assert picture.format == "PNG" and picture.size == overlay.overlay_size((width, height))
 
     box = {name: int(value) for name, value in item[results.HOT_REGION].items()}
     assert 0 <= box["x"] < box["x"] + box["width"] <= width
@@ -117,7 +117,7 @@ def test_a_heat_map_bug_never_holds_back_the_score(handler_stack, monkeypatch):
     def broken(*_, **__):
         raise IndexError("injected rendering bug")
 
-    monkeypatch.setattr(cam, "explain", broken)
+    monkeypatch.setattr(cam, "summarise", broken)
     outcomes = stack.deliver()
 
     item = stack.item(key)

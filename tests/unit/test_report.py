@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import cam
+from pneumoscan import overlay
 from pneumoscan_cli import report
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
@@ -76,10 +76,10 @@ def _scored(name, probability, *, outside_chest_share=0.1, seed=0):
     picture = _picture(seed)
     heat = np.random.default_rng(seed).random((7, 7)).astype(np.float32)
     label = "PNEUMONIA" if probability >= 0.5 else "NORMAL"
-    overlay = cam.encode_png(cam.render_overlay(picture, heat, title=f"P = {probability:.3f}   {label}"))
+    png = overlay.encode_png(overlay.render_overlay(picture, heat, title=f"P = {probability:.3f}   {label}"))
     return report.ReportEntry(name, "SCORED", probability, label, model_version="2026.11.25-1",
                               border_share=0.05, outside_chest_share=outside_chest_share,
-                              thumbnail=report.thumbnail(picture), overlay=report.as_jpeg(overlay))
+                              thumbnail=report.thumbnail(picture), overlay=report.as_jpeg(png))
 
 
 LABELS = ("NORMAL", "PNEUMONIA")

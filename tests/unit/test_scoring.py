@@ -90,7 +90,7 @@ def test_a_broken_heat_map_never_holds_back_the_score(model, xray, monkeypatch):
     def broken(*_, **__):
         raise IndexError("injected")
 
-    monkeypatch.setattr(cam, "explain", broken)
+    monkeypatch.setattr(cam, "summarise", broken)
     scored = Scorer(model).score(xray, overlay="all")
     assert scored.heat_map is None and scored.overlay_png is None
     assert scored.heat_map_error == "IndexError: injected" and 0.0 <= scored.probability <= 1.0

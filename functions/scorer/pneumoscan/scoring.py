@@ -10,8 +10,9 @@ benchmarks. The steps, in order:
              one decode step: the format is recognised from the bytes' signature.
 3. model     `PneumoniaModel.predict`: probability of the positive label + feature map.
 4. label     `ModelMetadata.label`: the threshold from model.json.
-5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares
-             and hot region, and the overlay PNG when the overlay policy asks for one.
+5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares and
+             hot region; `pneumoscan.overlay` draws it as a PNG when the overlay policy
+             asks for one.
              The heat map is an aid: if it fails the image is still scored, and
              `heat_map_error` says why.
 6. warnings  every `Check` the scorer was built with looks at the `Evidence` (pixels,
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cam, images
+from . import overlay as overlays
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
 
@@ -175,10 +177,13 @@ class Scorer:
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
                   positive: bool, overlay: bool) -> HeatMap:
         heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], self.metadata.cam), positive)
-        title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
-                 f"(heat: evidence for {label})") if overlay else None
-        explanation = cam.explain(heat, decoded, overlay_title=title)
-        return HeatMap(heat, explanation.summary, explanation.overlay_png)
+        summary = cam.summarise(heat, (decoded.width, decoded.height))
+        png = None
+        if overlay:
+            title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
+                     f"(heat: evidence for {label})")
+            png = overlays.overlay_png(decoded, heat, title=title, summary=summary)
+        return HeatMap(heat, summary, png)
 
 
 @contextmanager
