@@ -35,7 +35,8 @@ RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_t
 # Output keys of template.yaml that name the stack's resources.
 STACK_OUTPUTS = {"bucket": "ImagesBucketName", "queue_url": "ScoringQueueUrl",
                  "dead_letter_queue_url": "DeadLetterQueueUrl", "table": "ResultsTableName",
-                 "incoming_prefix": "IncomingPrefix"}
+                 "incoming_prefix": "IncomingPrefix", "batch_function_arn": "BatchEnqueueFunctionArn",
+                 "batch_role_arn": "BatchOperationsRoleArn"}
 
 
 class CommandError(ClickException):
@@ -65,6 +66,8 @@ class Target:
     queue_url: str | None = None
     dead_letter_queue_url: str | None = None
     incoming_prefix: str = DEFAULT_INCOMING_PREFIX
+    batch_function_arn: str | None = None
+    batch_role_arn: str | None = None
     source: str = "options"
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -22,10 +22,8 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote_plus
 
 import typer
 from boto3.dynamodb.types import TypeDeserializer
@@ -34,6 +32,7 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from pneumoscan.events import object_created_body
 from pneumoscan.results import KEY, version_key
 
 from .aws import (
@@ -100,16 +99,8 @@ def needs_scoring(stored: StoredObject, result: dict[str, Any] | None, *,
 
 
 def notification_body(target: Target, stored: StoredObject) -> str:
-    """The S3 event notification for `stored`, key URL-encoded as S3 encodes it."""
-    s3_object = {"key": quote_plus(stored.key, safe="/"), "size": stored.size, "eTag": stored.etag}
-    if stored.version_id:
-        s3_object["versionId"] = stored.version_id
-    event_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return json.dumps({"Records": [{
-        "eventVersion": "2.1", "eventSource": EVENT_SOURCE, "awsRegion": target.region,
-        "eventTime": event_time, "eventName": "ObjectCreated:Put",
-        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": target.bucket, "arn": f"arn:aws:s3:::{target.bucket}"},
-               "object": s3_object}}]})
+    return object_created_body(target.bucket, stored.key, region=target.region, source=EVENT_SOURCE,
+                               etag=stored.etag, size=stored.size, version_id=stored.version_id)
 
 
 class EnqueueError(RuntimeError):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from urllib.parse import unquote_plus
+from datetime import datetime, timezone
+from urllib.parse import quote_plus, unquote_plus
 
 S3_TEST_EVENT = "s3:TestEvent"
 
@@ -108,3 +109,18 @@ def _require_object(bucket, key) -> None:
 def _bare_etag(etag: str | None) -> str | None:
     """Events carry the ETag bare, HeadObject quoted: compare them bare."""
     return etag.strip('"') if etag else None
+
+
+def object_created_body(bucket: str, key: str, *, region: str, source: str, etag: str | None = None,
+                        size: int | None = None, version_id: str | None = None) -> str:
+    """The S3 ObjectCreated notification S3 itself would have sent for this object, key
+    URL-encoded as S3 encodes it: what backfills enqueue, so the handler cannot tell them apart."""
+    s3_object: dict = {"key": quote_plus(key, safe="/")}
+    s3_object |= {name: value for name, value in (("size", size), ("eTag", etag), ("versionId", version_id))
+                  if value is not None}
+    event_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return json.dumps({"Records": [{
+        "eventVersion": "2.1", "eventSource": source, "awsRegion": region, "eventTime": event_time,
+        "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": s3_object}}]})
