@@ -26,6 +26,7 @@ from pneumoscan.results import (
 )
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
+from .changes import changes_summary, label_changes, print_changes
 
 DEFAULT_WINDOW = timedelta(hours=24)
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -218,6 +219,8 @@ def results(
     until: Annotated[str | None, typer.Option(help="Scored at or before (default: now).")] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="table, json (one array) or csv.")
                       ] = OutputFormat.table,
+    changes: Annotated[bool, typer.Option(
+        "--changes", help="Only items rescored by another model: previous model and label -> current.")] = False,
     stack: StackOption = None, endpoint_url: EndpointOption = None, region: RegionOption = None,
     bucket: BucketOption = None, table: TableOption = None,
 ) -> None:
@@ -225,6 +228,12 @@ def results(
     target = resolve_target(stack, endpoint_url, region, bucket, table)
     items = find_results(target, batch=batch, label=label, status=status,
                          since=parse_time(since) if since else None, until=parse_time(until) if until else None)
+    if changes:
+        rows = label_changes(items)
+        print_changes(rows, output.value, key_prefix=f"{target.incoming_prefix}{batch}/" if batch else "")
+        if output == OutputFormat.table:
+            Console(stderr=True).print(changes_summary(rows))
+        return
     print_results(items, output)
     if output == OutputFormat.table:
         Console(stderr=True).print(summary_line(items))

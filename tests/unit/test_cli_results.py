@@ -165,3 +165,47 @@ def test_a_batch_name_with_a_slash_is_refused(target, tmp_path):
     result = runner.invoke(app, ["upload", str(tmp_path / "x.jpeg"), "--batch", "a/b"])
     assert result.exit_code != 0
     assert "one folder name" in result.output
+
+
+def _rescored(key, batch, label, probability, previous_label, previous_probability=None, previous_status="SCORED"):
+    item = _item(key, batch, label, probability) | {"model_version": "2026.11.26-1"}
+    previous = {"status": previous_status, "model_version": "2026.11.25-3", "scored_at": utc_timestamp(NOW)}
+    if previous_status == "FAILED":
+        previous["reason"] = "corrupt"
+    else:
+        previous |= {"label": previous_label, "probability": previous_probability}
+    return item | {"previous": previous}
+
+
+@pytest.fixture
+def rescored(target):
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for item in (_rescored("incoming/r/a.jpeg", "r", "PNEUMONIA", 0.81, "NORMAL", 0.64),
+                 _rescored("incoming/r/b.jpeg", "r", "NORMAL", 0.10, "NORMAL", 0.12),
+                 _rescored("incoming/r/c.jpeg", "r", "NORMAL", 0.30, None, previous_status="FAILED"),
+                 _item("incoming/r/d.jpeg", "r", "NORMAL", 0.2)):  # scored once: no change to show
+        table.put_item(Item=to_dynamodb(item))
+    return target
+
+
+def test_changes_show_each_rescore_and_whether_its_label_moved(rescored):
+    outcome = runner.invoke(app, ["results", "--batch", "r", "--changes", "--format", "json"])
+
+    assert outcome.exit_code == 0, outcome.output
+    rows = {row["object_key"].rsplit("/", 1)[1]: row for row in json.loads(outcome.stdout)}
+    assert sorted(rows) == ["a.jpeg", "b.jpeg", "c.jpeg"]
+    assert (rows["a.jpeg"]["previous_label"], rows["a.jpeg"]["label"], rows["a.jpeg"]["label_changed"]) == (
+        "NORMAL", "PNEUMONIA", True)
+    assert (rows["a.jpeg"]["previous_model_version"], rows["a.jpeg"]["model_version"]) == (
+        "2026.11.25-3", "2026.11.26-1")
+    assert rows["a.jpeg"]["previous_probability"] == pytest.approx(0.64)
+    assert rows["b.jpeg"]["label_changed"] is False
+    assert (rows["c.jpeg"]["previous_label"], rows["c.jpeg"]["label_changed"]) == ("FAILED (corrupt)", True)
+
+
+def test_changes_table_summarises_the_moves(rescored):
+    outcome = runner.invoke(app, ["results", "--batch", "r", "--changes"])
+
+    assert outcome.exit_code == 0, outcome.output
+    assert "3 rescored by another model, 2 changed label: 1 FAILED (corrupt) -> NORMAL, 1 NORMAL -> PNEUMONIA" in \
+        " ".join(outcome.output.split())
