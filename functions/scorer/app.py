@@ -70,6 +70,15 @@ def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
     logger.remove_keys(["object", "object_key"])
     try:
+        _handle_message(record)
+    except Exception:
+        # Transient (throttling, 5xx, a racing write): only this record fails and SQS redelivers it.
+        logger.exception("record failed; SQS will redeliver it")
+        raise
+
+
+def _handle_message(record: SQSRecord) -> None:
+    try:
         message = parse_message(record.body)
     except UnknownEvent as exc:
         _record_unknown_event(record, exc)
@@ -78,12 +87,7 @@ def record_handler(record: SQSRecord) -> None:
         logger.info("notification acknowledged without scoring", extra={"skipped": reason})
         metrics.add_metric(name="NotificationsSkipped", unit=MetricUnit.Count, value=1)
     for created in message.objects:
-        try:
-            _score_object(created)
-        except Exception:
-            # Transient (throttling, 5xx, a racing write): only this record fails and SQS redelivers it.
-            logger.exception("record failed; SQS will redeliver it")
-            raise
+        _score_object(created)
 
 
 def _score_object(created: ObjectCreated) -> None:

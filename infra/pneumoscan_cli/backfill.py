@@ -59,12 +59,13 @@ class StoredObject:
 
 def list_pages(target: Target, prefix: str, start_after: str | None = None) -> Iterator[list[StoredObject]]:
     """Current objects under `prefix` in key order, one listing page at a time, after
-    `start_after` if given; "folder" placeholders (keys ending in /) are no images."""
+    `start_after` if given; zero-byte "folder" placeholders (keys ending in /) are no images,
+    but a key ending in / that holds bytes is an object like any other."""
     paginator = target.client("s3").get_paginator("list_objects_v2")
     arguments = {"Bucket": target.bucket, "Prefix": prefix} | ({"StartAfter": start_after} if start_after else {})
     for page in paginator.paginate(**arguments):
         yield [StoredObject(entry["Key"], entry["ETag"].strip('"'), entry["Size"])
-               for entry in page.get("Contents", []) if not entry["Key"].endswith("/")]
+               for entry in page.get("Contents", []) if not (entry["Key"].endswith("/") and entry["Size"] == 0)]
 
 
 def current_results(target: Target, keys: list[str]) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.events import UnknownEvent, parse_message
@@ -49,6 +50,15 @@ class DeadLetter:
             return [created.key for created in parse_message(self.body).objects]
         except UnknownEvent:
             return []
+
+    @property
+    def problem(self) -> str | None:
+        """Why the message is no S3 notification the handler understands (None when it is one)."""
+        try:
+            parse_message(self.body)
+        except UnknownEvent as exc:
+            return str(exc)
+        return None
 
     @property
     def sent_at(self) -> str:
@@ -153,7 +163,8 @@ def list_dead_letters(
     release(sqs, dead_letter_queue_url, letters)
     rows = [{"message_id": letter.message_id, "sent_at": letter.sent_at,
              "receive_count": int(letter.attributes.get("ApproximateReceiveCount", 0)),
-             "object_keys": letter.object_keys, "result": result_status(target, letter.object_keys)}
+             "object_keys": letter.object_keys, "result": result_status(target, letter.object_keys),
+             "problem": letter.problem}
             for letter in letters]
     if as_json:
         for row in rows:
@@ -163,8 +174,10 @@ def list_dead_letters(
     for column in ("message id", "sent at", "receives", "object key(s)", "result"):
         listing.add_column(column)
     for row in rows:
+        # Keys and messages are the sender's text: shown as written, never as console markup.
         listing.add_row(row["message_id"], row["sent_at"], str(row["receive_count"]),
-                        "\n".join(row["object_keys"]) or "-", row["result"])
+                        escape("\n".join(row["object_keys"])) or "-",
+                        escape(row["result"] + (f": {row['problem']}" if row["problem"] else "")))
     Console().print(listing)
 
 

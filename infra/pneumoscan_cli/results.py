@@ -18,6 +18,7 @@ from typing import Annotated, Any, Iterator
 import typer
 from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.results import (
@@ -204,7 +205,8 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
             "model": str(item.get("model_version") or ""),
             "scored at (UTC)": str(item.get(SCORED_AT) or "")[:19].replace("T", " "),
         }
-        table.add_row(item[KEY].removeprefix(key_prefix), *(cells[column] for column in columns))
+        # Keys are the uploader's text: shown as written, never as console markup.
+        table.add_row(escape(item[KEY].removeprefix(key_prefix)), *(cells[column] for column in columns))
     return table
 
 

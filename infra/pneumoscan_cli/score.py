@@ -13,6 +13,7 @@ from typing import Annotated, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.model import ModelLoadError
@@ -86,7 +87,7 @@ def score(
     for column in ("image", "status", "label", probability_column, "error"):
         table.add_column(column, overflow="fold", justify="right" if column == probability_column else "left")
     for result in scores:
-        table.add_row(result.image, result.status, result.label or "",
+        table.add_row(escape(result.image), result.status, result.label or "",
                       "" if result.probability is None else f"{result.probability:.3f}",
-                      f"{result.reason}: {result.error}" if result.error else "")
+                      escape(f"{result.reason}: {result.error}") if result.error else "")
     Console().print(table)

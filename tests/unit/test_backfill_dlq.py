@@ -10,6 +10,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from typer.testing import CliRunner
 
+from event_cases import WRONG_SHAPES
 from pneumoscan.events import parse_message
 from pneumoscan.results import KEY, version_key
 from pneumoscan_cli import backfill as backfill_module
@@ -85,7 +86,7 @@ def backlog(stack):
             "current": f"{p}clinic/王芳.jpeg", "overwritten": f"{p}clinic/e.JPG",
             "failed_old": f"{p}clinic/broken.jpeg"}
     etags = {name: _put(stack, key) for name, key in keys.items()}
-    _put(stack, f"{p}ward 3/")                  # a console-made "folder": no image
+    _put(stack, f"{p}ward 3/", b"")             # a console-made "folder": no image
     _put(stack, "results/overlays/x.png")       # outside the incoming prefix
     _result(stack, keys["old_model"], etags["old_model"], OLD_MODEL)
     _result(stack, keys["current"], etags["current"], NEW_MODEL)
@@ -114,6 +115,17 @@ def test_backfill_without_a_filter_enqueues_every_object_under_the_prefix(stack,
 
     assert outcome.exit_code == 0, outcome.output
     assert _enqueued_keys(stack) == sorted(backlog.values())
+
+
+def test_backfill_tells_folder_placeholders_from_objects_by_size_not_key_shape(stack):
+    p = stack.incoming_prefix
+    _put(stack, f"{p}slashes/", b"")
+    _put(stack, f"{p}slashes/scan/")  # holds bytes: an object, whatever its key looks like
+
+    outcome = runner.invoke(app, ["backfill", "--prefix", "slashes/"])
+
+    assert outcome.exit_code == 0, outcome.output
+    assert _enqueued_keys(stack) == [f"{p}slashes/scan/"]
 
 
 def test_backfill_prefix_is_relative_to_the_incoming_prefix(stack, backlog):
@@ -216,6 +228,25 @@ def test_dlq_list_shows_every_message_and_consumes_none(stack, dead_letters):
     assert by_key[()]["result"] == "not an S3 event"
     # Released at once: visible again, nothing deleted.
     assert _depth(stack, stack.dead_letter_queue_url) == 3
+
+
+@pytest.mark.parametrize("view", [["--json"], []], ids=["json", "table"])
+def test_dlq_list_shows_every_message_however_malformed(stack, view):
+    sqs = stack.client("sqs")
+    for body in WRONG_SHAPES.values():
+        sqs.send_message(QueueUrl=stack.dead_letter_queue_url, MessageBody=body)
+
+    outcome = runner.invoke(app, ["dlq", "list", *view], env={"COLUMNS": "200"})
+
+    assert outcome.exit_code == 0, outcome.output
+    if view:
+        rows = [json.loads(line) for line in outcome.stdout.splitlines() if line.startswith("{")]
+        assert len(rows) == len(WRONG_SHAPES)
+        assert all(row["object_keys"] == [] and row["result"] == "not an S3 event" and row["problem"]
+                   for row in rows)
+    else:
+        assert f"{len(WRONG_SHAPES)} message(s)" in outcome.stdout
+    assert _depth(stack, stack.dead_letter_queue_url) == len(WRONG_SHAPES)
 
 
 def test_dlq_list_table_and_limit(stack, dead_letters):

@@ -116,6 +116,17 @@ def test_table_output_names_every_item(target):
     assert "not_an_image" in result.output and "0.930" in result.output
 
 
+def test_keys_that_look_like_console_markup_are_shown_as_written(target):
+    key = "incoming/b3/[/bold] [red]x.jpeg"
+    boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table).put_item(
+        Item=to_dynamodb(_item(key, "b3", "NORMAL", 0.1)))
+
+    result = runner.invoke(app, ["results", "--batch", "b3"], env={"COLUMNS": "200"})
+
+    assert result.exit_code == 0, result.output
+    assert "[/bold] [red]x.jpeg" in result.output
+
+
 def test_without_a_running_stack_the_error_says_how_to_start_one(tmp_path, monkeypatch):
     monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path / "none"))
     result = runner.invoke(app, ["results", "--batch", "b1"])

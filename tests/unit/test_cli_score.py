@@ -109,3 +109,12 @@ def test_a_file_that_cannot_be_read_is_its_failed_row(tmp_path, model):
 
     assert (scored.status, scored.reason) == ("FAILED", "unreadable_file")
     assert scored.error
+
+
+def test_file_names_that_look_like_console_markup_are_shown_as_written(tmp_path):
+    (tmp_path / "[bold] [red]x.jpeg").write_bytes(REFERENCE_XRAY.read_bytes())
+
+    result = runner.invoke(app, ["score", str(tmp_path)], env={"COLUMNS": "300"})
+
+    assert result.exit_code == 0, result.output
+    assert "[bold] [red]x.jpeg" in result.output

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from event_cases import WRONG_SHAPES
 from pneumoscan.events import S3_TEST_EVENT, ObjectCreated, UnknownEvent, parse_message
 
 
@@ -48,7 +49,9 @@ def test_s3_test_event_is_acknowledged_without_objects():
 def test_removals_and_folder_placeholders_are_skipped():
     assert parse_message(s3_notification("incoming/a/1.png", event_name="ObjectRemoved:Delete")).skipped \
         == ("ObjectRemoved:Delete",)
-    assert parse_message(s3_notification("incoming/a/")).objects == ()
+    placeholder = json.loads(s3_notification("incoming/a/"))
+    placeholder["Records"][0]["s3"]["object"]["size"] = 0
+    assert parse_message(json.dumps(placeholder)).skipped == ("folder placeholder",)
 
 
 def test_sns_wrapped_notification_is_unwrapped():
@@ -78,3 +81,28 @@ def test_eventbridge_object_created_keys_are_not_decoded():
 def test_unknown_shapes_raise_unknown_event(body):
     with pytest.raises(UnknownEvent):
         parse_message(body)
+
+
+@pytest.mark.parametrize("body", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+def test_valid_json_of_the_wrong_shape_is_an_unknown_event(body):
+    with pytest.raises(UnknownEvent) as unknown:
+        parse_message(body)
+
+    assert str(unknown.value)
+
+
+def test_a_non_empty_object_whose_key_ends_in_a_slash_is_an_object_not_a_folder():
+    body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-11-25T21:00:00.000Z",
+                                    "s3": {"bucket": {"name": "images"},
+                                           "object": {"key": "incoming/a/", "size": 52_000, "eTag": "e"}}}]})
+
+    parsed = parse_message(body)
+
+    assert [created.key for created in parsed.objects] == ["incoming/a/"] and parsed.skipped == ()
+
+
+def test_an_object_without_a_size_is_never_skipped_for_its_key_shape():
+    body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put",
+                                    "s3": {"bucket": {"name": "images"}, "object": {"key": "incoming/a/"}}}]})
+
+    assert [created.key for created in parse_message(body).objects] == ["incoming/a/"]

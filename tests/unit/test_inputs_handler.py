@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from event_cases import WRONG_SHAPES
 from handler_harness import handler_stack  # noqa: F401 - the fixture
 from image_cases import CASES, LARGE_CASE, reference_bytes
 from pneumoscan.results import KEY
@@ -125,6 +126,39 @@ def test_an_unknown_event_shape_is_recorded_once_and_the_batch_goes_on(handler_s
     unknown = stack.item(f"sqs-message/{message_id}")
     assert unknown["status"] == "FAILED" and unknown["reason"] == "unknown_event"
     assert stack.item(good)["status"] == "SCORED"
+    _assert_nothing_left_queued(stack)
+
+
+@pytest.mark.parametrize("body", WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+def test_valid_json_of_the_wrong_shape_is_recorded_once_and_logged_by_the_handler(handler_stack, caplog, body):
+    stack = handler_stack
+    good = _key(stack, "good.jpeg")
+    stack.put(good, reference_bytes())
+    message_id = stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)["MessageId"]
+
+    outcomes = stack.deliver(rounds=2)
+
+    assert all(outcome.failed == 0 for outcome in outcomes)
+    assert sum(1 for message in stack.delivered if message["MessageId"] == message_id) == 1
+    unknown = stack.item(f"sqs-message/{message_id}")
+    assert unknown["status"] == "FAILED" and unknown["reason"] == "unknown_event" and unknown["error"]
+    assert stack.item(good)["status"] == "SCORED"
+    _assert_nothing_left_queued(stack)
+    handler_log = [entry for entry in caplog.records if entry.name == stack.app.logger.name]
+    assert any(entry.levelname == "ERROR" and getattr(entry, "error", None) == unknown["error"]
+               for entry in handler_log), [entry.getMessage() for entry in handler_log]
+
+
+def test_a_key_ending_in_a_slash_is_decided_by_its_size(handler_stack):
+    stack = handler_stack
+    xray, placeholder = _key(stack, "looks-like-a-folder/"), _key(stack, "a-real-folder/")
+    stack.put(xray, reference_bytes())
+    stack.put(placeholder, b"")
+
+    stack.deliver()
+
+    assert stack.item(xray)["status"] == "SCORED"
+    assert stack.item(placeholder) is None
     _assert_nothing_left_queued(stack)
 
 

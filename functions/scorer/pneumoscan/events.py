@@ -35,75 +35,115 @@ class ObjectCreated:
 class ParsedMessage:
     objects: tuple[ObjectCreated, ...] = ()
     # Notifications acknowledged without scoring: the test event S3 sends when the
-    # notification is configured, removals, "folder" placeholder keys.
+    # notification is configured, removals, zero-byte "folder" placeholders.
     skipped: tuple[str, ...] = field(default=())
 
 
 def parse_message(body: str) -> ParsedMessage:
+    """What `body` asks for; `UnknownEvent` for anything but a well-formed S3 notification.
+
+    Parsing is pure: a body it cannot make sense of would fail the same way on every
+    delivery, so whatever goes wrong in here is an unknown event, never a retry.
+    """
     try:
-        message = json.loads(body)
+        return _parse(body)
+    except UnknownEvent:
+        raise
+    except RecursionError as exc:
+        raise UnknownEvent("the message body nests too deeply to be an S3 notification") from exc
+    except Exception as exc:  # noqa: BLE001 - see the docstring: a parser failure is permanent
+        raise UnknownEvent(f"the message could not be read ({type(exc).__name__}: {exc})"[:500]) from exc
+
+
+def _parse(body: str) -> ParsedMessage:
+    try:
+        message = json.loads(body, parse_constant=_refuse_constant)
     except (TypeError, ValueError) as exc:
-        raise UnknownEvent(f"the message body is not JSON ({exc})") from exc
+        raise UnknownEvent(f"the message body is not JSON ({exc})"[:500]) from exc
     if not isinstance(message, dict):
         raise UnknownEvent(f"the message body is a JSON {type(message).__name__}, not an object")
 
     if message.get("Type") == "Notification" and isinstance(message.get("Message"), str):
-        return parse_message(message["Message"])  # S3 -> SNS -> SQS
+        return _parse(message["Message"])  # S3 -> SNS -> SQS
     if message.get("Event") == S3_TEST_EVENT:
         return ParsedMessage(skipped=(S3_TEST_EVENT,))
     if message.get("source") == "aws.s3" and "detail" in message:
         return _from_eventbridge(message)
     if isinstance(message.get("Records"), list) and message["Records"]:
         return _from_notification(message["Records"])
-    raise UnknownEvent(f"no S3 records in a message with fields {sorted(message)[:10]}")
+    raise UnknownEvent(f"no S3 records in a message with fields {sorted(message)[:10]}"[:500])
+
+
+def _refuse_constant(name: str):
+    # json accepts NaN and Infinity, which no AWS service sends and no table can store.
+    raise UnknownEvent(f"the message holds {name}, which is not JSON")
 
 
 def _from_notification(records: list) -> ParsedMessage:
     objects, skipped = [], []
     for record in records:
-        try:
-            event_name = record["eventName"]
-            bucket = record["s3"]["bucket"]["name"]
-            s3_object = record["s3"]["object"]
-            key = unquote_plus(s3_object["key"])
-        except (KeyError, TypeError) as exc:
-            raise UnknownEvent(f"an S3 record lacks {exc}") from exc
-        _require_object(bucket, key)
+        event_name = _field(record, "eventName")
+        bucket = _field(record, "s3", "bucket", "name")
+        s3_object = _field(record, "s3", "object", kind=dict)
+        key = unquote_plus(_field(s3_object, "key"))
+        created = ObjectCreated(
+            bucket=bucket, key=key, version_id=_field(s3_object, "versionId", required=False) or None,
+            etag=_bare_etag(_field(s3_object, "eTag", required=False)),
+            size=_field(s3_object, "size", kind=int, required=False),
+            event_time=_field(record, "eventTime", required=False))
+        _require_object(created)
         if not event_name.startswith("ObjectCreated"):
             skipped.append(event_name)
-        elif key.endswith("/"):
+        elif _is_folder_placeholder(created):
             skipped.append("folder placeholder")
         else:
-            objects.append(ObjectCreated(
-                bucket=bucket, key=key, version_id=s3_object.get("versionId") or None,
-                etag=_bare_etag(s3_object.get("eTag")), size=s3_object.get("size"),
-                event_time=record.get("eventTime")))
+            objects.append(created)
     return ParsedMessage(tuple(objects), tuple(skipped))
 
 
 def _from_eventbridge(message: dict) -> ParsedMessage:
-    detail = message["detail"]
-    try:
-        bucket, s3_object = detail["bucket"]["name"], detail["object"]
-        key = s3_object["key"]
-    except (KeyError, TypeError) as exc:
-        raise UnknownEvent(f"an EventBridge S3 event lacks {exc}") from exc
-    _require_object(bucket, key)
+    s3_object = _field(message, "detail", "object", kind=dict)
+    created = ObjectCreated(
+        bucket=_field(message, "detail", "bucket", "name"), key=_field(s3_object, "key"),
+        version_id=_field(s3_object, "version-id", required=False) or None,
+        etag=_bare_etag(_field(s3_object, "etag", required=False)),
+        size=_field(s3_object, "size", kind=int, required=False),
+        event_time=_field(message, "time", required=False))
+    _require_object(created)
     if message.get("detail-type") != "Object Created":
-        return ParsedMessage(skipped=(str(message.get("detail-type")),))
-    if key.endswith("/"):
+        return ParsedMessage(skipped=(str(message.get("detail-type"))[:100],))
+    if _is_folder_placeholder(created):
         return ParsedMessage(skipped=("folder placeholder",))
-    return ParsedMessage((ObjectCreated(
-        bucket=bucket, key=key, version_id=s3_object.get("version-id") or None,
-        etag=_bare_etag(s3_object.get("etag")), size=s3_object.get("size"),
-        event_time=message.get("time")),))
+    return ParsedMessage((created,))
 
 
-def _require_object(bucket, key) -> None:
+def _field(value, *path: str, kind: type = str, required: bool = True):
+    """`value[path[0]][path[1]]...`, which must be a `kind` (None if absent and not required)."""
+    for depth, name in enumerate(path):
+        if not isinstance(value, dict):
+            raise UnknownEvent(f"{'.'.join(path[:depth]) or 'an S3 record'} is a JSON "
+                               f"{type(value).__name__}, not an object")
+        if name not in value or (value[name] is None and not required):
+            if required:
+                raise UnknownEvent(f"an S3 record lacks {'.'.join(path)}")
+            return None
+        value = value[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UnknownEvent(f"{'.'.join(path)} is a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _require_object(created: ObjectCreated) -> None:
     # An empty key could never be read back from the table (an empty key attribute is
     # invalid), so the message would loop to the DLQ instead of being recorded.
-    if not (isinstance(bucket, str) and bucket and isinstance(key, str) and key):
+    if not (created.bucket and created.key):
         raise UnknownEvent("an S3 record names no bucket or no object key")
+
+
+def _is_folder_placeholder(created: ObjectCreated) -> bool:
+    """The zero-byte object a console "Create folder" makes; a key ending in `/` that holds
+    bytes is an object like any other, and one of unknown size is looked at by the handler."""
+    return created.key.endswith("/") and created.size == 0
 
 
 def _bare_etag(etag: str | None) -> str | None:
