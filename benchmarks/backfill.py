@@ -42,7 +42,7 @@ class GeneratedListing:
         assert operation == "list_objects_v2"
         return self
 
-    def paginate(self, *, Bucket: str, Prefix: str, StartAfter: str | None = None):  # noqa: N803 - boto3's names
+    def paginate(self, *, Bucket: str, Prefix: str, StartAfter: str | None = None):
         index = 0
         if StartAfter:
             index = int(StartAfter.rsplit("/", 1)[1].split(".")[0]) + 1
@@ -60,7 +60,7 @@ class Results:
     def __init__(self):
         self.calls = 0
 
-    def batch_get_item(self, *, RequestItems: dict) -> dict:  # noqa: N803
+    def batch_get_item(self, *, RequestItems: dict) -> dict:
         self.calls += 1
         (table, request), = RequestItems.items()
         items = []
@@ -80,7 +80,7 @@ class Queue:
         self.messages = 0
         self.body_bytes = 0
 
-    def send_message_batch(self, *, QueueUrl: str, Entries: list) -> dict:  # noqa: N803
+    def send_message_batch(self, *, QueueUrl: str, Entries: list) -> dict:
         self.messages += len(Entries)
         self.body_bytes += sum(len(entry["MessageBody"]) for entry in Entries)
         return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}

@@ -165,7 +165,7 @@ class Checkpoint:
     listed: int = 0
     enqueued: int = 0
 
-    def same_job(self, other: "Checkpoint") -> bool:
+    def same_job(self, other: Checkpoint) -> bool:
         return (self.bucket, self.prefix, self.selection) == (other.bucket, other.prefix, other.selection)
 
     def save(self, path: Path) -> None:
@@ -175,7 +175,7 @@ class Checkpoint:
         temporary.replace(path)  # a run killed mid-write leaves the previous checkpoint intact
 
     @classmethod
-    def load(cls, path: Path) -> "Checkpoint | None":
+    def load(cls, path: Path) -> Checkpoint | None:
         try:
             return cls(**json.loads(path.read_text()))
         except FileNotFoundError:

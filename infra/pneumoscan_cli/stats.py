@@ -12,9 +12,10 @@ import csv
 import json
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from enum import Enum
-from typing import Annotated, Any, Iterable, Iterator
+from typing import Annotated, Any
+from collections.abc import Iterable, Iterator
 
 import typer
 from rich.bar import Bar
@@ -38,7 +39,7 @@ class GroupBy(str, Enum):
 
 
 def _hour(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
 def counter_items(target: Target, since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
@@ -159,7 +160,7 @@ def stats(
     Latency percentiles are the upper bound of their histogram bucket (≤250 ms);
     `>N` means above the last bound."""
     target = resolve_target(stack, endpoint_url, region, bucket, table)
-    end = parse_time(until) if until else datetime.now(timezone.utc)
+    end = parse_time(until) if until else datetime.now(UTC)
     start = parse_time(since) if since else end - DEFAULT_WINDOW
     if start > end:
         raise typer.BadParameter(f"--since {since} is after --until {until}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 import boto3
 import pytest
@@ -76,7 +76,7 @@ def target(tmp_path, monkeypatch):
 
 
 def window(start="2026-11-24T00:00", end="2026-11-26T23:59"):
-    parse = lambda text: datetime.fromisoformat(text).replace(tzinfo=timezone.utc)  # noqa: E731
+    parse = lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC)
     return parse(start), parse(end)
 
 

@@ -66,12 +66,15 @@ def bucket_name(prefix: str, bounds: tuple[int, ...], value: float) -> str:
     return f"{prefix}{OVER}"
 
 
+def _parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
     try:
-        parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
-        return max(0.0, (parse(end) - parse(start)).total_seconds())
+        return max(0.0, (_parse_utc(end) - _parse_utc(start)).total_seconds())
     except ValueError:
         return None
 
