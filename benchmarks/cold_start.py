@@ -27,7 +27,8 @@ STEPS = (
 )
 # The handler's environment as template.yaml Globals set it; no AWS call is made at init.
 LAMBDA_ENV = {
-    "RESULTS_TABLE": "pneumoscan-bench", "INCOMING_PREFIX": "incoming/", "RESULTS_PREFIX": "results/",
+    "RESULTS_TABLE": "pneumoscan-bench", "IMAGES_BUCKET": "pneumoscan-bench",
+    "INCOMING_PREFIX": "incoming/", "RESULTS_PREFIX": "results/",
     "POWERTOOLS_SERVICE_NAME": "pneumoscan", "POWERTOOLS_METRICS_NAMESPACE": "Pneumoscan",
     "POWERTOOLS_TRACE_DISABLED": "true", "LOG_LEVEL": "INFO", "INFERENCE_THREADS": "1",
     "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",

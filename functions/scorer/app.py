@@ -79,7 +79,7 @@ def record_handler(record: SQSRecord) -> None:
 
 def _handle_message(record: SQSRecord) -> None:
     try:
-        message = parse_message(record.body)
+        message = parse_message(record.body, bucket=settings.images_bucket)
     except UnknownEvent as exc:
         _record_unknown_event(record, exc)
         return

@@ -87,7 +87,8 @@ assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith(
 scored = app.scorer.score(open({str(XRAY)!r}, "rb").read(), overlay="all")
 print(scored.probability, scored.image.width, scored.image.height, len(scored.overlay_png))
 """
-    environment = {"PATH": "/usr/bin:/bin", "RESULTS_TABLE": "results", "AWS_DEFAULT_REGION": "us-east-1",
+    environment = {"PATH": "/usr/bin:/bin", "RESULTS_TABLE": "results", "IMAGES_BUCKET": "images",
+                   "AWS_DEFAULT_REGION": "us-east-1",
                    "POWERTOOLS_TRACE_DISABLED": "true", "PNEUMOSCAN_MODEL_DIR": str(artifact / "model")}
     # -I -S: no site-packages, no user site, no PYTHON* variables: only the paths above.
     scored = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, env=environment,

@@ -91,6 +91,19 @@ def test_valid_json_of_the_wrong_shape_is_an_unknown_event(body):
     assert str(unknown.value)
 
 
+@pytest.mark.parametrize("body", [
+    s3_notification("incoming/a/x.jpeg"),
+    s3_notification("incoming/a/x.jpeg", event_name="ObjectRemoved:Delete"),
+    json.dumps({"source": "aws.s3", "detail-type": "Object Created", "time": "2026-11-25T21:00:00Z",
+                "detail": {"bucket": {"name": "images"}, "object": {"key": "incoming/a/x.jpeg", "size": 5}}}),
+])
+def test_an_event_for_another_bucket_is_an_unknown_event(body):
+    assert parse_message(body, bucket="images").objects or parse_message(body, bucket="images").skipped
+
+    with pytest.raises(UnknownEvent, match="not the configured bucket"):
+        parse_message(body, bucket="other-images")
+
+
 def test_a_non_empty_object_whose_key_ends_in_a_slash_is_an_object_not_a_folder():
     body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-11-25T21:00:00.000Z",
                                     "s3": {"bucket": {"name": "images"},

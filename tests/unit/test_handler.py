@@ -299,7 +299,7 @@ def test_logs_show_a_key_digest_never_the_key(handler_stack, monkeypatch):
 
 def cold_start(model_directory: Path) -> subprocess.CompletedProcess:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    environment.update(PNEUMOSCAN_MODEL_DIR=str(model_directory), RESULTS_TABLE="results",
+    environment.update(PNEUMOSCAN_MODEL_DIR=str(model_directory), RESULTS_TABLE="results", IMAGES_BUCKET="images",
                        AWS_DEFAULT_REGION="us-east-1", POWERTOOLS_TRACE_DISABLED="true")
     return subprocess.run([sys.executable, "-c", "import app"], cwd=FUNCTION_DIR, env=environment,
                           capture_output=True, text=True, timeout=120)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from event_cases import WRONG_SHAPES
 from handler_harness import handler_stack  # noqa: F401 - the fixture
+import image_cases
 from image_cases import CASES, LARGE_CASE, reference_bytes
 from pneumoscan.results import KEY
 from pneumoscan_cli.main import app as cli
@@ -147,6 +148,28 @@ def test_valid_json_of_the_wrong_shape_is_recorded_once_and_logged_by_the_handle
     handler_log = [entry for entry in caplog.records if entry.name == stack.app.logger.name]
     assert any(entry.levelname == "ERROR" and getattr(entry, "error", None) == unknown["error"]
                for entry in handler_log), [entry.getMessage() for entry in handler_log]
+
+
+def test_an_event_naming_another_bucket_never_touches_the_objects_item(handler_stack):
+    stack = handler_stack
+    key = _key(stack, "same-key.jpeg")
+    stack.put(key, reference_bytes())
+    stack.deliver()
+    scored = stack.item(key)
+    stack.s3.create_bucket(Bucket="someone-elses-bucket")
+    stack.s3.put_object(Bucket="someone-elses-bucket", Key=key, Body=image_cases.png_grey_8bit())
+    body = json.dumps({"Records": [{
+        "eventName": "ObjectCreated:Put", "eventTime": "2026-11-25T21:00:00.000Z",
+        "s3": {"bucket": {"name": "someone-elses-bucket"},
+               "object": {"key": key, "size": 10, "eTag": "a-different-object"}}}]})
+    message_id = stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)["MessageId"]
+
+    stack.deliver()
+
+    assert stack.item(key) == scored
+    unknown = stack.item(f"sqs-message/{message_id}")
+    assert unknown["reason"] == "unknown_event" and "not the configured bucket" in unknown["error"]
+    _assert_nothing_left_queued(stack)
 
 
 def test_a_key_ending_in_a_slash_is_decided_by_its_size(handler_stack):

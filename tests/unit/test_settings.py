@@ -31,6 +31,7 @@ def test_defaults_are_the_templates_parameter_defaults(template):
 def test_every_variable_read_is_set_by_the_template_from_its_parameter(template):
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     assert variables[settings_module.TABLE_ENV] == {"Ref": "ResultsTable"}
+    assert variables[settings_module.IMAGES_BUCKET_ENV] == {"Ref": "ImagesBucket"}
     for name, parameter in ((settings_module.INCOMING_PREFIX_ENV, "IncomingPrefix"),
                             (settings_module.RESULTS_PREFIX_ENV, "ResultsPrefix"),
                             (settings_module.OVERLAY_IMAGES_ENV, "OverlayImages"),
@@ -43,13 +44,14 @@ def test_every_variable_read_is_set_by_the_template_from_its_parameter(template)
 def test_from_env_reads_every_setting():
     read = Settings.from_env({"RESULTS_TABLE": "t", "INCOMING_PREFIX": "in/", "RESULTS_PREFIX": "out/",
                               "OVERLAY_IMAGES": "positives", "MAX_OBJECT_BYTES": "1000",
-                              "INFERENCE_THREADS": "2", "LOG_LEVEL": "debug"})
-    assert read == Settings("t", "in/", "out/", "positives", 1000, 2, True)
-    assert Settings.from_env({"RESULTS_TABLE": "t"}) == Settings("t")
+                              "INFERENCE_THREADS": "2", "LOG_LEVEL": "debug", "IMAGES_BUCKET": "b"})
+    assert read == Settings("t", "in/", "out/", "positives", 1000, 2, True, images_bucket="b")
+    assert Settings.from_env({"RESULTS_TABLE": "t", "IMAGES_BUCKET": "b"}) == Settings("t", images_bucket="b")
 
 
 @pytest.mark.parametrize("environment, message", [
     ({}, "RESULTS_TABLE"),
+    ({"RESULTS_TABLE": "t"}, "IMAGES_BUCKET"),
     ({"RESULTS_TABLE": "t", "OVERLAY_IMAGES": "some"}, "OVERLAY_IMAGES"),
     ({"RESULTS_TABLE": "t", "MAX_OBJECT_BYTES": "64MB"}, "MAX_OBJECT_BYTES"),
     ({"RESULTS_TABLE": "t", "MAX_OBJECT_BYTES": "0"}, "MAX_OBJECT_BYTES"),

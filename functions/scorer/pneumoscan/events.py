@@ -37,22 +37,29 @@ class ParsedMessage:
     # Notifications acknowledged without scoring: the test event S3 sends when the
     # notification is configured, removals, zero-byte "folder" placeholders.
     skipped: tuple[str, ...] = field(default=())
+    # Every bucket the message names, acted on or skipped.
+    buckets: frozenset[str] = field(default=frozenset())
 
 
-def parse_message(body: str) -> ParsedMessage:
-    """What `body` asks for; `UnknownEvent` for anything but a well-formed S3 notification.
+def parse_message(body: str, *, bucket: str | None = None) -> ParsedMessage:
+    """What `body` asks for; `UnknownEvent` for anything but a well-formed S3 notification,
+    and, given `bucket`, for an event about any other bucket.
 
     Parsing is pure: a body it cannot make sense of would fail the same way on every
     delivery, so whatever goes wrong in here is an unknown event, never a retry.
     """
     try:
-        return _parse(body)
+        parsed = _parse(body)
     except UnknownEvent:
         raise
     except RecursionError as exc:
         raise UnknownEvent("the message body nests too deeply to be an S3 notification") from exc
     except Exception as exc:  # noqa: BLE001 - see the docstring: a parser failure is permanent
         raise UnknownEvent(f"the message could not be read ({type(exc).__name__}: {exc})"[:500]) from exc
+    foreign = sorted({name for name in parsed.buckets if name != bucket}) if bucket else []
+    if foreign:
+        raise UnknownEvent(f"the event names bucket {foreign[0][:100]!r}, not the configured bucket")
+    return parsed
 
 
 def _parse(body: str) -> ParsedMessage:
@@ -80,7 +87,7 @@ def _refuse_constant(name: str):
 
 
 def _from_notification(records: list) -> ParsedMessage:
-    objects, skipped = [], []
+    objects, skipped, buckets = [], [], set()
     for record in records:
         event_name = _field(record, "eventName")
         bucket = _field(record, "s3", "bucket", "name")
@@ -92,13 +99,14 @@ def _from_notification(records: list) -> ParsedMessage:
             size=_field(s3_object, "size", kind=int, required=False),
             event_time=_field(record, "eventTime", required=False))
         _require_object(created)
+        buckets.add(bucket)
         if not event_name.startswith("ObjectCreated"):
             skipped.append(event_name)
         elif _is_folder_placeholder(created):
             skipped.append("folder placeholder")
         else:
             objects.append(created)
-    return ParsedMessage(tuple(objects), tuple(skipped))
+    return ParsedMessage(tuple(objects), tuple(skipped), frozenset(buckets))
 
 
 def _from_eventbridge(message: dict) -> ParsedMessage:
@@ -110,11 +118,12 @@ def _from_eventbridge(message: dict) -> ParsedMessage:
         size=_field(s3_object, "size", kind=int, required=False),
         event_time=_field(message, "time", required=False))
     _require_object(created)
+    buckets = frozenset({created.bucket})
     if message.get("detail-type") != "Object Created":
-        return ParsedMessage(skipped=(str(message.get("detail-type"))[:100],))
+        return ParsedMessage(skipped=(str(message.get("detail-type"))[:100],), buckets=buckets)
     if _is_folder_placeholder(created):
-        return ParsedMessage(skipped=("folder placeholder",))
-    return ParsedMessage((created,))
+        return ParsedMessage(skipped=("folder placeholder",), buckets=buckets)
+    return ParsedMessage((created,), buckets=buckets)
 
 
 def _field(value, *path: str, kind: type = str, required: bool = True):

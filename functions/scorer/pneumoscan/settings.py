@@ -15,6 +15,7 @@ from . import images, results
 from .scoring import OVERLAY_POLICIES
 
 TABLE_ENV = results.TABLE_ENV
+IMAGES_BUCKET_ENV = "IMAGES_BUCKET"
 INCOMING_PREFIX_ENV = results.INCOMING_PREFIX_ENV
 RESULTS_PREFIX_ENV = "RESULTS_PREFIX"
 OVERLAY_IMAGES_ENV = "OVERLAY_IMAGES"
@@ -38,6 +39,9 @@ class Settings:
     max_object_bytes: int = images.MAX_BYTES
     inference_threads: int = 1
     log_keys_in_clear: bool = False
+    # The one bucket whose events the function acts on (required by the function): the
+    # table key holds no bucket, so another bucket's object must never reach an item.
+    images_bucket: str | None = None
 
     def __post_init__(self) -> None:
         if self.overlay_images not in OVERLAY_POLICIES:
@@ -57,13 +61,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, table_required: bool = True) -> Settings:
-        """The function's settings; `table_required=False` for scoring with no table (the CLI)."""
+        """The function's settings; `table_required=False` for scoring with no table or bucket (the CLI)."""
         env = os.environ if environ is None else environ
         table = env.get(TABLE_ENV) or None
         if table_required and table is None:
             raise SettingsError(f"{TABLE_ENV} is not set: the function has no table to write results to")
         defaults = cls()
-        return cls(
+        settings = cls(
             table_name=table,
             incoming_prefix=env.get(INCOMING_PREFIX_ENV, defaults.incoming_prefix),
             results_prefix=env.get(RESULTS_PREFIX_ENV, defaults.results_prefix),
@@ -71,7 +75,12 @@ class Settings:
             max_object_bytes=_integer(env, MAX_OBJECT_BYTES_ENV, defaults.max_object_bytes),
             inference_threads=_integer(env, INFERENCE_THREADS_ENV, defaults.inference_threads),
             log_keys_in_clear=env.get(LOG_LEVEL_ENV, "INFO").upper() == KEYS_IN_CLEAR_LOG_LEVEL,
+            images_bucket=env.get(IMAGES_BUCKET_ENV) or None,
         )
+        if table_required and settings.images_bucket is None:
+            raise SettingsError(f"{IMAGES_BUCKET_ENV} is not set: the function cannot tell its bucket's events "
+                                f"from another bucket's")
+        return settings
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:
