@@ -34,7 +34,6 @@ from .data import collection, dataset_files, patient_id
 from .shortcut_check import CARD_FILE, DEFAULT_DATA, FULLRES_SET, TRAINING_SET, update_model_card, validation_split
 
 STATS_FILE = "ood.npy"
-METADATA_KEY = "ood"  # model.json section
 REPORT_FILE = "ood.json"
 DEFAULT_PERCENTILE = 97.0
 FOLDS = 5
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (model_dir / STATS_FILE).write_bytes(data)
     metadata = ModelMetadata.read(model_dir)
-    dataclasses.replace(metadata, extra={**metadata.extra, METADATA_KEY: statistics}).write(model_dir)
+    dataclasses.replace(metadata, ood=statistics).write(model_dir)
     ood.load(model_dir, statistics, model.sha256)  # what the scorer will load
 
     result = {

@@ -27,9 +27,16 @@ def test_labels_are_negative_then_positive_and_the_threshold_decides():
 
 
 def test_unknown_sections_survive_a_write(tmp_path):
-    ModelMetadata.from_dict({**MINIMAL, "ood": {"mean": [0.0]}}).write(tmp_path)
-    assert json.loads((tmp_path / "model.json").read_text())["ood"] == {"mean": [0.0]}
-    assert ModelMetadata.read(tmp_path).extra == {"ood": {"mean": [0.0]}}
+    ModelMetadata.from_dict({**MINIMAL, "drift_baseline": {"mean": [0.0]}}).write(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["drift_baseline"] == {"mean": [0.0]}
+    assert ModelMetadata.read(tmp_path).extra == {"drift_baseline": {"mean": [0.0]}}
+
+
+def test_the_ood_section_is_typed_and_survives_a_write(tmp_path):
+    section = {"file": "ood.npy", "sha256": "d", "threshold": 17.0, "model_sha256": "m"}
+    ModelMetadata.from_dict({**MINIMAL, "ood": section}).write(tmp_path)
+    read = ModelMetadata.read(tmp_path)
+    assert read.ood == section and "ood" not in read.extra
 
 
 def test_a_model_without_threshold_cannot_label():

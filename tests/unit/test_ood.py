@@ -181,7 +181,7 @@ def _features(model, encoded):
 @needs_data
 def test_real_xrays_mostly_pass_and_noise_documents_photos_and_inverted_xrays_are_flagged():
     model = PneumoniaModel()
-    stats = ood.load(model.model_dir, model.metadata.extra["ood"], model.sha256)
+    stats = ood.load(model.model_dir, model.metadata.ood, model.sha256)
     xrays = list_labelled(DATA_DIR / "chest_xray", splits=("val",)) + list_labelled(DATA_DIR / "xray_fullres_sample")[::5]
     features, _ = ood_fit.file_features(model, xrays, "real")
     assert np.mean(stats.is_outside(features)) <= 0.1

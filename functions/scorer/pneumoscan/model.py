@@ -114,6 +114,9 @@ class ModelMetadata:
     labels: tuple[str, str]
     threshold: float | None = None  # None only while training has not calibrated it yet
     cam: CamWeights | None = None
+    # The out-of-distribution statistics fitted on this network's features (`pneumoscan.ood`):
+    # their file beside the model, its sha256, the threshold and the model they belong to.
+    ood: Mapping[str, Any] | None = None
     size_bytes: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     threshold_rule: str | None = None
@@ -158,6 +161,7 @@ class ModelMetadata:
             input=InputSpec.from_dict(raw["input"]), labels=(str(negative), str(positive)),
             threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
             cam=CamWeights.from_dict(raw["cam"]) if "cam" in raw else None,
+            ood=dict(raw["ood"]) if raw.get("ood") else None,
             size_bytes=raw.get("size_bytes"), outputs=dict(raw.get("outputs", {})),
             threshold_rule=raw.get("threshold_rule"), training=dict(raw.get("training") or {}),
             metrics=dict(raw.get("metrics") or {}), trained_at=raw.get("trained_at"), commit=raw.get("commit"),
@@ -174,7 +178,8 @@ class ModelMetadata:
                                "cam": self.cam.as_dict() if self.cam is not None else None,
                                "training": dict(self.training), "metrics": dict(self.metrics),
                                "trained_at": self.trained_at, "commit": self.commit,
-                               "promoted_from": self.promoted_from}
+                               "promoted_from": self.promoted_from,
+                               "ood": dict(self.ood) if self.ood else None}
         raw = {name: value for name, value in raw.items() if value not in (None, {})}
         return {**raw, **self.extra}
 

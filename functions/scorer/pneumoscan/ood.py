@@ -184,3 +184,8 @@ class OutOfDistributionCheck:
 
     def __call__(self, evidence: _Evidence) -> str | None:
         return OUT_OF_DISTRIBUTION if self.distribution.is_outside(evidence.pooled_features) else None
+
+
+def checks_for(model_dir: Path | str, entry: Mapping[str, Any] | None, model_sha256: str) -> tuple:
+    """The scoring checks of one model: refuse blank images, warn far-off features."""
+    return blank_check, OutOfDistributionCheck(load(model_dir, entry, model_sha256))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cam, images
+from . import cam, images, ood
 from . import overlay as overlays
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
@@ -121,20 +121,29 @@ def wants_overlay(policy: str, positive: bool) -> bool:
 
 
 class Scorer:
-    """A loaded model and the checks to run: `score(bytes)` is the whole path."""
+    """A loaded model and the checks to run: `score(bytes)` is the whole path.
 
-    def __init__(self, model: PneumoniaModel, *, checks: Sequence[Check] = ()):
+    Without `checks`, the model's own run: `pneumoscan.ood` refuses blank images and warns
+    `out_of_distribution` with the statistics model.json names (a model without them is refused).
+    """
+
+    def __init__(self, model: PneumoniaModel, *, checks: Sequence[Check] | None = None):
         metadata = model.metadata
         if metadata.threshold is None:
             raise ModelLoadError(f"model {metadata.version} has no threshold: it cannot label a score")
         if metadata.cam is None:
             raise CamUnavailable(f"model {metadata.version} has no cam section: it cannot explain a score")
+        if checks is None:
+            try:
+                checks = ood.checks_for(model.model_dir, metadata.ood, metadata.sha256)
+            except ood.OodStatsError as exc:
+                raise ModelLoadError(f"model {metadata.version}: {exc}") from exc
         self.model = model
         self.checks = tuple(checks)
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None, *, num_threads: int = 1,
-             checks: Sequence[Check] = ()) -> Scorer:
+             checks: Sequence[Check] | None = None) -> Scorer:
         return cls(PneumoniaModel(model_dir, num_threads=num_threads), checks=checks)
 
     @property
