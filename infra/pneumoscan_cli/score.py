@@ -7,7 +7,7 @@ size cap and FAILED reasons, so a file scores here exactly as it would there.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Iterator
 
@@ -38,6 +38,8 @@ class Score:
     error: str | None = None
     reason: str | None = None
     ignored_metadata: str | None = None
+    # Codes saying the score may mean little (e.g. out_of_distribution); empty when none.
+    warnings: list[str] = field(default_factory=list)
 
 
 def score_file(scorer: Scorer, path: Path, settings: Settings | None = None) -> Score:
@@ -56,7 +58,7 @@ def _score_file(scorer: Scorer, path: Path, settings: Settings) -> Score:
     except ImageRejected as rejected:
         return Score(str(path), STATUS_FAILED, reason=rejected.reason, error=rejected.detail)
     return Score(str(path), STATUS_SCORED, round(scored.probability, 6), scored.label,
-                 ignored_metadata=scored.image.ignored_metadata)
+                 ignored_metadata=scored.image.ignored_metadata, warnings=list(scored.warnings))
 
 
 def score_paths(scorer: Scorer, paths: list[Path]) -> Iterator[Score]:
@@ -84,10 +86,18 @@ def score(
         return
     table = Table(title=f"model {model.version} (threshold {model.threshold:.2f})")
     probability_column = f"P({model.positive_label.lower()})"
-    for column in ("image", "status", "label", probability_column, "error"):
+    for column in ("image", "status", "label", probability_column, "warnings", "error"):
         table.add_column(column, overflow="fold", justify="right" if column == probability_column else "left")
+    shown = []
     for result in scores:
+        shown.append(result)
         table.add_row(escape(result.image), result.status, result.label or "",
                       "" if result.probability is None else f"{result.probability:.3f}",
+                      f"[yellow]{', '.join(result.warnings)}[/yellow]" if result.warnings else "",
                       escape(f"{result.reason}: {result.error}") if result.error else "")
+    scored = [result for result in shown if result.status == STATUS_SCORED]
+    table.caption = (f"{len(shown)} file(s): {len(scored)} scored "
+                     f"({sum(result.label == model.positive_label for result in scored)} {model.positive_label}, "
+                     f"{sum(bool(result.warnings) for result in scored)} warned), "
+                     f"{len(shown) - len(scored)} failed")
     Console().print(table)

@@ -118,3 +118,33 @@ def test_file_names_that_look_like_console_markup_are_shown_as_written(tmp_path)
 
     assert result.exit_code == 0, result.output
     assert "[bold] [red]x.jpeg" in result.output
+
+
+def test_warnings_are_in_every_json_line_and_in_the_table(tmp_path, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def png(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), "L").save(buffer, "PNG")
+        return buffer.getvalue()
+
+    (tmp_path / "grey.png").write_bytes(png(np.full((300, 300), 128)))
+    (tmp_path / "noise.png").write_bytes(png(np.random.default_rng(0).integers(0, 256, (300, 300))))
+    (tmp_path / "xray.jpeg").write_bytes(REFERENCE_XRAY.read_bytes())
+
+    lines = {json.loads(line)["image"].rsplit("/", 1)[1]: json.loads(line)
+             for line in runner.invoke(app, ["score", str(tmp_path), "--json"]).stdout.splitlines()}
+    assert (lines["grey.png"]["status"], lines["grey.png"]["reason"], lines["grey.png"]["warnings"]) == (
+        "FAILED", "blank_image", [])
+    assert lines["noise.png"]["status"] == "SCORED" and lines["noise.png"]["warnings"] == ["out_of_distribution"]
+    assert lines["xray.jpeg"]["status"] == "SCORED" and lines["xray.jpeg"]["warnings"] == []
+
+    monkeypatch.chdir(tmp_path)  # short paths: one table row per line
+    table = runner.invoke(app, ["score", "."], env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    noise_row = next(line for line in table.stdout.splitlines() if "noise.png" in line)
+    assert "out_of_distribution" in noise_row
+    assert "3 file(s): 2 scored" in table.stdout and "1 warned), 1 failed" in table.stdout
