@@ -2,9 +2,10 @@
 
 Every image is inlined as a data URI and the page carries its own CSS and script, so
 the file opens anywhere with no network. Per image: thumbnail, CAM overlay,
-probability, label, status, and a flag when most of the heat lies outside the chest
+probability, label, status, the result's warnings (e.g. `out_of_distribution`: the
+score may mean little), and a flag when most of the heat lies outside the chest
 (see `pneumoscan.cam.CHEST_BOX`). The page sorts by probability and filters to
-positives, failures or flagged images.
+positives, failures, warned or flagged images.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
-from pneumoscan import cam, images, results
+from pneumoscan import cam, images, ood, results
 from pneumoscan.model import ModelLoadError, ModelMetadata, default_model_dir
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
 from pneumoscan.scoring import ImageRejected, Scorer
@@ -59,6 +60,7 @@ class ReportEntry:
     outside_chest_share: float | None = None
     thumbnail: bytes | None = None  # JPEG
     overlay: bytes | None = None  # JPEG or PNG
+    warnings: tuple[str, ...] = ()
 
     @property
     def flagged(self) -> bool:
@@ -81,7 +83,8 @@ def entries_from_files(paths: list[Path], scorer: Scorer) -> Iterator[ReportEntr
                           border_share=summary.border_share if summary else None,
                           outside_chest_share=summary.outside_chest_share if summary else None,
                           thumbnail=thumbnail(scored.image.image),
-                          overlay=as_jpeg(scored.overlay_png) if scored.overlay_png else None)
+                          overlay=as_jpeg(scored.overlay_png) if scored.overlay_png else None,
+                          warnings=scored.warnings)
 
 
 def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
@@ -99,7 +102,7 @@ def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
             item.get(results.MODEL_VERSION),
             _number(summary.get("border_share")), _number(summary.get("outside_chest_share")),
             thumbnail=_source_thumbnail(s3, target.bucket, item),
-            overlay=_overlay(s3, target.bucket, item))
+            overlay=_overlay(s3, target.bucket, item), warnings=tuple(item.get(results.WARNINGS) or ()))
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         return list(track(pool.map(entry, items), total=len(items), description="Downloading", console=console))
@@ -161,6 +164,7 @@ def summarise(entries: list[ReportEntry], positive_label: str) -> dict[str, Any]
     return {"images": len(entries), "scored": len(scored), "positives": positives,
             "negatives": len(scored) - positives,
             "failures": sum(e.status == STATUS_FAILED for e in entries),
+            "warned": sum(bool(e.warnings) for e in entries),
             "flagged": sum(e.flagged for e in entries),
             "model_versions": sorted({e.model_version for e in entries if e.model_version})}
 
@@ -174,7 +178,8 @@ def render_html(entries: list[ReportEntry], *, source: str, labels: tuple[str, s
     left, top, right, bottom = (round(edge * 100) for edge in cam.CHEST_BOX)
     summary_items = [("images", counts["images"]), ("scored", counts["scored"]),
                      ("positives", counts["positives"]), (negative_label.lower(), counts["negatives"]),
-                     ("failures", counts["failures"]), ("heat outside chest", counts["flagged"])]
+                     ("failures", counts["failures"]), ("warned", counts["warned"]),
+                     ("heat outside chest", counts["flagged"])]
     summary = "".join(f'<div class="count" data-count="{html.escape(name)}"><b>{value}</b>{html.escape(name)}</div>'
                       for name, value in summary_items)
     versions = ", ".join(counts["model_versions"]) or "unknown"
@@ -200,14 +205,27 @@ def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
     return (
         f'<tr data-position="{position}" data-probability="{probability}" data-status="{html.escape(entry.status)}" '
         f'data-label="{html.escape(entry.label or "")}" data-positive="{int(entry.label == positive_label)}" '
-        f'data-flagged="{int(entry.flagged)}">'
+        f'data-flagged="{int(entry.flagged)}" data-warned="{int(bool(entry.warnings))}">'
         f"<td>{_image(entry.thumbnail, 'thumbnail', entry.name)}</td>"
         f"<td>{_image(entry.overlay, 'overlay', entry.name)}</td>"
         f'<td class="name">{html.escape(entry.name)}{detail}</td>'
         f'<td class="status {html.escape(entry.status.lower())}">{html.escape(entry.status)}</td>'
         f'<td class="label{" positive" if entry.label == positive_label else ""}">{html.escape(entry.label or "-")}</td>'
-        f'<td class="probability">{"-" if entry.probability is None else f"{entry.probability:.3f}"}</td>'
+        f'<td class="probability">{"-" if entry.probability is None else f"{entry.probability:.3f}"}'
+        f"{_warnings(entry.warnings)}</td>"
         f"<td>{flag}</td></tr>")
+
+
+def _warnings(codes: tuple[str, ...]) -> str:
+    return "".join(f'<span class="warning" title="{html.escape(WARNING_HELP.get(code, code))}">'
+                   f"{html.escape(code)}</span>" for code in codes)
+
+
+# What a warning code tells the reader (the score is shown either way); other codes show as they are.
+WARNING_HELP = {
+    ood.OUT_OF_DISTRIBUTION: "the image is unlike the paediatric chest X-rays the model was trained on: "
+                             "the score may mean little",
+}
 
 
 def _image(data: bytes | None, kind: str, name: str) -> str:
@@ -240,6 +258,8 @@ img.overlay.zoomed {{ width: auto; cursor: zoom-out; }}
 .muted, .none {{ color: #777; font-size: .9em; }}
 .probability {{ font-variant-numeric: tabular-nums; font-size: 1.2em; }}
 .flag {{ white-space: nowrap; background: #fde68a; border: 1px solid #b45309; border-radius: 4px; padding: .1em .4em; }}
+.warning {{ display: block; width: max-content; margin-top: .3em; font-size: .7em; white-space: nowrap; color: #7c2d12;
+  background: #ffedd5; border: 1px solid #c2410c; border-radius: 4px; padding: .1em .4em; }}
 </style></head>
 <body>
 <header>
@@ -248,7 +268,9 @@ img.overlay.zoomed {{ width: auto; cursor: zoom-out; }}
 <div class="counts" id="summary" data-counts="{counts_json}">{summary}</div>
 <p class="muted">Heat is the class activation map of the label given. Flagged: more than {flag_share} % of the
 heat lies outside the chest box ({chest} of the image), where burned-in markers and borders sit.
-Not a medical device: a research aid.</p>
+Warned: the image is still scored, but a warning under its score (hover for what it means) says the
+score may not apply, e.g. <code>out_of_distribution</code> for an image unlike the paediatric chest
+X-rays the model was trained on. Not a medical device: a research aid.</p>
 </header>
 <div class="controls">
 <span>Sort:</span>
@@ -259,6 +281,7 @@ Not a medical device: a research aid.</p>
 <button type="button" data-filter="all" aria-pressed="true">all</button>
 <button type="button" data-filter="positives" aria-pressed="false">positives</button>
 <button type="button" data-filter="failures" aria-pressed="false">failures</button>
+<button type="button" data-filter="warned" aria-pressed="false">warned</button>
 <button type="button" data-filter="flagged" aria-pressed="false">heat outside chest</button>
 <span id="shown">{total} of {total} shown</span>
 </div>
@@ -276,6 +299,7 @@ Not a medical device: a research aid.</p>
     all: () => true,
     positives: (row) => row.dataset.positive === "1",
     failures: (row) => row.dataset.status === "FAILED",
+    warned: (row) => row.dataset.warned === "1",
     flagged: (row) => row.dataset.flagged === "1",
   }};
   const view = {{ sort: "input", filter: "all" }};
@@ -357,4 +381,5 @@ def report(
     output.write_text(render_html(entries, source=source, labels=metadata.labels), encoding="utf-8")
     counts = summarise(entries, metadata.positive_label)
     console.print(f"wrote {output}: {counts['images']} images, {counts['positives']} positives, "
-                  f"{counts['failures']} failures, {counts['flagged']} with heat outside the chest")
+                  f"{counts['failures']} failures, {counts['warned']} warned, "
+                  f"{counts['flagged']} with heat outside the chest")

@@ -37,6 +37,8 @@ window.addEventListener("load", () => {
   seen.shown_positives = document.getElementById("shown").textContent;
   click('[data-filter="failures"]'); seen.failures = rows().map((row) => row.dataset.status);
   click('[data-filter="flagged"]'); seen.flagged = rows().map((row) => row.dataset.flagged);
+  click('[data-filter="warned"]'); seen.warned = rows().map((row) => row.querySelector(".name").firstChild.textContent);
+  seen.warning_badges = rows().map((row) => row.querySelector(".probability .warning").textContent);
   click('[data-filter="all"]'); click('[data-sort="input"]');
   seen.all = rows().map((row) => row.dataset.position);
   const out = document.createElement("pre");
@@ -72,14 +74,14 @@ def _picture(seed, size=(400, 300)):
     return Image.fromarray(pixels, mode="L")
 
 
-def _scored(name, probability, *, outside_chest_share=0.1, seed=0):
+def _scored(name, probability, *, outside_chest_share=0.1, seed=0, warnings=()):
     picture = _picture(seed)
     heat = np.random.default_rng(seed).random((7, 7)).astype(np.float32)
     label = "PNEUMONIA" if probability >= 0.5 else "NORMAL"
     png = overlay.encode_png(overlay.render_overlay(picture, heat, title=f"P = {probability:.3f}   {label}"))
     return report.ReportEntry(name, "SCORED", probability, label, model_version="2026.11.25-1",
                               border_share=0.05, outside_chest_share=outside_chest_share,
-                              thumbnail=report.thumbnail(picture), overlay=report.as_jpeg(png))
+                              thumbnail=report.thumbnail(picture), overlay=report.as_jpeg(png), warnings=warnings)
 
 
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -88,15 +90,15 @@ ENTRIES = [
     _scored("incoming/b/b <&>.jpeg", 0.97, seed=2),
     report.ReportEntry("incoming/b/notes.jpeg", "FAILED", reason="not_an_image", error="not a JPEG or PNG image"),
     _scored("incoming/b/c.jpeg", 0.02, outside_chest_share=0.8, seed=3),
-    _scored("incoming/b/d.png", 0.64, seed=4),
+    _scored("incoming/b/d.png", 0.64, seed=4, warnings=("out_of_distribution",)),
     report.ReportEntry("incoming/b/big.jpeg", "FAILED", reason="object_too_large", error="70 MB"),
 ]
 
 
 def test_summary_counts_and_flags():
     counts = report.summarise(ENTRIES, "PNEUMONIA")
-    assert counts == {"images": 6, "scored": 4, "positives": 2, "negatives": 2, "failures": 2, "flagged": 1,
-                      "model_versions": ["2026.11.25-1"]}
+    assert counts == {"images": 6, "scored": 4, "positives": 2, "negatives": 2, "failures": 2, "warned": 1,
+                      "flagged": 1, "model_versions": ["2026.11.25-1"]}
 
 
 def test_page_is_self_contained_and_escapes_names():
@@ -104,6 +106,9 @@ def test_page_is_self_contained_and_escapes_names():
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from a network
     assert "b &lt;&amp;&gt;.jpeg" in page and "b <&>.jpeg" not in page
     assert page.count("data:image/jpeg;base64,") == 8  # thumbnail + overlay of each scored image
+    # The warning sits beside the score it qualifies and is counted in the summary.
+    assert re.search(r'class="probability">0\.640<span class="warning" title="[^"]+">out_of_distribution</span>', page)
+    assert '<b>1</b>warned' in page
 
 
 def test_report_renders_sorts_and_filters_in_chromium(chromium, tmp_path):
@@ -118,6 +123,7 @@ def test_report_renders_sorts_and_filters_in_chromium(chromium, tmp_path):
     assert seen["positives"] == ["PNEUMONIA", "PNEUMONIA"] and seen["shown_positives"] == "2 of 6 shown"
     assert seen["failures"] == ["FAILED", "FAILED"]
     assert seen["flagged"] == ["1"]
+    assert seen["warned"] == ["incoming/b/d.png"] and seen["warning_badges"] == ["out_of_distribution"]
     assert seen["all"] == ["0", "1", "2", "3", "4", "5"]
 
 
@@ -130,14 +136,19 @@ def test_offline_report_scores_local_files_with_the_lambdas_path(tmp_path):
     xrays = [FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg", min((FULLRES_DIR / "PNEUMONIA").glob("*.jpeg"))]
     letter = tmp_path / "letter.jpeg"
     letter.write_text("referral letter, not an image")
+    noise = tmp_path / "noise.png"
+    _picture(9).save(noise)
     page = tmp_path / "offline.html"
 
-    result = CliRunner().invoke(app, ["report", *map(str, xrays), str(letter), "-o", str(page)])
+    result = CliRunner().invoke(app, ["report", *map(str, xrays), str(letter), str(noise), "-o", str(page)])
 
     assert result.exit_code == 0, result.output
     html_text = page.read_text()
     rows = re.findall(r'data-status="(\w+)" data-label="(\w*)"', html_text)
     assert rows[:2] == [("SCORED", rows[0][1]), ("SCORED", rows[1][1])] and rows[2] == ("FAILED", "")
     assert all(label in ("NORMAL", "PNEUMONIA") for _, label in rows[:2])
-    assert html_text.count('<img class="overlay"') == html_text.count('<img class="thumbnail"') == 2
+    assert html_text.count('<img class="overlay"') == html_text.count('<img class="thumbnail"') == 3
     assert "not_an_image" in html_text
+    # Noise is scored and warned; the X-rays are not warned.
+    assert re.findall(r'data-warned="(\d)"', html_text) == ["0", "0", "0", "1"]
+    assert "1 warned" in result.output
