@@ -9,10 +9,11 @@ previous score in the item.
 
 It streams: one listing page (1000 keys) at a time is checked against the table (100
 keys per BatchGetItem) and enqueued (10 per SendMessageBatch) before the next page is
-listed, so memory stays flat however many objects there are. After each chunk the last
-key handled is written to a checkpoint file; an interrupted run started again with the
-same arguments lists from there (S3's `StartAfter`) instead of from the beginning. At
-most one chunk is sent twice, which the handler recognises as a duplicate.
+listed, so memory stays flat however many objects there are. After a chunk, at most once
+a second, the last key handled is written to a checkpoint file; an interrupted run
+started again with the same arguments lists from there (S3's `StartAfter`) instead of
+from the beginning. What was sent since the last checkpoint (about a second's worth) is
+sent again, and the handler recognises those as duplicates.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .aws import (
 console = Console(stderr=True)
 
 SQS_BATCH = 10          # SendMessageBatch takes at most 10 entries
+CHECKPOINT_EVERY_S = 1.0  # bounds both the checkpoint writes and what a resumed run sends again
 DYNAMODB_BATCH = 100    # BatchGetItem takes at most 100 keys
 RESULT_FIELDS = (KEY, "etag", "version_id", "model_version", "status")
 EVENT_SOURCE = "pneumoscan:backfill"
@@ -230,6 +232,7 @@ def run_backfill(target: Target, prefix: str, checkpoint: Checkpoint, *, only_un
     verb = "would enqueue" if dry_run else "enqueued"
     task = progress.add_task(f"{verb} {checkpoint.enqueued}", total=total)
     sqs = None if dry_run else target.client("sqs")
+    saved_at = time.monotonic()
     for chunk in chunks(list_pages(target, prefix, checkpoint.last_key)):
         wanted = wanted_in(target, chunk, only_unscored=only_unscored, model_older_than=model_older_than)
         if sqs is not None and wanted:
@@ -238,8 +241,9 @@ def run_backfill(target: Target, prefix: str, checkpoint: Checkpoint, *, only_un
         checkpoint.listed += len(chunk)
         checkpoint.enqueued += len(wanted)
         checkpoint.last_key = chunk[-1].key
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
             checkpoint.save(checkpoint_path)
+            saved_at = time.monotonic()
         progress.update(task, advance=len(chunk), description=f"{verb} {checkpoint.enqueued}")
     return checkpoint
 

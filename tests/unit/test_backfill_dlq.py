@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -295,7 +296,8 @@ def archive(stack):
     return keys
 
 
-def test_an_interrupted_backfill_resumes_after_the_last_chunk_it_finished(stack, archive, tmp_path):
+def test_an_interrupted_backfill_resumes_after_the_last_chunk_it_finished(stack, archive, tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill_module, "CHECKPOINT_EVERY_S", 0)  # a checkpoint after every chunk
     checkpoint = tmp_path / "job.json"
     sqs = stack.client("sqs")
     stack._clients["sqs"] = DiesAfter(sqs, calls=13)  # chunk 1 (10 calls) sent, chunk 2 part-sent
@@ -315,7 +317,8 @@ def test_an_interrupted_backfill_resumes_after_the_last_chunk_it_finished(stack,
     assert not checkpoint.exists()  # finished: the next run starts afresh
 
 
-def test_a_checkpoint_of_another_backfill_is_refused_not_resumed(stack, archive, tmp_path):
+def test_a_checkpoint_of_another_backfill_is_refused_not_resumed(stack, archive, tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill_module, "CHECKPOINT_EVERY_S", 0)
     checkpoint = tmp_path / "job.json"
     stack._clients["sqs"], sqs = DiesAfter(stack.client("sqs"), calls=10), stack.client("sqs")
     runner.invoke(app, ["backfill", "--prefix", "archive/", "--checkpoint", str(checkpoint)])
@@ -357,3 +360,15 @@ def test_backfill_rate_option_is_used_for_every_send(stack, archive, monkeypatch
     outcome = runner.invoke(app, ["backfill", "--prefix", "archive/", "--rate", "50"])
     assert outcome.exit_code == 0, outcome.output
     assert sum(count for _, count in waits) == 250 and {interval for interval, _ in waits} == {0.02}
+
+
+def test_checkpoints_are_written_at_most_once_a_second(stack, archive, tmp_path, monkeypatch):
+    ticks = iter(range(1000))
+    clock = SimpleNamespace(monotonic=lambda: next(ticks) * 0.4)  # 0.4 s later at every look
+    monkeypatch.setattr(backfill_module, "time", clock)
+    saves = []
+    monkeypatch.setattr(backfill_module.Checkpoint, "save", lambda self, path: saves.append(self.last_key))
+    outcome = runner.invoke(app, ["backfill", "--prefix", "archive/", "--no-count",
+                                  "--checkpoint", str(tmp_path / "job.json")])
+    assert outcome.exit_code == 0, outcome.output
+    assert saves == [archive[-1]]  # chunks at 0.4, 0.8 and 1.2 s after the start: only the third saves
