@@ -13,7 +13,7 @@ from rich.progress import track
 from rich.table import Table
 
 from pneumoscan_eval import metrics
-from pneumoscan_eval.datasets import LayoutError, list_labelled
+from pneumoscan_eval.datasets import LABELS, LayoutError, list_labelled
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, Scorer
 
@@ -25,7 +25,18 @@ class Evaluation:
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    warnings: list[tuple[str, ...]] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
+
+    def warned(self) -> dict:
+        """How many scored images carry each warning (any: `warned`), overall and per label."""
+        by_label = {name: sum(bool(w) for w, label in zip(self.warnings, self.labels) if label == index)
+                    for index, name in enumerate(LABELS)}
+        codes = sorted({code for codes in self.warnings for code in codes})
+        warned = sum(bool(codes) for codes in self.warnings)
+        return {"warned": warned, "warned_share": warned / len(self.warnings) if self.warnings else None,
+                "warned_by_label": by_label,
+                "warnings": {code: sum(code in codes for codes in self.warnings) for code in codes}}
 
 
 def score_folder(directory: Path, scorer: Scorer, *, show_progress: bool = False) -> Evaluation:
@@ -46,6 +57,7 @@ def score_folder(directory: Path, scorer: Scorer, *, show_progress: bool = False
         result.scores.append(scored.probability)
         result.labels.append(item.label)
         result.paths.append(str(item.path))
+        result.warnings.append(scored.warnings)
     return result
 
 
@@ -77,18 +89,18 @@ def evaluate(
         "threshold": model.threshold, "positives": summary.positives, "negatives": summary.negatives,
         "true_positive": summary.true_positive, "false_positive": summary.false_positive,
         "true_negative": summary.true_negative, "false_negative": summary.false_negative,
-        "model_version": model.version, "unreadable": len(result.unreadable),
+        "model_version": model.version, **result.warned(), "unreadable": len(result.unreadable),
         "unreadable_files": result.unreadable,
     }
     if as_json:
         typer.echo(json.dumps(report))
     else:
         table = Table(title=f"{directory}  (model {model.version})")
-        for column in ("n", "accuracy", "sensitivity", "specificity", "AUC", "threshold", "unreadable"):
+        for column in ("n", "accuracy", "sensitivity", "specificity", "AUC", "threshold", "warned", "unreadable"):
             table.add_column(column, justify="right")
         table.add_row(str(summary.n), _fmt(summary.accuracy), _fmt(summary.sensitivity),
                       _fmt(summary.specificity), _fmt(summary.auc, 4), f"{model.threshold:.4f}",
-                      str(len(result.unreadable)))
+                      str(report["warned"]), str(len(result.unreadable)))
         Console().print(table)
         for bad in result.unreadable:
             # soft_wrap: a long path stays one line that can be copied.

@@ -65,3 +65,18 @@ def test_table_output_lists_unreadable_files(labelled_dir):
 def test_not_a_labelled_folder_is_an_error(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--json"])
     assert result.exit_code == 2
+
+
+def test_warned_images_are_counted_overall_per_label_and_per_code(labelled_dir):
+    from PIL import Image
+
+    for index, name in enumerate(("inverted_a.png", "inverted_b.png")):
+        source = sorted((DATA / "PNEUMONIA").iterdir())[index]
+        Image.eval(Image.open(source).convert("L"), lambda value: 255 - value).save(labelled_dir / "PNEUMONIA" / name)
+
+    report = json.loads(CliRunner().invoke(app, ["evaluate", str(labelled_dir), "--json"]).stdout)
+
+    assert report["n"] == 10
+    assert report["warned_by_label"] == {"NORMAL": 0, "PNEUMONIA": 2}
+    assert report["warned"] == 2 and report["warned_share"] == pytest.approx(0.2)
+    assert report["warnings"] == {"out_of_distribution": 2}
