@@ -43,12 +43,13 @@ INVOCATION_SCHEMA = "1.0"
 
 def manifest_rows(lines: Iterable[str], bucket: str, prefix: str) -> Iterator[tuple[str, str]]:
     """(bucket, key) of each line of a key list (`key` or `bucket,key` per line; a header
-    `key` or `bucket,key` is skipped) that is an object under `prefix`."""
+    `key` or `bucket,key` is skipped) that is an object of `bucket` under `prefix`: the
+    stack scores nothing else."""
     for row in csv.reader(lines):
         if not row or row in (["key"], ["bucket", "key"]):
             continue
         row_bucket, key = (bucket, row[0]) if len(row) == 1 else (row[0], row[1])
-        if key.startswith(prefix) and not key.endswith("/"):
+        if row_bucket == bucket and key.startswith(prefix) and not key.endswith("/"):
             yield row_bucket, key
 
 
@@ -106,11 +107,12 @@ def _stack_names(target: Target, function_arn: str | None, role_arn: str | None)
 def create(
     keys: Annotated[Path | None, typer.Option(
         "--keys", exists=True, dir_okay=False,
-        help="CSV of object keys (`key` or `bucket,key` per line); uploaded as the job's manifest.")] = None,
+        help="CSV of object keys (`key` or `bucket,key` per line); those of the stack's bucket under "
+             "the incoming prefix are uploaded as the job's manifest.")] = None,
     inventory: Annotated[str | None, typer.Option(
         "--inventory", metavar="s3://BUCKET/.../manifest.json",
-        help="An S3 Inventory report's manifest.json (CSV format); objects outside the incoming prefix "
-             "end as failed tasks in the report, nothing else.")] = None,
+        help="An S3 Inventory report's manifest.json (CSV format) of the stack's bucket; objects outside "
+             "the incoming prefix end as failed tasks in the report, nothing else.")] = None,
     prefix: Annotated[str | None, typer.Option(
         help="With --keys: only keys under this prefix (relative to the incoming prefix).")] = None,
     priority: Annotated[int, typer.Option(help="Job priority (higher runs first).")] = 10,

@@ -44,6 +44,7 @@ def enqueuer(aws, monkeypatch):
     queue_url = aws.client("sqs").create_queue(QueueName="scoring")["QueueUrl"]
     monkeypatch.setenv("SCORING_QUEUE_URL", queue_url)
     monkeypatch.setenv("INCOMING_PREFIX", SETTINGS.incoming_prefix)
+    monkeypatch.setenv("IMAGES_BUCKET", "archive")
     monkeypatch.syspath_prepend(str(FUNCTION_DIR))
     sys.modules.pop("batch_enqueue", None)
     module = importlib.import_module("batch_enqueue")
@@ -52,12 +53,12 @@ def enqueuer(aws, monkeypatch):
     sys.modules.pop("batch_enqueue", None)
 
 
-def batch_event(*keys: str, version: str | None = "v1") -> dict:
+def batch_event(*keys: str, version: str | None = "v1", bucket: str = "archive") -> dict:
     """What Batch Operations sends (schema 1.0): one task, the key URL-encoded as in the manifest."""
     from urllib.parse import quote_plus
     return {"invocationSchemaVersion": "1.0", "invocationId": "inv-1", "job": {"id": "job-1"},
             "tasks": [{"taskId": f"t{index}", "s3Key": quote_plus(key, safe="/"), "s3VersionId": version,
-                       "s3BucketArn": "arn:aws:s3:::archive"} for index, key in enumerate(keys)]}
+                       "s3BucketArn": f"arn:aws:s3:::{bucket}"} for index, key in enumerate(keys)]}
 
 
 def queued(module) -> list[str]:
@@ -81,6 +82,13 @@ def test_keys_outside_the_incoming_prefix_fail_permanently_and_are_not_enqueued(
     response = enqueuer.lambda_handler(batch_event("results/overlays/x.png", f"{SETTINGS.incoming_prefix}b/"), None)
 
     assert {r["resultCode"] for r in response["results"]} == {"PermanentFailure"}
+    assert queued(enqueuer) == []
+
+
+def test_objects_of_another_bucket_fail_permanently(enqueuer):
+    response = enqueuer.lambda_handler(batch_event(f"{SETTINGS.incoming_prefix}b/a.jpeg", bucket="other"), None)
+
+    assert response["results"][0]["resultCode"] == "PermanentFailure"
     assert queued(enqueuer) == []
 
 
@@ -113,7 +121,7 @@ def key_list(tmp_path):
     path = tmp_path / "keys.csv"
     p = SETTINGS.incoming_prefix
     path.write_text(f"key\n{p}ward 3/a b.jpeg\n{p}clinic/王芳.jpeg\nresults/overlays/x.png\n{p}clinic/\n"
-                    f"other-bucket,{p}ward 3/c.jpeg\n", encoding="utf-8")
+                    f"other-bucket,{p}ward 3/c.jpeg\n{SETTINGS.bucket},{p}ward 3/d.jpeg\n", encoding="utf-8")
     return path
 
 
@@ -144,7 +152,7 @@ def test_create_from_a_key_list_uploads_a_csv_manifest_and_creates_the_job(targe
     # Only objects under the incoming prefix; keys URL-encoded as the CSV manifest format requires.
     assert s3.get_object(Bucket=target.bucket, Key=manifest["Key"])["Body"].read().decode().splitlines() == [
         f"{target.bucket},{p}ward+3/a+b.jpeg", f"{target.bucket},{p}clinic/%E7%8E%8B%E8%8A%B3.jpeg",
-        f"other-bucket,{p}ward+3/c.jpeg"]
+        f"{target.bucket},{p}ward+3/d.jpeg"]
 
 
 def test_the_request_names_the_uploaded_manifest_and_its_etag(target, key_list):
@@ -162,7 +170,7 @@ def test_the_request_names_the_uploaded_manifest_and_its_etag(target, key_list):
     assert location["ETag"] == stored["ETag"].strip('"')
     assert stored["Body"].read().decode().splitlines() == [
         f"{target.bucket},{SETTINGS.incoming_prefix}ward+3/a+b.jpeg",
-        f"other-bucket,{SETTINGS.incoming_prefix}ward+3/c.jpeg"]
+        f"{target.bucket},{SETTINGS.incoming_prefix}ward+3/d.jpeg"]
 
 
 def test_dry_run_prints_the_job_and_creates_nothing(target, key_list):
@@ -229,5 +237,6 @@ def test_the_enqueuer_artifact_holds_only_its_handler_and_the_event_module(tmp_p
     # It imports on its own (boto3 comes with the runtime), not from this repository.
     run = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import batch_enqueue"],
                          cwd=artifact, capture_output=True, text=True,
-                         env={"SCORING_QUEUE_URL": "https://sqs/q", "AWS_DEFAULT_REGION": "us-east-1"})
+                         env={"SCORING_QUEUE_URL": "https://sqs/q", "IMAGES_BUCKET": "images",
+                              "AWS_DEFAULT_REGION": "us-east-1"})
     assert run.returncode == 0, run.stderr
