@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumoscan import images, ood
+from pneumoscan import images, ood, scoring
 from pneumoscan_eval.datasets import LabelledFile, list_labelled
 from pneumoscan.model import ModelMetadata, PneumoniaModel, default_model_dir
 
@@ -45,11 +45,11 @@ CARD_START, CARD_END = "<!-- ood-check -->", "<!-- /ood-check -->"
 
 
 def features_of(model: PneumoniaModel, encoded: list[bytes], description: str) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled features, grey-level spread) of encoded images through the production decoder."""
-    height, width, channels = model.input_shape
-    pixels = np.empty((len(encoded), height, width, channels), np.uint8)
+    """(pooled features, grey-level spread) of encoded images, decoded by the scoring path's decode
+    step and run through the model in batches (a fit reads thousands of images)."""
+    pixels = np.empty((len(encoded), *model.input_shape), np.uint8)
     for index, data in enumerate(tqdm(encoded, desc=description, unit="img", leave=False)):
-        pixels[index], _ = images.load_model_input(data, height, width, channels)
+        pixels[index], _ = scoring.decode(data, model.metadata.input)
     pooled = [ood.pooled_features(model.predict(pixels[start:start + BATCH]).feature_map)
               for start in range(0, len(pixels), BATCH)]
     spread = pixels.reshape(len(pixels), -1).astype(np.float32).std(axis=1)
@@ -112,7 +112,7 @@ def measure(model: PneumoniaModel, stats: ood.FeatureDistribution, data: Path, v
     fullres = list_labelled(data / FULLRES_SET) if (data / FULLRES_SET).is_dir() else []
     if fullres:
         features, spread = file_features(model, fullres, "full-res originals")
-        sets["full-resolution originals (200)"] = _share(stats.is_outside(features))
+        sets[f"full-resolution originals ({len(fullres)})"] = _share(stats.is_outside(features))
         spreads["full-resolution originals"] = _spread(spread)
 
     rng = np.random.default_rng(seed)
