@@ -97,8 +97,10 @@ def _score_object(created: ObjectCreated) -> None:
     logger.append_keys(**log_keys)
 
     seen = result_store.current(created.key)
-    if result_store.already_done(seen, version_id=created.version_id, etag=created.etag,
-                                 model_sha256=model.sha256, model_version=model.version):
+    # An event naming its version is checked against the result before S3 is asked anything.
+    # Without one (an unversioned bucket, or moto), the ETag alone cannot tell a redelivery
+    # from a re-upload of the same bytes: the version is read from HeadObject first.
+    if created.version_id and _already_done(seen, created.version_id, created.etag):
         _report_duplicate()
         return
 
@@ -109,7 +111,11 @@ def _score_object(created: ObjectCreated) -> None:
     try:
         if not created.key.startswith(settings.incoming_prefix):
             raise Rejected("outside_prefix", f"only keys under {settings.incoming_prefix} are scored")
-        data, source = _fetch(created, source)
+        head, source = _head(created, source)
+        if not created.version_id and _already_done(seen, source.version_id, source.etag):
+            _report_duplicate()
+            return
+        data = _get(created, head, source)
         timings["fetch"] = _elapsed_ms(start)
         try:
             outcome: ImageScore | results.Failure = scorer.score(data, overlay=settings.overlay_images)
@@ -135,6 +141,11 @@ def _score_object(created: ObjectCreated) -> None:
     _report(item, outcome, written)
 
 
+def _already_done(seen: dict | None, version_id: str | None, etag: str | None) -> bool:
+    return result_store.already_done(seen, version_id=version_id, etag=etag,
+                                     model_sha256=model.sha256, model_version=model.version)
+
+
 def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
@@ -143,37 +154,47 @@ class _Superseded(Exception):
     """A newer version of the object exists; its own event scores it."""
 
 
-def _fetch(created: ObjectCreated, source: results.SourceObject) -> tuple[bytes, results.SourceObject]:
-    """Head first (size cap, deletion, newer version), then get exactly what was headed."""
+def _head(created: ObjectCreated, source: results.SourceObject) -> tuple[dict, results.SourceObject]:
+    """What S3 holds under the key now (deletion, newer upload, size), before any download."""
     try:
         head = s3_client.head_object(Bucket=created.bucket, Key=created.key)
     except ClientError as exc:
         _reject_if_missing(exc, source)
         raise
-    current_version = head.get("VersionId")
-    if created.version_id and current_version and current_version != created.version_id:
-        logger.info("a newer version of the object exists; this event is superseded")
+    current_version, current_etag = head.get("VersionId"), head["ETag"].strip('"')
+    # The version where the event names one; otherwise the ETag (a later upload of other bytes).
+    if created.version_id and current_version:
+        superseded = current_version != created.version_id
+    else:
+        superseded = bool(created.etag) and current_etag != created.etag
+    if superseded:
+        logger.info("a newer upload of the object exists; this event is superseded")
         metrics.add_metric(name="EventsSuperseded", unit=MetricUnit.Count, value=1)
         raise _Superseded()
-    source = dataclasses.replace(source, size_bytes=head["ContentLength"], etag=head["ETag"].strip('"'),
-                                 version_id=current_version or created.version_id)
+    return head, dataclasses.replace(source, size_bytes=head["ContentLength"], etag=current_etag,
+                                     version_id=current_version or created.version_id)
+
+
+def _get(created: ObjectCreated, head: dict, source: results.SourceObject) -> bytes:
+    """Exactly the object version that was headed, unless it is over the size cap."""
     try:
         check_size(head["ContentLength"], settings.max_object_bytes)
     except ImageRejected as exc:
         raise Rejected(exc.reason, exc.detail, source) from exc
     # Pin the read to what was headed: a version, or the ETag where versioning is off.
+    current_version = head.get("VersionId")
     pin = {"VersionId": current_version} if current_version else {"IfMatch": head["ETag"]}
     try:
         response = s3_client.get_object(Bucket=created.bucket, Key=created.key, **pin)
     except ClientError as exc:
         _reject_if_missing(exc, source)
         raise
-    return response["Body"].read(), source
+    return response["Body"].read()
 
 
 def _reject_if_missing(exc: ClientError, source: results.SourceObject) -> None:
     if exc.response.get("Error", {}).get("Code") in MISSING_OBJECT_CODES:
-        raise Rejected("object_missing", "the object was deleted before it could be scored", source) from exc
+        raise Rejected(results.OBJECT_MISSING, "the object was deleted before it could be scored", source) from exc
 
 
 def _write_overlay(created: ObjectCreated, png: bytes) -> str:

@@ -32,6 +32,7 @@ class Uploaded:
     key: str
     etag: str
     size: int
+    version_id: str | None = None  # None where the bucket keeps no versions
 
 
 def default_batch_name() -> str:
@@ -59,7 +60,7 @@ def upload_files(target: Target, files: list[LocalFile], batch: str, *, show_pro
         body = file.path.read_bytes()
         key = prefix + file.relative
         response = s3.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=file.content_type)
-        return Uploaded(key, response["ETag"].strip('"'), len(body))
+        return Uploaded(key, response["ETag"].strip('"'), len(body), response.get("VersionId"))
 
     uploaded: list[Uploaded] = []
     with _progress() as progress, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
@@ -77,14 +78,13 @@ def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
 
     Returns the batch's items for the uploaded keys; raises TimeoutError naming what is missing.
     """
-    expected = {item.key: item.etag for item in uploaded}
+    expected = {item.key: item for item in uploaded}
     deadline = time.monotonic() + timeout_s
     with _progress() as progress:
         task = progress.add_task(f"scoring batch {batch}", total=len(expected), visible=show_progress)
         while True:
-            # An item for an older upload under the same key does not count: match the ETag.
-            done = {item[KEY] for item in batch_items(target, batch, projection=[KEY, "etag"])
-                    if item[KEY] in expected and str(item.get("etag", "")).strip('"') == expected[item[KEY]]}
+            done = {item[KEY] for item in batch_items(target, batch, projection=[KEY, "etag", "version_id"])
+                    if item[KEY] in expected and _is_result_of(item, expected[item[KEY]])}
             progress.update(task, completed=len(done))
             if len(done) == len(expected):
                 return [item for item in batch_items(target, batch) if item[KEY] in done]
@@ -93,6 +93,14 @@ def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
                 raise TimeoutError(f"{len(missing)} of {len(expected)} object(s) not scored after {timeout_s:.0f}s, "
                                    f"e.g. {missing[:3]} (see the DLQ and the worker log)")
             time.sleep(POLL_INTERVAL_S)
+
+
+def _is_result_of(item: dict[str, Any], upload: Uploaded) -> bool:
+    """An item left by an earlier upload under the same key does not count, even one of the
+    same bytes (deleted and uploaded again): the version where the bucket keeps versions."""
+    if upload.version_id:
+        return item.get("version_id") == upload.version_id
+    return str(item.get("etag", "")).strip('"') == upload.etag
 
 
 def upload(

@@ -171,6 +171,27 @@ def test_upload_keys_and_wait_matches_the_uploaded_bytes(target, tmp_path):
         "incoming/b3/a.JPEG", "incoming/b3/sub/b.png"]
 
 
+def test_wait_never_takes_the_result_of_an_earlier_upload_of_the_same_bytes(target, tmp_path):
+    s3 = target.client("s3")
+    s3.put_bucket_versioning(Bucket=target.bucket, VersioningConfiguration={"Status": "Enabled"})
+    (tmp_path / "a.jpeg").write_bytes(b"the same bytes, uploaded twice")
+    files = collect_files([tmp_path / "a.jpeg"])
+    first = upload_files(target, files, "b4", show_progress=False)[0]
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    table.put_item(Item=to_dynamodb(_item(first.key, "b4", reason="object_missing", etag=first.etag)
+                                    | {"version_id": first.version_id}))
+    s3.delete_object(Bucket=target.bucket, Key=first.key)
+
+    again = upload_files(target, files, "b4", show_progress=False)
+
+    assert again[0].etag == first.etag and again[0].version_id != first.version_id
+    with pytest.raises(TimeoutError, match="1 of 1"):
+        wait_for_scores(target, "b4", again, timeout_s=0, show_progress=False)
+    table.put_item(Item=to_dynamodb(_item(first.key, "b4", "NORMAL", 0.2, etag=first.etag)
+                                    | {"version_id": again[0].version_id}))
+    assert _keys(wait_for_scores(target, "b4", again, timeout_s=0, show_progress=False)) == [first.key]
+
+
 def test_a_batch_name_with_a_slash_is_refused(target, tmp_path):
     (tmp_path / "x.jpeg").write_bytes(b"x")
     result = runner.invoke(app, ["upload", str(tmp_path / "x.jpeg"), "--batch", "a/b"])

@@ -164,11 +164,14 @@ def test_an_object_deleted_before_scoring_is_recorded_missing(handler_stack):
     assert (item["status"], item["reason"]) == (results.STATUS_FAILED, "object_missing")
 
 
-def test_the_same_event_delivered_twice_yields_one_item_and_one_download(handler_stack, monkeypatch):
+@pytest.mark.parametrize("event_shape", ["aws", "moto"])
+def test_the_same_event_delivered_twice_yields_one_item_and_one_download(handler_stack, monkeypatch, event_shape):
     stack = handler_stack
     key = f"{stack.prefix}b/twice.jpeg"
-    stack.put(key, PNEUMONIA_XRAY.read_bytes())
+    upload = stack.put(key, PNEUMONIA_XRAY.read_bytes())
     event = queued_event(stack)
+    if event_shape == "aws":
+        event["Records"] = with_version_ids(event["Records"], upload)
     invoke(stack, event)
     first = stack.item(key)
     s3 = CallCounter(stack.app.s3_client)
@@ -177,7 +180,58 @@ def test_the_same_event_delivered_twice_yields_one_item_and_one_download(handler
     assert invoke(stack, event) == {"batchItemFailures": []}
 
     assert stack.item(key)["write_id"] == first["write_id"]
-    assert len(stack.items()) == 1 and s3.calls == []
+    # An event without a versionId (moto's) names no version: S3 is asked which one is current.
+    assert len(stack.items()) == 1 and s3.calls == ([] if event_shape == "aws" else ["head_object"])
+
+
+def test_delete_then_reupload_of_the_same_bytes_is_scored_again(handler_stack):
+    stack = handler_stack
+    key = f"{stack.prefix}b/again.jpeg"
+    stack.put(key, NORMAL_XRAY.read_bytes())
+    invoke(stack, queued_event(stack))
+    first = stack.item(key)
+    stack.s3.delete_object(Bucket=stack.settings.bucket, Key=key)
+    again = stack.put(key, NORMAL_XRAY.read_bytes())
+
+    assert invoke(stack, queued_event(stack)) == {"batchItemFailures": []}
+
+    item = stack.item(key)
+    assert item["status"] == results.STATUS_SCORED and item["write_id"] != first["write_id"]
+    assert item["version_id"] == again["VersionId"] != first["version_id"]
+
+
+def test_an_object_missing_result_never_stands_for_a_later_upload_of_the_same_bytes(handler_stack):
+    stack = handler_stack
+    key = f"{stack.prefix}b/back.jpeg"
+    stack.put(key, NORMAL_XRAY.read_bytes())
+    stack.s3.delete_object(Bucket=stack.settings.bucket, Key=key)
+    invoke(stack, queued_event(stack))
+    assert stack.item(key)["reason"] == "object_missing"
+    back = stack.put(key, NORMAL_XRAY.read_bytes())
+
+    assert invoke(stack, queued_event(stack)) == {"batchItemFailures": []}
+
+    item = stack.item(key)
+    assert item["status"] == results.STATUS_SCORED and item["version_id"] == back["VersionId"]
+
+
+def test_a_late_event_of_an_overwritten_upload_never_rescores_the_current_version(handler_stack, monkeypatch):
+    stack = handler_stack
+    key = f"{stack.prefix}b/overwritten.jpeg"
+    first = stack.put(key, NORMAL_XRAY.read_bytes())
+    stack.put(key, PNEUMONIA_XRAY.read_bytes())
+    records = queued_event(stack)["Records"]  # moto's shape: ETags, no versionId
+    older_event = next(r for r in records if first["ETag"].strip('"') in r["body"])
+    latest_event = next(r for r in records if r is not older_event)
+    invoke(stack, {"Records": [latest_event]})
+    scored = stack.item(key)
+    s3 = CallCounter(stack.app.s3_client)
+    monkeypatch.setattr(stack.app, "s3_client", s3)
+
+    assert invoke(stack, {"Records": [older_event]}) == {"batchItemFailures": []}
+
+    assert stack.item(key) == scored
+    assert "get_object" not in s3.calls
 
 
 def test_a_superseded_version_is_skipped_and_the_latest_is_scored(handler_stack):

@@ -68,6 +68,8 @@ WRITE_ID = "write_id"
 STATUS_SCORED = "SCORED"
 STATUS_FAILED = "FAILED"
 OUTCOME_FAILED = "FAILED"  # outcome of a FAILED item; SCORED items use their label
+# Reason of a FAILED item whose object was gone when its event was handled.
+OBJECT_MISSING = "object_missing"
 # Objects directly under the incoming prefix (no batch folder) form this batch.
 ROOT_BATCH = "_root"
 # Messages that are not S3 events are recorded under this batch (see events.py).
@@ -230,7 +232,8 @@ class ResultStore:
         A newer model's result must survive a late redelivery to a container that still
         runs the old model (a deploy draining), so it counts as done too.
         """
-        if not item:
+        if not item or item.get("reason") == OBJECT_MISSING:
+            # "Deleted before it could be scored" says nothing about an upload that can be read.
             return False
         same_model = item.get("model_sha256") == model_sha256
         if not same_model and version_key(str(item.get("model_version", ""))) <= version_key(model_version):
