@@ -91,7 +91,7 @@ def time_decoding(files: dict[str, list[bytes]], repeats: int) -> dict:
             runs = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                decoded = dicom.decode(data, target_size=(width, height)).decoded
+                decoded = dicom.decode(data, target_size=(width, height))
                 images.to_model_input(decoded.image, height, width, channels)
                 runs.append(time.perf_counter() - start)
             per_image.append(float(np.median(runs)))
@@ -104,9 +104,9 @@ def memory_probe(path: str) -> dict:
     data = Path(path).read_bytes()
     before = peak_rss_mb()
     result = dicom.decode(data)
-    images.to_model_input(result.decoded.image, *MODEL_INPUT)
+    images.to_model_input(result.image, *MODEL_INPUT)
     return {"peak_rss_mb_before_decode": before, "peak_rss_mb": peak_rss_mb(),
-            "file_mb": round(len(data) / 1e6, 1), "image": list(result.decoded.image.size)}
+            "file_mb": round(len(data) / 1e6, 1), "image": list(result.image.size)}
 
 
 def measure_memory(sample_data: bytes) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -24,6 +25,9 @@ from pneumoscan.events import ObjectCreated, UnknownEvent, parse_message
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, ImageScore, Scorer, check_size
 from pneumoscan.settings import Settings
+
+if TYPE_CHECKING:  # pydicom is imported only when a DICOM object arrives
+    from pneumoscan.dicom import DicomFacts
 
 MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NoSuchVersion", "NotFound"}
 
@@ -59,9 +63,10 @@ tally = telemetry.BatchTally(positive_label=model.metadata.positive_label)
 class Rejected(Exception):
     """The object cannot be scored, permanently: recorded as a FAILED item."""
 
-    def __init__(self, reason: str, error: str, source: results.SourceObject | None = None):
+    def __init__(self, reason: str, error: str, source: results.SourceObject | None = None,
+                 dicom: DicomFacts | None = None):
         super().__init__(f"{reason}: {error}")
-        self.failure = results.Failure(reason, error)
+        self.failure = results.Failure(reason, error, dicom)
         self.source = source
 
 
@@ -106,7 +111,7 @@ def _score_object(created: ObjectCreated) -> None:
 
     source = results.SourceObject(bucket=created.bucket, version_id=created.version_id, etag=created.etag,
                                   uploaded_at=created.event_time)
-    overlay_key, timings = None, {}
+    overlay_key, sr_key, sr_error, timings = None, None, None, {}
     start = time.perf_counter()
     try:
         if not created.key.startswith(settings.incoming_prefix):
@@ -120,7 +125,7 @@ def _score_object(created: ObjectCreated) -> None:
         try:
             outcome: ImageScore | results.Failure = scorer.score(data, overlay=settings.overlay_images)
         except ImageRejected as exc:
-            raise Rejected(exc.reason, exc.detail, source) from exc
+            raise Rejected(exc.reason, exc.detail, source, exc.dicom) from exc
         timings.update(outcome.timings_ms)
         if outcome.heat_map_error:
             logger.warning("heat map failed; the image is scored without it",
@@ -128,6 +133,8 @@ def _score_object(created: ObjectCreated) -> None:
             metrics.add_metric(name="OverlayErrors", unit=MetricUnit.Count, value=1)
         if outcome.overlay_png is not None:
             overlay_key = _write_overlay(created, outcome.overlay_png)
+        if outcome.image.dicom is not None and settings.structured_reports:
+            sr_key, sr_error = _write_structured_report(created, outcome)
     except Rejected as rejected:
         outcome, source = rejected.failure, rejected.source or source
     except _Superseded:
@@ -136,7 +143,7 @@ def _score_object(created: ObjectCreated) -> None:
 
     item = results.object_item(created.key, batch=results.batch_of(created.key, settings.incoming_prefix),
                                source=source, model=model.metadata, outcome=outcome, timings_ms=timings,
-                               overlay_key=overlay_key)
+                               overlay_key=overlay_key, sr_key=sr_key, sr_error=sr_error)
     written = result_store.save(item, seen)
     _report(item, outcome, written)
 
@@ -204,6 +211,25 @@ def _write_overlay(created: ObjectCreated, png: bytes) -> str:
     s3_client.put_object(Bucket=created.bucket, Key=key, Body=png,
                          ContentType="image/png", Metadata={"model-version": model.version})
     return key
+
+
+def _write_structured_report(created: ObjectCreated, score: ImageScore) -> tuple[str | None, str | None]:
+    """The score as a DICOM SR in the source's study, under the results prefix: (key, None),
+    or (None, why) when it cannot be made; the SR never holds back the score. A failed put
+    raises: the record is retried."""
+    from pneumoscan import sr  # highdicom: loaded with the first DICOM object, like pydicom
+
+    try:
+        body = sr.report_for(score, model.metadata)
+    except Exception as exc:  # noqa: BLE001 - an SR is an output of the score, not a condition for it
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        logger.warning("no structured report; the image is scored without it", extra={"error": error})
+        metrics.add_metric(name="StructuredReportErrors", unit=MetricUnit.Count, value=1)
+        return None, error
+    key = results.structured_report_key(created.key, settings.results_prefix)
+    s3_client.put_object(Bucket=created.bucket, Key=key, Body=body, ContentType="application/dicom",
+                         Metadata={"model-version": model.version})
+    return key, None
 
 
 def _report_duplicate() -> None:

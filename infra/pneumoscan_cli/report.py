@@ -26,10 +26,10 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
-from pneumoscan import cam, images, ood, results
+from pneumoscan import cam, ood, results
 from pneumoscan.model import ModelLoadError, ModelMetadata, default_model_dir
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
-from pneumoscan.scoring import ImageRejected, Scorer
+from pneumoscan.scoring import ImageRejected, Scorer, decode_image
 
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
                   TargetError, resolve_target)
@@ -129,7 +129,7 @@ def _source_thumbnail(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | Non
     data = _fetch(s3, bucket, item[results.KEY], item.get(results.VERSION_ID))
     if data is None:
         return None
-    return thumbnail(images.decode(data, target_size=(THUMBNAIL_SIDE, THUMBNAIL_SIDE)).image)
+    return thumbnail(decode_image(data, target_size=(THUMBNAIL_SIDE, THUMBNAIL_SIDE)).image)
 
 
 def _number(value: Any) -> float | None:

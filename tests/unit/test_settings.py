@@ -26,6 +26,9 @@ def test_defaults_are_the_templates_parameter_defaults(template):
     assert defaults.max_object_bytes == parameters["MaxObjectBytes"]["Default"]
     assert defaults.inference_threads == parameters["InferenceThreads"]["Default"]
     assert defaults.log_keys_in_clear == (parameters["LogLevel"]["Default"] == settings_module.KEYS_IN_CLEAR_LOG_LEVEL)
+    assert defaults.structured_reports == settings_module.STRUCTURED_REPORT_SWITCH[
+        parameters["StructuredReports"]["Default"]]
+    assert set(parameters["StructuredReports"]["AllowedValues"]) == set(settings_module.STRUCTURED_REPORT_SWITCH)
 
 
 def test_every_variable_read_is_set_by_the_template_from_its_parameter(template):
@@ -37,15 +40,17 @@ def test_every_variable_read_is_set_by_the_template_from_its_parameter(template)
                             (settings_module.OVERLAY_IMAGES_ENV, "OverlayImages"),
                             (settings_module.MAX_OBJECT_BYTES_ENV, "MaxObjectBytes"),
                             (settings_module.INFERENCE_THREADS_ENV, "InferenceThreads"),
-                            (settings_module.LOG_LEVEL_ENV, "LogLevel")):
+                            (settings_module.LOG_LEVEL_ENV, "LogLevel"),
+                            (settings_module.STRUCTURED_REPORTS_ENV, "StructuredReports")):
         assert variables[name] == {"Ref": parameter}, name
 
 
 def test_from_env_reads_every_setting():
     read = Settings.from_env({"RESULTS_TABLE": "t", "INCOMING_PREFIX": "in/", "RESULTS_PREFIX": "out/",
                               "OVERLAY_IMAGES": "positives", "MAX_OBJECT_BYTES": "1000",
-                              "INFERENCE_THREADS": "2", "LOG_LEVEL": "debug", "IMAGES_BUCKET": "b"})
-    assert read == Settings("t", "in/", "out/", "positives", 1000, 2, True, images_bucket="b")
+                              "INFERENCE_THREADS": "2", "LOG_LEVEL": "debug", "IMAGES_BUCKET": "b",
+                              "STRUCTURED_REPORTS": "off"})
+    assert read == Settings("t", "in/", "out/", "positives", 1000, 2, True, images_bucket="b", structured_reports=False)
     assert Settings.from_env({"RESULTS_TABLE": "t", "IMAGES_BUCKET": "b"}) == Settings("t", images_bucket="b")
 
 
@@ -58,6 +63,7 @@ def test_from_env_reads_every_setting():
     ({"RESULTS_TABLE": "t", "INFERENCE_THREADS": "0"}, "INFERENCE_THREADS"),
     ({"RESULTS_TABLE": "t", "INCOMING_PREFIX": "incoming"}, "INCOMING_PREFIX"),
     ({"RESULTS_TABLE": "t", "RESULTS_PREFIX": "incoming/overlays/"}, "overlaps"),
+    ({"RESULTS_TABLE": "t", "STRUCTURED_REPORTS": "yes"}, "STRUCTURED_REPORTS"),
 ])
 def test_a_bad_setting_fails_at_init_naming_the_variable(environment, message):
     with pytest.raises(SettingsError, match=message):

@@ -15,18 +15,18 @@ from dicom_cases import PHI_MARKERS, SERIES_UID, SOP_UID, STUDY_UID, radiograph,
 from pneumoscan import dicom, sr
 
 SCORE = sr.Score(model_name="pneumoscan-cnn", model_version="2026.11.25-3", probability=0.8312,
-                 label="PNEUMONIA", positive_label="PNEUMONIA", threshold=0.7625,
+                 label="PNEUMONIA", positive=True, threshold=0.7625,
                  warnings=("adult_patient",), hot_region=(100, 200, 300, 400))
 
 
 @pytest.fixture(scope="module")
-def source() -> dicom.DicomImage:
+def source():
     return dicom.decode(to_bytes(radiograph(reference_pixels(), PatientAge="045Y", **PHI_MARKERS)))
 
 
 @pytest.fixture(scope="module")
 def report(source) -> bytes:
-    return sr.report_bytes(source.facts, SCORE)
+    return sr.report_bytes(source.dicom, SCORE)
 
 
 def _read(report: bytes) -> hd.sr.ComprehensiveSR:
@@ -66,8 +66,9 @@ def test_the_report_states_score_label_threshold_model_and_warnings(report):
 
 
 def test_a_negative_is_reported_absent(source):
-    negative = sr.Score(**{**SCORE.__dict__, "probability": 0.1, "label": "NORMAL", "warnings": ()})
-    items = list(_content_items(_read(sr.report_bytes(source.facts, negative))))
+    negative = sr.Score(**{**SCORE.__dict__, "probability": 0.1, "label": "NORMAL", "positive": False,
+                                   "warnings": ()})
+    items = list(_content_items(_read(sr.report_bytes(source.dicom, negative))))
     codes = {(item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue)
              for item in items if item.ValueType == "CODE"}
     assert ("233604007", "272519000") in codes  # Pneumonia: Absent
@@ -85,10 +86,10 @@ def test_the_hot_region_is_a_scoord_on_the_source_image(report):
 
 
 def test_the_same_image_and_model_give_the_same_report_instance(source, report):
-    again = pydicom.dcmread(io.BytesIO(sr.report_bytes(source.facts, SCORE)))
+    again = pydicom.dcmread(io.BytesIO(sr.report_bytes(source.dicom, SCORE)))
     assert again.SOPInstanceUID == pydicom.dcmread(io.BytesIO(report)).SOPInstanceUID
     newer = sr.Score(**{**SCORE.__dict__, "model_version": "2027.01.01-1"})
-    other = pydicom.dcmread(io.BytesIO(sr.report_bytes(source.facts, newer)))
+    other = pydicom.dcmread(io.BytesIO(sr.report_bytes(source.dicom, newer)))
     assert other.SOPInstanceUID != again.SOPInstanceUID
 
 
@@ -100,7 +101,7 @@ def test_no_patient_data_from_the_source_header(report):
 
 
 def test_a_source_without_uids_gets_no_report(source):
-    facts = dicom.DicomFacts(**{**source.facts.__dict__, "study_uid": None})
+    facts = dicom.DicomFacts(**{**source.dicom.__dict__, "study_uid": None})
     with pytest.raises(sr.ReportNotPossible, match="StudyInstanceUID"):
         sr.report_bytes(facts, SCORE)
 

@@ -19,7 +19,8 @@ Only frontal chest radiographs are scored (see `check_scorable`); anything else 
     truncated / corrupt / too_many_pixels / too_small   as for JPEG and PNG
 
 Patient data: the header is parsed in memory and only the identifiers in `DicomFacts` (the
-study, series and instance UIDs, modality, view and age in years) leave this module. pydicom's
+study, series and instance UIDs, modality, view and age in years) leave this module, on the
+decoded image's `dicom`. pydicom's
 own warnings can quote header values, so they are silenced while reading; error texts are
 written here and never quote a header value.
 """
@@ -45,7 +46,7 @@ from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVR
                          JPEGLSLossless, JPEGLSNearLossless)
 
 from pneumoscan.formats import has_dicom_magic, looks_like_bare_dataset
-from pneumoscan import images
+from pneumoscan import images, results
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE, DecodedImage, ImageRejected
 
 # Header values must never reach a log: pydicom's validation warnings quote them, and what it
@@ -105,27 +106,10 @@ class DicomFacts:
 
     def item_fields(self) -> dict:
         """The attributes a result item records (absent values are left out)."""
-        fields = {"study_uid": self.study_uid, "series_uid": self.series_uid, "sop_uid": self.sop_uid,
-                  "modality": self.modality, "view_position": self.view_position,
-                  "patient_age_years": self.patient_age_years}
+        fields = {results.STUDY_UID: self.study_uid, results.SERIES_UID: self.series_uid,
+                  results.SOP_UID: self.sop_uid, results.MODALITY: self.modality,
+                  results.VIEW_POSITION: self.view_position, results.PATIENT_AGE_YEARS: self.patient_age_years}
         return {name: value for name, value in fields.items() if value is not None}
-
-
-@dataclass(frozen=True)
-class DicomImage:
-    """A decoded DICOM radiograph: the image for the model, its facts, and the parsed header.
-
-    `dataset` holds the full header (patient data included) for the structured report's
-    references only; never log or store it.
-    """
-
-    decoded: DecodedImage
-    facts: DicomFacts
-    dataset: Dataset
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return self.facts.warnings()
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -239,8 +223,8 @@ def check_scorable(facts: DicomFacts, dataset: Dataset) -> None:
         raise ImageRejected("unsupported_mode", f"PhotometricInterpretation {photometric} is not supported")
 
 
-def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DicomImage:
-    """DICOM bytes -> the decoded image, its facts and warnings (ImageRejected if not scorable).
+def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DecodedImage:
+    """DICOM bytes -> the decoded image with its header facts in `.dicom` (ImageRejected if not scorable).
 
     With `target_size`, greyscale JPEG baseline pixel data goes through the JPEG decoder the
     JPEG uploads use (strict libjpeg-turbo, DCT-domain downscaling); every other codec decodes
@@ -248,15 +232,19 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DicomI
     """
     dataset = read_dataset(data)
     facts = facts_of(dataset)
-    check_scorable(facts, dataset)
-    if _is_greyscale_jpeg_baseline(dataset, facts):
-        image = _jpeg_baseline_image(dataset, target_size)
-    else:
-        image = _to_image(_pixel_array(dataset), dataset, facts.photometric)
+    try:
+        check_scorable(facts, dataset)
+        if _is_greyscale_jpeg_baseline(dataset, facts):
+            image = _jpeg_baseline_image(dataset, target_size)
+        else:
+            image = _to_image(_pixel_array(dataset), dataset, facts.photometric)
+    except ImageRejected as refused:
+        # A refused DICOM object is still part of its study: the failure keeps the identifiers.
+        refused.dicom = facts
+        raise
     # The source's own size: the hot region is reported in its pixel coordinates.
-    decoded = DecodedImage(image, width=facts.columns or image.width, height=facts.rows or image.height,
-                           format=FORMAT, mode=facts.photometric or "unknown")
-    return DicomImage(decoded, facts, dataset)
+    return DecodedImage(image, width=facts.columns or image.width, height=facts.rows or image.height,
+                        format=FORMAT, mode=facts.photometric or "unknown", dicom=facts)
 
 
 def _is_greyscale_jpeg_baseline(dataset: Dataset, facts: DicomFacts) -> bool:

@@ -30,6 +30,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simplejpeg
@@ -79,6 +80,8 @@ class ImageRejected(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        # A refused DICOM object's identifiers (pneumoscan.dicom.DicomFacts), else None.
+        self.dicom: DicomFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class DecodedImage:
     mode: str
     # What metadata was unusable and ignored (the image is as stored), else None.
     ignored_metadata: str | None = None
+    # A DICOM source's identifiers and header facts (pneumoscan.dicom.DicomFacts), else None.
+    dicom: DicomFacts | None = None
 
 
 def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DecodedImage:

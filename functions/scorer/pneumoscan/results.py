@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT
+if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT (or pydicom)
+    from .dicom import DicomFacts
     from .model import ModelMetadata
     from .scoring import ImageScore
 
@@ -32,6 +33,7 @@ DEFAULT_INCOMING_PREFIX = "incoming/"
 # notification prefix, so it can never trigger another scoring.
 RESULTS_PREFIX = "results/"
 OVERLAY_FOLDER = "overlays/"
+STRUCTURED_REPORT_FOLDER = "sr/"
 
 KEY = "object_key"
 BATCH_INDEX = "batch-index"
@@ -57,6 +59,11 @@ MODEL_VERSION = "model_version"
 MODEL_SHA256 = "model_sha256"
 TIMINGS_MS = "timings_ms"
 IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_FORMAT, IMAGE_MODE = "image_width", "image_height", "image_format", "image_mode"
+# A DICOM source's identifiers (pneumoscan.dicom.DicomFacts.item_fields), the only header values kept.
+STUDY_UID, SERIES_UID, SOP_UID = "study_uid", "series_uid", "sop_uid"
+MODALITY, VIEW_POSITION, PATIENT_AGE_YEARS = "modality", "view_position", "patient_age_years"
+SR_KEY = "sr_key"  # the DICOM Structured Report of a scored DICOM source
+SR_ERROR = "sr_error"  # why a scored DICOM source has no SR (the score stands)
 IGNORED_METADATA = "ignored_metadata"  # EXIF/XMP that could not be used (the image is scored as stored)
 OVERLAY_KEY = "overlay_key"
 OVERLAY_ERROR = "overlay_error"
@@ -102,6 +109,11 @@ def overlay_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
     return f"{results_prefix}{OVERLAY_FOLDER}{object_key}.png"
 
 
+def structured_report_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
+    """`results/sr/<object key>.dcm`: outside the incoming prefix, so never rescored."""
+    return f"{results_prefix}{STRUCTURED_REPORT_FOLDER}{object_key}.dcm"
+
+
 def key_digest(object_key: str) -> str:
     """What logs show instead of a key, which may carry a patient identifier."""
     return hashlib.sha256(object_key.encode()).hexdigest()[:16]
@@ -141,11 +153,14 @@ class Failure:
 
     reason: str
     error: str
+    # A refused DICOM object's identifiers (pneumoscan.dicom.DicomFacts): it still belongs to its study.
+    dicom: DicomFacts | None = None
 
 
 def object_item(object_key: str, *, batch: str, source: SourceObject, model: ModelMetadata,
                 outcome: ImageScore | Failure, timings_ms: Mapping[str, float],
-                overlay_key: str | None = None, scored_at: str | None = None) -> dict[str, Any]:
+                overlay_key: str | None = None, sr_key: str | None = None, sr_error: str | None = None,
+                scored_at: str | None = None) -> dict[str, Any]:
     """The one item of an object: where it came from, which model, and its score or failure."""
     item: dict[str, Any] = {
         KEY: object_key, BATCH: batch, BUCKET: source.bucket, VERSION_ID: source.version_id,
@@ -154,9 +169,11 @@ def object_item(object_key: str, *, batch: str, source: SourceObject, model: Mod
     }
     if isinstance(outcome, Failure):
         item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: outcome.error, WARNINGS: []})
+        if outcome.dicom is not None:
+            item.update(outcome.dicom.item_fields())
         outcome_name = OUTCOME_FAILED
     else:
-        item.update(_score_fields(outcome, overlay_key))
+        item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: sr_error})
         outcome_name = outcome.label
     return _stamped(item, outcome_name, timings_ms, scored_at)
 
@@ -188,6 +205,8 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
             fields[HOT_REGION] = summary.hot_region.as_dict()
     if overlay_key:
         fields[OVERLAY_KEY] = overlay_key
+    if image.dicom is not None:
+        fields.update(image.dicom.item_fields())
     return fields
 
 

@@ -7,7 +7,9 @@ benchmarks. The steps, in order:
 1. size      `check_size`: a caller that knows the size before reading the bytes (an S3
              head, a file's stat) refuses an oversized object unread.
 2. decode    `decode`: bytes -> upright 8-bit image -> the model's uint8 input array. The
-             one decode step: the format is recognised from the bytes' signature.
+             one decode step: the format is recognised from the bytes' signature (JPEG and
+             PNG by `pneumoscan.images`, DICOM by `pneumoscan.dicom`, which also refuses
+             what is no frontal chest radiograph and keeps the header's identifiers).
 3. model     `PneumoniaModel.predict`: probability of the positive label + feature map.
 4. label     `ModelMetadata.label`: the threshold from model.json.
 5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares and
@@ -15,7 +17,8 @@ benchmarks. The steps, in order:
              asks for one.
              The heat map is an aid: if it fails the image is still scored, and
              `heat_map_error` says why.
-6. warnings  every `Check` the scorer was built with looks at the `Evidence` (pixels,
+6. warnings  a DICOM header's own (`adult_patient`), then
+             every `Check` the scorer was built with looks at the `Evidence` (pixels,
              prediction, label) and may return a warning code. A check may instead raise
              `ImageRejected` to refuse an image that must not be scored at all.
 
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cam, images, ood
+from . import cam, formats, images, ood
 from . import overlay as overlays
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
@@ -45,7 +48,7 @@ OVERLAY_POLICIES = ("all", "positives", "none")
 DECODE, INFERENCE, HEAT_MAP = "decode", "inference", "overlay"
 
 __all__ = ["OVERLAY_POLICIES", "Check", "Evidence", "HeatMap", "ImageRejected", "ImageScore", "Scorer",
-           "check_size", "decode", "wants_overlay"]
+           "check_size", "decode", "decode_image", "wants_overlay"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class ImageScore:
     image: DecodedImage  # the decoded picture and its source facts (size, format, mode)
     heat_map: HeatMap | None  # None only when it failed: see heat_map_error
     heat_map_error: str | None
-    warnings: tuple[str, ...]  # codes of the checks that fired, in check order
+    warnings: tuple[str, ...]  # the DICOM header's codes, then those of the checks that fired, in order
     timings_ms: Mapping[str, float]  # wall time per stage
     cpu_ms: Mapping[str, float]  # CPU time per stage
 
@@ -110,7 +113,22 @@ def decode(data: bytes, spec: InputSpec) -> tuple[np.ndarray, DecodedImage]:
     """Bytes -> (model input array, decoded image). The only place input formats are told
     apart: each is recognised by its signature, anything unrecognised is refused with
     `not_an_image` or `unsupported_format`."""
+    if formats.is_dicom(data[:formats.SNIFF_BYTES]):
+        decoded = decode_image(data, target_size=(spec.width, spec.height))
+        return images.to_model_input(decoded.image, spec.height, spec.width, spec.channels), decoded
     return images.load_model_input(data, spec.height, spec.width, spec.channels)
+
+
+def decode_image(data: bytes, *, target_size: tuple[int, int] | None = None) -> DecodedImage:
+    """Bytes -> upright 8-bit image: DICOM (by its bytes, not its name) or JPEG/PNG.
+
+    DICOM support is imported on the first DICOM object only: pydicom, its codecs and
+    their ~0.8 s import never touch a container that sees only JPEG and PNG.
+    """
+    if formats.is_dicom(data[:formats.SNIFF_BYTES]):
+        from . import dicom
+        return dicom.decode(data, target_size=target_size)
+    return images.decode(data, target_size=target_size)
 
 
 def wants_overlay(policy: str, positive: bool) -> bool:
@@ -177,7 +195,9 @@ class Scorer:
             except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
                 heat_map_error = f"{type(exc).__name__}: {exc}"[:500]
         evidence = Evidence(decoded, pixels, prediction, probability, label, positive)
-        warnings = tuple(code for code in (check(evidence) for check in self.checks) if code)
+        # The header's warnings (a DICOM patient's age) come first, then the checks'.
+        header_warnings = decoded.dicom.warnings() if decoded.dicom is not None else ()
+        warnings = header_warnings + tuple(code for code in (check(evidence) for check in self.checks) if code)
         return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
                           model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
                           heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,

@@ -22,6 +22,9 @@ OVERLAY_IMAGES_ENV = "OVERLAY_IMAGES"
 MAX_OBJECT_BYTES_ENV = "MAX_OBJECT_BYTES"
 INFERENCE_THREADS_ENV = "INFERENCE_THREADS"
 LOG_LEVEL_ENV = "LOG_LEVEL"
+STRUCTURED_REPORTS_ENV = "STRUCTURED_REPORTS"
+# Whether a scored DICOM source gets a DICOM Structured Report under the results prefix.
+STRUCTURED_REPORT_SWITCH = {"on": True, "off": False}
 # Keys may carry patient identifiers: only this log level shows them in clear.
 KEYS_IN_CLEAR_LOG_LEVEL = "DEBUG"
 
@@ -42,6 +45,7 @@ class Settings:
     # The one bucket whose events the function acts on (required by the function): the
     # table key holds no bucket, so another bucket's object must never reach an item.
     images_bucket: str | None = None
+    structured_reports: bool = True
 
     def __post_init__(self) -> None:
         if self.overlay_images not in OVERLAY_POLICIES:
@@ -76,11 +80,21 @@ class Settings:
             inference_threads=_integer(env, INFERENCE_THREADS_ENV, defaults.inference_threads),
             log_keys_in_clear=env.get(LOG_LEVEL_ENV, "INFO").upper() == KEYS_IN_CLEAR_LOG_LEVEL,
             images_bucket=env.get(IMAGES_BUCKET_ENV) or None,
+            structured_reports=_switch(env, STRUCTURED_REPORTS_ENV, defaults.structured_reports),
         )
         if table_required and settings.images_bucket is None:
             raise SettingsError(f"{IMAGES_BUCKET_ENV} is not set: the function cannot tell its bucket's events "
                                 f"from another bucket's")
         return settings
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() not in STRUCTURED_REPORT_SWITCH:
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(STRUCTURED_REPORT_SWITCH)}")
+    return STRUCTURED_REPORT_SWITCH[value.lower()]
 
 
 def _integer(env: Mapping[str, str], name: str, default: int) -> int:

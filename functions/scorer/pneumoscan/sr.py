@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -29,6 +30,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumoscan.dicom import DicomFacts
+
+if TYPE_CHECKING:
+    from pneumoscan.model import ModelMetadata
+    from pneumoscan.scoring import ImageScore
 
 # highdicom logs what it copies and what it finds odd in its inputs: not for the function's logs.
 logging.getLogger("highdicom").propagate = False
@@ -62,11 +67,19 @@ class Score:
     model_version: str
     probability: float
     label: str
-    positive_label: str
+    positive: bool
     threshold: float
     warnings: tuple[str, ...] = ()
     # x, y, width, height in source image pixels.
     hot_region: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def of(cls, score: ImageScore, model: ModelMetadata) -> Score:
+        hot = score.heat_map.summary.hot_region if score.heat_map is not None else None
+        return cls(model_name=model.name, model_version=score.model_version, probability=score.probability,
+                   label=score.label, positive=score.positive, threshold=score.threshold,
+                   warnings=tuple(score.warnings),
+                   hot_region=(hot.x, hot.y, hot.width, hot.height) if hot is not None else None)
 
 
 def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
@@ -80,9 +93,8 @@ def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
         name=score.model_name, manufacturer_name=MANUFACTURER, model_name=score.model_version)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    positive = score.label == score.positive_label
     evaluations = [hd.sr.QualitativeEvaluation(
-        name=PNEUMONIA, value=codes.SCT.Present if positive else codes.SCT.Absent)]
+        name=PNEUMONIA, value=codes.SCT.Present if score.positive else codes.SCT.Absent)]
     evaluations += [hd.sr.QualitativeEvaluation(
         name=WARNING, value=Code(code.upper()[:16], SCHEME, WARNING_MEANINGS.get(code, code)))
         for code in score.warnings]
@@ -115,6 +127,13 @@ def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
         sop_instance_uid=_uid("instance", facts.sop_uid, score.model_version), instance_number=1,
         manufacturer=MANUFACTURER, series_description=SERIES_DESCRIPTION, is_complete=True,
         is_final=False, is_verified=False, transfer_syntax_uid=ExplicitVRLittleEndian)
+
+
+def report_for(score: ImageScore, model: ModelMetadata) -> bytes:
+    """The SR of a scored DICOM source (`score.image.dicom`), as a Part 10 file."""
+    if score.image.dicom is None:
+        raise ReportNotPossible("the scored image is not DICOM: there is no study to file an SR in")
+    return report_bytes(score.image.dicom, Score.of(score, model))
 
 
 def report_bytes(facts: DicomFacts, score: Score) -> bytes:
