@@ -32,7 +32,7 @@ from .changes import changes_summary, label_changes, print_changes
 DEFAULT_WINDOW = timedelta(hours=24)
 LABELS = ("NORMAL", "PNEUMONIA")
 # Columns of the table and CSV views; JSON carries every attribute.
-COLUMNS = ("object_key", "status", "label", "probability", "reason", "error", "batch", "model_version",
+COLUMNS = ("object_key", "status", "label", "probability", "warnings", "reason", "error", "batch", "model_version",
            "image_width", "image_height", "image_format", "size_bytes", "scored_at")
 _deserializer = TypeDeserializer()
 
@@ -187,7 +187,7 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
                   compact: bool = False) -> Table:
     """One row per item. `key_prefix` (e.g. `incoming/<batch>/`) is left out of the keys shown;
     `compact` leaves out the model and the time, for a batch scored just now."""
-    columns = ["status", "label", "P", "reason", "size"] + ([] if compact else ["model", "scored at (UTC)"])
+    columns = ["status", "label", "P", "warnings", "reason", "size"] + ([] if compact else ["model", "scored at (UTC)"])
     table = Table(title=title)
     table.add_column("image" if key_prefix else "object key", overflow="fold", min_width=18)
     for column in columns:
@@ -199,6 +199,7 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
             "status": f"[red]{item.get('status')}[/red]" if failed else str(item.get("status", "")),
             "label": f"[bold yellow]{label}[/bold yellow]" if label == "PNEUMONIA" else label,
             "P": f"{item['probability']:.3f}" if item.get("probability") is not None else "",
+            "warnings": f"[yellow]{escape(', '.join(item['warnings']))}[/yellow]" if item.get("warnings") else "",
             "reason": str(item.get("reason") or ""),
             "size": (f"{item['image_width']}x{item['image_height']}"
                      if item.get("image_width") and item.get("image_height") else ""),
@@ -223,6 +224,9 @@ def results(
                       ] = OutputFormat.table,
     changes: Annotated[bool, typer.Option(
         "--changes", help="Only items rescored by another model: previous model and label -> current.")] = False,
+    warned: Annotated[bool, typer.Option(
+        "--warned", help="Only results with warnings (e.g. out_of_distribution): scored, but the score may not apply.")
+    ] = False,
     stack: StackOption = None, endpoint_url: EndpointOption = None, region: RegionOption = None,
     bucket: BucketOption = None, table: TableOption = None,
 ) -> None:
@@ -230,6 +234,8 @@ def results(
     target = resolve_target(stack, endpoint_url, region, bucket, table)
     items = find_results(target, batch=batch, label=label, status=status,
                          since=parse_time(since) if since else None, until=parse_time(until) if until else None)
+    if warned:
+        items = [item for item in items if item.get("warnings")]
     if changes:
         rows = label_changes(items)
         print_changes(rows, output.value, key_prefix=f"{target.incoming_prefix}{batch}/" if batch else "")
@@ -245,4 +251,5 @@ def summary_line(items: list[dict[str, Any]]) -> str:
     scored = [item for item in items if item.get("status") == STATUS_SCORED]
     positives = sum(1 for item in scored if item.get("label") == "PNEUMONIA")
     failed = sum(1 for item in items if item.get("status") == STATUS_FAILED)
-    return f"{len(items)} result(s): {len(scored)} scored ({positives} PNEUMONIA), {failed} failed"
+    warned = sum(1 for item in scored if item.get("warnings"))
+    return f"{len(items)} result(s): {len(scored)} scored ({positives} PNEUMONIA, {warned} warned), {failed} failed"

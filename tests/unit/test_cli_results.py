@@ -241,3 +241,34 @@ def test_changes_table_summarises_the_moves(rescored):
     assert outcome.exit_code == 0, outcome.output
     assert "3 rescored by another model, 2 changed label: 1 FAILED (corrupt) -> NORMAL, 1 NORMAL -> PNEUMONIA" in \
         " ".join(outcome.output.split())
+
+
+def _put(*items):
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for item in items:
+        table.put_item(Item=to_dynamodb(item))
+
+
+def test_warned_results_are_shown_counted_and_filtered(target):
+    _put(_item("incoming/b3/noise.png", "b3", "PNEUMONIA", 0.99) | {"warnings": ["out_of_distribution"]},
+         _item("incoming/b3/photo.jpeg", "b3", "NORMAL", 0.31) | {"warnings": ["out_of_distribution"]},
+         _item("incoming/b3/xray.jpeg", "b3", "PNEUMONIA", 0.88) | {"warnings": []},
+         _item("incoming/b3/blank.png", "b3", reason="blank_image") | {"warnings": []})
+
+    table = runner.invoke(app, ["results", "--batch", "b3"], env={"COLUMNS": "220"})
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "incoming/b3/" in line}
+    assert "out_of_distribution" in rows["incoming/b3/noise.png"] and "out_of_distribution" not in rows["incoming/b3/xray.jpeg"]
+    assert "4 result(s): 3 scored (2 PNEUMONIA, 2 warned), 1 failed" in table.output
+
+    warned = json.loads(runner.invoke(app, ["results", "--batch", "b3", "--warned", "--format", "json"]).stdout)
+    assert [item["object_key"] for item in warned] == ["incoming/b3/noise.png", "incoming/b3/photo.jpeg"]
+    assert all(item["warnings"] == ["out_of_distribution"] for item in warned)
+
+    in_window = json.loads(runner.invoke(app, ["results", "--warned", "--since", "1h", "--format", "json"]).stdout)
+    assert "incoming/b3/noise.png" in [item["object_key"] for item in in_window]
+    assert all(item["warnings"] for item in in_window)
+
+    spreadsheet = list(csv.DictReader(io.StringIO(
+        runner.invoke(app, ["results", "--batch", "b3", "--warned", "--format", "csv"]).stdout)))
+    assert [row["warnings"] for row in spreadsheet] == ['["out_of_distribution"]'] * 2
