@@ -12,10 +12,11 @@ import csv
 import json
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone, UTC
-from enum import Enum
-from typing import Annotated, Any
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.bar import Bar
@@ -26,6 +27,7 @@ from pneumoscan import telemetry
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 from .results import OutputFormat, batch_items, days_between, parse_time
+from .stats_html import stats_page
 
 DEFAULT_WINDOW = timedelta(days=7)
 PERCENTILES = (50, 95, 99)
@@ -152,6 +154,8 @@ def stats(
                                         case_sensitive=False)] = GroupBy.day,
     output: Annotated[OutputFormat, typer.Option("--format", help="table (with a bar chart), json or csv.")
                       ] = OutputFormat.table,
+    html: Annotated[Path | None, typer.Option(
+        "--html", dir_okay=False, help="Also write the rows and a chart as one self-contained HTML page.")] = None,
     stack: StackOption = None, endpoint_url: EndpointOption = None, region: RegionOption = None,
     bucket: BucketOption = None, table: TableOption = None,
 ) -> None:
@@ -165,6 +169,10 @@ def stats(
     if start > end:
         raise typer.BadParameter(f"--since {since} is after --until {until}")
     rows = summarize(counter_items(target, start, end), by)
-    print_stats(rows, by, output, title=f"pneumoscan {_hour(start)}:00 to {_hour(end)}:59 UTC, by {by.value}")
+    title = f"pneumoscan {_hour(start)}:00 to {_hour(end)}:59 UTC, by {by.value}"
+    print_stats(rows, by, output, title=title)
+    if html is not None:
+        html.write_text(stats_page(rows, by.value, title), encoding="utf-8")
+        Console(stderr=True).print(f"wrote {html}")
     if output == OutputFormat.table and not rows:
         Console(stderr=True).print("no images scored in this window")

@@ -148,3 +148,18 @@ def test_cli_json_csv_and_table(target):
 def test_an_empty_window_says_so(target):
     outcome = runner.invoke(app, ["stats", "--since", "2026-10-01", "--until", "2026-10-02"])
     assert outcome.exit_code == 0 and "no images scored in this window" in outcome.output
+
+
+def test_html_page_has_the_rows_and_a_bar_per_group(target, tmp_path):
+    page = tmp_path / "stats.html"
+    outcome = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "batch",
+                                  "--format", "json", "--html", str(page)])
+
+    assert outcome.exit_code == 0, outcome.output
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and "<script" not in html and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert html.count("<tr>") == 3  # header + ward-7 + ward-9
+    assert "<td>ward-7</td><td>4</td>" in html and "ward-9: 1 positive" not in html
+    assert html.count("<rect") == 3 * 2  # negatives, positives, failures for each batch
+    assert "ward-7: 1 failed" in html and "polyline" in html
