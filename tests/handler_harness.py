@@ -25,6 +25,7 @@ from moto import mock_aws
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 from pneumoscan.results import KEY
 from pneumoscan.telemetry import STATS_PREFIX
+from pneumoscan_cli.s3_limits import enforce_key_limit
 from pneumoscan_cli.template import StackSettings, read_settings
 from pneumoscan_cli.worker import FUNCTION_DIR, QueueWorker
 
@@ -152,6 +153,7 @@ def handler_stack(monkeypatch) -> Iterator[HandlerStack]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+    enforce_key_limit()  # S3's 1024-byte key limit, which moto alone does not enforce
     with mock_aws():
         session = boto3.session.Session(region_name=settings.region)
         sqs = session.client("sqs")

@@ -132,7 +132,9 @@ def _score_object(created: ObjectCreated) -> None:
                            extra={"error": outcome.heat_map_error})
             metrics.add_metric(name="OverlayErrors", unit=MetricUnit.Count, value=1)
         if outcome.overlay_png is not None:
-            overlay_key = _write_overlay(created, outcome.overlay_png)
+            overlay_key, overlay_error = _write_overlay(created, outcome.overlay_png)
+            if overlay_error:
+                outcome = dataclasses.replace(outcome, heat_map_error=overlay_error)
         if outcome.image.dicom is not None and settings.structured_reports:
             sr_key, sr_error = _write_structured_report(created, outcome)
     except Rejected as rejected:
@@ -204,19 +206,30 @@ def _reject_if_missing(exc: ClientError, source: results.SourceObject) -> None:
         raise Rejected(results.OBJECT_MISSING, "the object was deleted before it could be scored", source) from exc
 
 
-def _write_overlay(created: ObjectCreated, png: bytes) -> str:
-    """The heat-map overlay goes under the results prefix (outside the notification prefix,
-    so it never triggers a scoring). A failed put raises: the record is retried."""
+def _write_overlay(created: ObjectCreated, png: bytes) -> tuple[str | None, str | None]:
+    """The heat-map overlay under the results prefix: its key, or why it was not written."""
     key = results.overlay_key(created.key, settings.results_prefix)
-    s3_client.put_object(Bucket=created.bucket, Key=key, Body=png,
-                         ContentType="image/png", Metadata={"model-version": model.version})
-    return key
+    error = _put_derived(created, key, png, "image/png", "OverlayErrors")
+    return (None, error) if error else (key, None)
+
+
+def _put_derived(created: ObjectCreated, key: str, body: bytes, content_type: str, error_metric: str) -> str | None:
+    """Put an object derived from the score (outside the notification prefix, so it never
+    triggers a scoring); None, or why it could not be written. A derived object is an aid:
+    once botocore's retries are spent, the score is recorded without it, never retried."""
+    try:
+        s3_client.put_object(Bucket=created.bucket, Key=key, Body=body, ContentType=content_type,
+                             Metadata={"model-version": model.version})
+    except (BotoCoreError, ClientError) as exc:
+        logger.exception("derived object not written; the image is scored without it", extra={"derived": key})
+        metrics.add_metric(name=error_metric, unit=MetricUnit.Count, value=1)
+        return f"not written ({type(exc).__name__}: {exc})"[:500]
+    return None
 
 
 def _write_structured_report(created: ObjectCreated, score: ImageScore) -> tuple[str | None, str | None]:
     """The score as a DICOM SR in the source's study, under the results prefix: (key, None),
-    or (None, why) when it cannot be made; the SR never holds back the score. A failed put
-    raises: the record is retried."""
+    or (None, why) when it cannot be made or written; the SR never holds back the score."""
     from pneumoscan import sr  # highdicom: loaded with the first DICOM object, like pydicom
 
     try:
@@ -227,9 +240,8 @@ def _write_structured_report(created: ObjectCreated, score: ImageScore) -> tuple
         metrics.add_metric(name="StructuredReportErrors", unit=MetricUnit.Count, value=1)
         return None, error
     key = results.structured_report_key(created.key, settings.results_prefix)
-    s3_client.put_object(Bucket=created.bucket, Key=key, Body=body, ContentType="application/dicom",
-                         Metadata={"model-version": model.version})
-    return key, None
+    error = _put_derived(created, key, body, "application/dicom", "StructuredReportErrors")
+    return (None, error) if error else (key, None)
 
 
 def _report_duplicate() -> None:

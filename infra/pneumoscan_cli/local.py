@@ -64,6 +64,9 @@ class LocalStack:
     def start(self) -> Target:
         from moto.server import ThreadedMotoServer  # heavy import, only where a server runs
 
+        from .s3_limits import enforce_key_limit
+
+        enforce_key_limit()  # moto stores keys S3 refuses: refuse them here too
         if self.port:
             _check_port_free(LOCAL_HOST, self.port)  # moto's server thread would hang on a busy port
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise

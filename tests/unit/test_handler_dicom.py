@@ -9,6 +9,7 @@ import sys
 
 import pydicom
 import pytest
+from botocore.exceptions import ClientError
 
 from dicom_cases import CASES_BY_NAME, SERIES_UID, SOP_UID, STUDY_UID, radiograph, reference_pixels, to_bytes
 from handler_harness import handler_stack  # noqa: F401 - pytest fixture
@@ -97,3 +98,40 @@ def test_jpeg_and_png_scoring_never_imports_dicom_support():
         "('pydicom', 'highdicom', 'pylibjpeg', 'openjpeg', 'libjpeg'))\n"
         "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_a_dicom_key_near_s3s_limit_gets_a_structured_report_key_that_fits(handler_stack):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/" + "王" * 335  # 1021 bytes: results/sr/<key>.dcm would be 1036
+    assert len(key.encode()) <= 1024 < len(f"results/sr/{key}.dcm".encode())
+    stack.put(key, to_bytes(radiograph(reference_pixels())))
+
+    outcomes = stack.deliver()
+
+    item = stack.item(key)
+    assert not any(outcome.failed for outcome in outcomes)
+    assert item[results.STATUS] == results.STATUS_SCORED
+    assert len(item[results.SR_KEY].encode()) <= 1024 and item[results.SR_KEY].startswith("results/sr/")
+    stack.s3.head_object(Bucket=stack.settings.bucket, Key=item[results.SR_KEY])
+
+
+def test_a_structured_report_that_cannot_be_written_never_costs_the_score(handler_stack, monkeypatch):
+    stack = handler_stack
+    key = f"{stack.prefix}ward-7/IM0002"
+    stack.put(key, to_bytes(radiograph(reference_pixels())))
+    real_put = stack.app.s3_client.put_object
+
+    def refuse_reports(**kwargs):
+        if kwargs["Key"].startswith("results/sr/"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+        return real_put(**kwargs)
+
+    monkeypatch.setattr(stack.app.s3_client, "put_object", refuse_reports)
+
+    outcomes = stack.deliver()
+
+    item = stack.item(key)
+    assert not any(outcome.failed for outcome in outcomes)
+    assert item[results.STATUS] == results.STATUS_SCORED and results.SR_KEY not in item
+    assert "SlowDown" in item[results.SR_ERROR]

@@ -68,7 +68,7 @@ def test_failed_image_gets_no_overlay(handler_stack):
     assert overlays(stack) == []
 
 
-def test_an_overlay_that_cannot_be_written_retries_the_record(handler_stack, monkeypatch):
+def test_an_overlay_that_cannot_be_written_never_costs_the_score(handler_stack, monkeypatch):
     stack = handler_stack
     key = f"{stack.prefix}ward-7/chest film.jpeg"
     stack.put(key, XRAY.read_bytes())
@@ -79,11 +79,39 @@ def test_an_overlay_that_cannot_be_written_retries_the_record(handler_stack, mon
 
     monkeypatch.setattr(stack.app.s3_client, "put_object", slow_down)
     outcomes = stack.deliver()
-    assert outcomes and outcomes[0].failed and stack.item(key) is None
 
-    monkeypatch.undo()
-    stack.deliver()
-    assert stack.item(key)[results.OVERLAY_KEY] in overlays(stack)
+    item = stack.item(key)
+    assert outcomes and not any(outcome.failed for outcome in outcomes)
+    assert item["status"] == results.STATUS_SCORED and "hot_region" in item
+    assert results.OVERLAY_KEY not in item and "SlowDown" in item[results.OVERLAY_ERROR]
+    assert overlays(stack) == []
+
+
+@pytest.mark.parametrize("key_bytes", [1004, 1010, 1024])
+def test_a_key_near_s3s_limit_is_scored_with_an_overlay_key_that_fits(handler_stack, key_bytes):
+    stack = handler_stack
+    folder = f"{stack.prefix}long/"
+    name = "ü" * ((key_bytes - len(folder.encode()) - len(".jpeg")) // 2)
+    key = folder + name + "x" * ((key_bytes - len(folder.encode()) - len(".jpeg")) % 2) + ".jpeg"
+    assert len(key.encode()) == key_bytes
+    stack.put(key, XRAY.read_bytes())
+
+    outcomes = stack.deliver()
+
+    item = stack.item(key)
+    assert not any(outcome.failed for outcome in outcomes)
+    assert item["status"] == results.STATUS_SCORED
+    assert len(item[results.OVERLAY_KEY].encode()) <= 1024
+    assert item[results.OVERLAY_KEY].startswith(f"{results.RESULTS_PREFIX}{results.OVERLAY_FOLDER}")
+    assert overlays(stack) == [item[results.OVERLAY_KEY]]
+
+
+def test_overlay_keys_keep_the_object_key_while_it_fits_and_differ_for_different_keys():
+    short = "incoming/ward-7/chest film.jpeg"
+    assert results.overlay_key(short) == f"results/overlays/{short}.png"
+    long_keys = [f"incoming/b/{'ü' * 500}{suffix}.jpeg" for suffix in ("a", "b")]
+    derived = [results.overlay_key(key) for key in long_keys]
+    assert all(len(key.encode()) <= 1024 for key in derived) and derived[0] != derived[1]
 
 
 def test_overlays_for_positives_only_keep_every_items_heat_summary(handler_stack, monkeypatch):

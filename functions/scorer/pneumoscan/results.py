@@ -34,6 +34,8 @@ DEFAULT_INCOMING_PREFIX = "incoming/"
 RESULTS_PREFIX = "results/"
 OVERLAY_FOLDER = "overlays/"
 STRUCTURED_REPORT_FOLDER = "sr/"
+# S3's limit on a key, in bytes of UTF-8: keys the pipeline derives must stay within it.
+S3_MAX_KEY_BYTES = 1024
 
 KEY = "object_key"
 BATCH_INDEX = "batch-index"
@@ -106,12 +108,21 @@ def batch_of(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) ->
 
 def overlay_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
     """`results/overlays/<object key>.png`: outside the incoming prefix, so never rescored."""
-    return f"{results_prefix}{OVERLAY_FOLDER}{object_key}.png"
+    return _derived_key(object_key, results_prefix + OVERLAY_FOLDER, ".png")
 
 
 def structured_report_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
     """`results/sr/<object key>.dcm`: outside the incoming prefix, so never rescored."""
-    return f"{results_prefix}{STRUCTURED_REPORT_FOLDER}{object_key}.dcm"
+    return _derived_key(object_key, results_prefix + STRUCTURED_REPORT_FOLDER, ".dcm")
+
+
+def _derived_key(object_key: str, folder: str, suffix: str) -> str:
+    """`<folder><object key><suffix>`, or `<folder><sha256 of the key><suffix>` where that
+    would pass S3's key limit (the item names the key either way)."""
+    readable = f"{folder}{object_key}{suffix}"
+    if len(readable.encode()) <= S3_MAX_KEY_BYTES:
+        return readable
+    return f"{folder}{hashlib.sha256(object_key.encode()).hexdigest()}{suffix}"
 
 
 def key_digest(object_key: str) -> str:
