@@ -23,15 +23,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from pneumoscan import images, ood, scoring
-from pneumoscan_eval.datasets import LabelledFile, list_labelled
 from pneumoscan.model import ModelMetadata, PneumoniaModel, default_model_dir
+from pneumoscan_eval.datasets import LabelledFile, list_labelled
+from tqdm import tqdm
 
 from . import ood_probes
 from .data import collection, dataset_files, patient_id
-from .shortcut_check import CARD_FILE, DEFAULT_DATA, FULLRES_SET, TRAINING_SET, update_model_card, validation_split
+from .shortcut_check import (
+    CARD_FILE,
+    DEFAULT_DATA,
+    FULLRES_SET,
+    TRAINING_SET,
+    update_model_card,
+    validation_split,
+)
 
 STATS_FILE = "ood.npy"
 REPORT_FILE = "ood.json"
@@ -155,12 +161,12 @@ def card_section(result: dict) -> str:
         "not a chest radiograph. Such images are still scored, so scoring also says when an image is outside",
         "what the model knows:",
         "",
-        f"- `blank_image` (FAILED, not scored): the grey-level standard deviation of the 224 x 224 model",
+        "- `blank_image` (FAILED, not scored): the grey-level standard deviation of the 224 x 224 model",
         f"  input is <= {ood.BLANK_MAX_STD:g}; the lowest of every real X-ray measured here is {lowest:.1f}.",
         "- `out_of_distribution` (a warning; the score is still given): the Mahalanobis distance of the",
         "  image's pooled last feature map (Ledoit-Wolf covariance of the training split's features,",
-        f"  shrinkage {stats['shrinkage']:.2g}) is above {stats['threshold']:.2f}, the "
-        f"{stats['percentile']:g}th percentile of training images held out of the fit by patient.",
+        (f"  shrinkage {stats['shrinkage']:.2g}) is above {stats['threshold']:.2f}, the "
+         f"{stats['percentile']:g}th percentile of training images held out of the fit by patient."),
         "",
         "| real X-rays (none in the fit or the cut) | flagged out_of_distribution |",
         "|---|---|",
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         "float32_storage_max_distance_error": round(rounding, 6),
         "measured": measured,
         "command": "python -m training.ood",
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     report = model_dir / "report"
     report.mkdir(parents=True, exist_ok=True)

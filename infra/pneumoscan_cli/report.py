@@ -26,10 +26,10 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import track
 
-from pneumoscan import cam, ood, results
+from pneumoscan import cam, results
 from pneumoscan.model import ModelLoadError, ModelMetadata, default_model_dir
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
-from pneumoscan.scoring import ImageRejected, Scorer, decode_image
+from pneumoscan.scoring import WARNING_MEANINGS, ImageRejected, Scorer, decode_image
 
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
                   TargetError, resolve_target)
@@ -217,15 +217,10 @@ def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
 
 
 def _warnings(codes: tuple[str, ...]) -> str:
-    return "".join(f'<span class="warning" title="{html.escape(WARNING_HELP.get(code, code))}">'
+    return "".join(f'<span class="warning" title="{html.escape(WARNING_MEANINGS.get(code, code))}">'
                    f"{html.escape(code)}</span>" for code in codes)
 
 
-# What a warning code tells the reader (the score is shown either way); other codes show as they are.
-WARNING_HELP = {
-    ood.OUT_OF_DISTRIBUTION: "the image is unlike the paediatric chest X-rays the model was trained on: "
-                             "the score may mean little",
-}
 
 
 def _image(data: bytes | None, kind: str, name: str) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
-from PIL import Image
-
 from handler_harness import handler_stack  # noqa: F401 - pytest fixture
+from PIL import Image
 from pneumoscan import ood, results
-from test_handler import NORMAL_XRAY, invoke, queued_event, pytestmark  # noqa: F401 - same skip rule
+from test_handler import NORMAL_XRAY, invoke, pytestmark, queued_event  # noqa: F401 - same skip rule
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -19,7 +17,7 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_blank_images_fail_noise_is_warned_and_an_xray_has_an_empty_list(handler_stack):
+def test_blank_images_fail_noise_is_warned_and_an_xray_has_an_empty_list(handler_stack):  # noqa: F811
     stack = handler_stack
     noise = np.random.default_rng(0).integers(0, 256, (512, 512))
     uploads = {"black.png": _png(np.zeros((512, 512))), "white.png": _png(np.full((512, 512), 255)),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from image_cases import DATA_DIR
 from pneumoscan import images, ood
-from pneumoscan_eval.datasets import LabelledFile, list_labelled
 from pneumoscan.model import METADATA_FILE, PneumoniaModel, default_model_dir
+from pneumoscan_eval.datasets import LabelledFile, list_labelled
+
 from training import ood as ood_fit
 from training import ood_probes, shortcut_check
 

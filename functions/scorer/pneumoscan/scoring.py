@@ -68,6 +68,13 @@ class Evidence:
         return self.prediction.feature_map[0].mean(axis=(0, 1))
 
 
+# What each warning code tells a reader (the image is scored either way): shown by the HTML
+# report and written into the DICOM structured report.
+WARNING_MEANINGS = {
+    "adult_patient": "Patient age outside the paediatric training population",
+    ood.OUT_OF_DISTRIBUTION: "Image far from the training distribution: the score may mean little",
+}
+
 # A warning check: returns a warning code (e.g. "out_of_distribution") or None.
 Check = Callable[[Evidence], "str | None"]
 

@@ -30,6 +30,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumoscan.dicom import DicomFacts
+from pneumoscan.scoring import WARNING_MEANINGS
 
 if TYPE_CHECKING:
     from pneumoscan.model import ModelMetadata
@@ -49,10 +50,6 @@ HOT_REGION = Code("HOT-REGION", SCHEME, "Region of highest class activation for 
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = codes.UCUM.NoUnits
-WARNING_MEANINGS = {
-    "adult_patient": "Patient age outside the paediatric training population",
-    "out_of_distribution": "Image far from the training distribution",
-}
 
 
 class ReportNotPossible(ValueError):
