@@ -4,6 +4,7 @@
     python -m training --data DIR --epochs 3  # any Kaggle-layout folder
     python -m training --run-dir runs/x       # resumes runs/x if it was interrupted
     python -m training --ensemble runs/a runs/b   # logit-average of finished runs, no training
+    python -m training --hold-out-collection NORMAL2 --run-dir runs/x   # the shift proxy, no export
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 from .augment import AugmentConfig
+from .holdout import run_holdout, summary_line
 from .pipeline import RunOptions, promote, run, run_ensemble
 from .train import TrainConfig
 
@@ -25,6 +27,11 @@ AUGMENT_PRESETS = {
     # Close to the first full preset (model 2026.11.25-2, which used a 3x3 binomial blur).
     "mild": AugmentConfig(gamma=(0.7, 1.45), contrast=(0.7, 1.3), blur_probability=0.3,
                           blur_sigma_max=0.7, sharpen_probability=0.2, sharpen_amount=1.0),
+    # "full" plus what other scanners and exports do: another image's tone curve, local
+    # gamma, resampling and JPEG round trips, border strips and burned-in markers.
+    "acquisition": AugmentConfig(histogram_match_probability=0.5, local_gamma_probability=0.5,
+                                 resample_probability=0.4, jpeg_probability=0.4,
+                                 border_probability=0.25, marker_probability=0.25),
     "none": AugmentConfig(rotation_degrees=0.0, zoom=0.0, translation=0.0, gamma=(1.0, 1.0),
                           contrast=(1.0, 1.0), brightness=0.0, blur_probability=0.0,
                           sharpen_probability=0.0, noise_std=0.0, flip=False),
@@ -51,12 +58,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="filters of the five conv blocks (default %(default)s)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--augment", choices=("full", "mild", "geometry", "none"), default="full",
+    parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default="full",
                         help="ablations: geometry only, or no augmentation at all")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
                         help="skip training: export the logit average of these finished runs")
     parser.add_argument("--promote", type=Path, metavar="EXPORT_DIR",
                         help="skip training: publish a finished run's export folder into --model-dir")
+    parser.add_argument("--hold-out-collection", metavar="NAME",
+                        help="train without one acquisition collection (NORMAL2, IM, person) and report "
+                             "its specificity at each threshold rule into RUN_DIR/holdout.json; no export")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="use only N images per class and split (smoke tests)")
     parser.add_argument("--no-reference", action="store_true",
@@ -76,6 +86,10 @@ def main(argv: list[str] | None = None) -> None:
                          limit_per_class=args.limit_per_class,
                          reference_models=not args.no_reference, version=args.version,
                          enforce_parity=not args.no_parity_gate)
+    if args.hold_out_collection:
+        result = run_holdout(config, args.data, args.run_dir, args.hold_out_collection)
+        print(summary_line(result))
+        return
     if args.promote:
         metadata = promote(args.promote, args.model_dir, args.version)
         print(f"published {args.promote} as {metadata['version']} in {args.model_dir}")

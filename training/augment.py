@@ -32,6 +32,24 @@ class AugmentConfig:
     sharpen_amount: float = 1.0
     noise_std: float = 4.0  # grey levels
     flip: bool = True
+    # Acquisition variation (off unless a preset turns it on). Each imitates what another
+    # scanner, export or later collection does to the same anatomy:
+    # the whole tone curve of a random other image of the batch (histogram matching,
+    # blended in by a random amount), so no grey-level distribution marks a class;
+    histogram_match_probability: float = 0.0
+    # a smooth spatially varying gamma (log-gamma field from a 3x3 grid of this std);
+    local_gamma_probability: float = 0.0
+    local_gamma_log_std: float = 0.25
+    # a down/up-sampling round trip (scale per axis in [resample_min_scale, 1]);
+    resample_probability: float = 0.0
+    resample_min_scale: float = 0.35
+    # JPEG re-encoding at a random quality;
+    jpeg_probability: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 95)
+    # dark or bright border strips and burned-in marker blocks near the edges.
+    border_probability: float = 0.0
+    border_max_fraction: float = 0.08
+    marker_probability: float = 0.0
 
 
 def geometry_layers(config: AugmentConfig, seed: int) -> keras.Sequential:
@@ -62,15 +80,98 @@ def _gaussian(images: tf.Tensor, sigma: float) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
 
 
-def intensity(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Per-image random gamma, contrast, brightness, blur/sharpen and noise (stateless by seed)."""
+def histogram_match(images: tf.Tensor, strength: tf.Tensor) -> tf.Tensor:
+    """Move each image's grey-level histogram towards that of the next image in the batch.
+
+    Classic CDF matching on the uint8 grid: lut[v] = smallest target level whose CDF
+    reaches the source CDF at v. `strength` (B,1,1,1) in [0, 1] blends the result in.
+    """
     batch = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(seed, 8)
+    levels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.int32)
+    flat = tf.reshape(levels, [batch, -1])
+    offsets = tf.range(batch)[:, None] * 256
+    counts = tf.reshape(tf.math.bincount(tf.reshape(flat + offsets, [-1]), minlength=256 * batch,
+                                         maxlength=256 * batch, dtype=tf.float32), [batch, 256])
+    cdf = tf.cumsum(counts, axis=1) / tf.reduce_sum(counts, axis=1, keepdims=True)
+    target = tf.roll(cdf, shift=1, axis=0)
+    lut = tf.minimum(tf.searchsorted(target, cdf - 1e-6, side="left"), 255)
+    matched = tf.cast(tf.reshape(tf.gather(lut, flat, batch_dims=1), tf.shape(images)), tf.float32)
+    return images + strength * (matched - images)
+
+
+def _smooth_field(shape_like: tf.Tensor, seed: tf.Tensor, std: float, grid: int = 3) -> tf.Tensor:
+    batch, height, width = tf.shape(shape_like)[0], tf.shape(shape_like)[1], tf.shape(shape_like)[2]
+    coarse = tf.random.stateless_normal([batch, grid, grid, 1], seed) * std
+    return tf.image.resize(coarse, [height, width], method="bicubic")
+
+
+def resample_round_trip(images: tf.Tensor, seed: tf.Tensor, min_scale: float) -> tf.Tensor:
+    """Down-sample (one random size per batch, per axis) and back: a softer or aliased copy."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    scales = tf.random.stateless_uniform([3], seed, min_scale, 1.0)
+    size = tf.cast(tf.round(tf.cast([height, width], tf.float32) * scales[:2]), tf.int32)
+    # Half the batches antialias (area-like), half do not (plain bilinear decimation aliases).
+    small = tf.cond(scales[2] < (1.0 + min_scale) / 2,
+                    lambda: tf.image.resize(images, size, method="bilinear", antialias=True),
+                    lambda: tf.image.resize(images, size, method="bilinear"))
+    return tf.image.resize(small, [height, width], method="bilinear")
+
+
+def jpeg_round_trip(images: tf.Tensor, seeds: tf.Tensor, quality: tuple[int, int]) -> tf.Tensor:
+    pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+    encoded = tf.map_fn(
+        lambda args: tf.image.stateless_random_jpeg_quality(args[0], quality[0], quality[1], args[1]),
+        (pixels, seeds), fn_output_signature=tf.uint8)
+    return tf.cast(encoded, tf.float32)
+
+
+def borders_and_markers(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Constant strips along random edges and bright blocks (burned-in letters) near the edges."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    rows = tf.cast(tf.range(height), tf.float32)[None, :, None, None] / tf.cast(height, tf.float32)
+    cols = tf.cast(tf.range(width), tf.float32)[None, None, :, None] / tf.cast(width, tf.float32)
+
+    def uniform(i, count, low=0.0, high=1.0):
+        return tf.random.stateless_uniform([batch, 1, 1, count], seeds[i], low, high)
+
+    # Strip widths per edge (top, bottom, left, right); each edge has a strip half the time.
+    widths = uniform(0, 4, 0.0, config.border_max_fraction) * tf.cast(uniform(1, 4) < 0.5, tf.float32)
+    strip = ((rows < widths[..., 0:1]) | (rows > 1.0 - widths[..., 1:2])
+             | (cols < widths[..., 2:3]) | (cols > 1.0 - widths[..., 3:4]))
+    shade = tf.where(uniform(2, 1) < 0.6, 0.0, 255.0)  # mostly black, sometimes white
+    on = tf.cast(uniform(3, 1) < config.border_probability, tf.bool)
+    images = tf.where(strip & on, shade, images)
+    # One marker block in the outer band: 4-10 % of the side, bright.
+    box = uniform(4, 4)
+    size_y, size_x = 0.04 + 0.06 * box[..., 0:1], 0.04 + 0.06 * box[..., 1:2]
+    top = tf.where(box[..., 2:3] < 0.5, 0.02 + 0.1 * box[..., 2:3], 0.8 + 0.1 * box[..., 2:3])
+    left = 0.02 + 0.86 * box[..., 3:4]
+    marker = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)
+    levels = uniform(5, 2)
+    marker_on = tf.cast(levels[..., 0:1] < config.marker_probability, tf.bool)
+    return tf.where(marker & marker_on, 200.0 + 55.0 * levels[..., 1:2], images)
+
+
+def intensity(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Per-image random tone, sharpness, resolution, compression, framing and noise (stateless by seed)."""
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 17)
 
     def uniform(i, low, high):
         return tf.random.stateless_uniform([batch, 1, 1, 1], seeds[i], low, high)
 
+    def chance(i, probability):
+        return tf.cast(uniform(i, 0.0, 1.0) < probability, tf.float32)
+
+    if config.histogram_match_probability > 0:
+        strength = chance(8, config.histogram_match_probability) * uniform(9, 0.0, 1.0)
+        images = histogram_match(images, strength)
     x = images / 255.0
+    if config.local_gamma_probability > 0:
+        field = _smooth_field(x, seeds[10], config.local_gamma_log_std)
+        x = tf.pow(tf.clip_by_value(x, 1e-6, 1.0), tf.exp(field * chance(11, config.local_gamma_probability)))
     x = tf.pow(tf.clip_by_value(x, 1e-6, 1.0), uniform(0, *config.gamma))
     mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
     x = (x - mean) * uniform(1, *config.contrast) + mean
@@ -85,6 +186,15 @@ def intensity(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.T
     softened = tf.where(level <= 1.0, x + level * (mild - x), mild + (level - 1.0) * (wide - mild))
     sharpened = x + uniform(7, 0.0, config.sharpen_amount) * (x - wide)
     x = x + blurring * (softened - x) + sharpening * (sharpened - x)
+    if config.resample_probability > 0:
+        resampled = resample_round_trip(x, seeds[12], config.resample_min_scale)
+        x = x + chance(13, config.resample_probability) * (resampled - x)
     x = x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(6, 0.0, config.noise_std)
+    if config.border_probability > 0 or config.marker_probability > 0:
+        x = borders_and_markers(x, config, seeds[14])
+    if config.jpeg_probability > 0:
+        image_seeds = tf.random.experimental.stateless_split(seeds[15], batch)
+        jpeg = jpeg_round_trip(x, image_seeds, config.jpeg_quality)
+        x = x + chance(16, config.jpeg_probability) * (jpeg - x)
     # Back onto the uint8 grid the deployed model is fed.
     return tf.round(tf.clip_by_value(x, 0.0, 255.0))

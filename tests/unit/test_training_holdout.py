@@ -1,0 +1,59 @@
+"""The collection hold-out proxy: what is held out, and the figures reported on it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import collection
+from training.holdout import SENSITIVITY_FLOORS, holdout_split, proxy_metrics, rule_name
+
+
+def _layout(root: Path) -> Path:
+    names = {("train", "NORMAL"): [f"IM-{i:04d}-0001.jpeg" for i in range(30)]
+             + [f"NORMAL2-IM-{i:04d}-0001.jpeg" for i in range(100, 130)],
+             ("train", "PNEUMONIA"): [f"person{i}_bacteria_{i}.jpeg" for i in range(60)],
+             ("val", "NORMAL"): ["NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1430-0001.jpeg"],
+             ("val", "PNEUMONIA"): ["person1946_bacteria_4874.jpeg", "person1950_bacteria_4881.jpeg"]}
+    for (split, label), files in names.items():
+        folder = root / split / label
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_bytes(b"x")
+    return root
+
+
+def test_held_out_collection_is_on_neither_training_nor_threshold_side(tmp_path):
+    split = holdout_split(_layout(tmp_path), "NORMAL2", 0.2, 7)
+    assert {collection(f.path) for f in split.held_out} == {"NORMAL2"}
+    assert len(split.held_out) == 32  # 30 train-split studies + the 2 official val normals
+    assert "NORMAL2" not in {collection(f.path) for f in split.train + split.val}
+    assert {f.label for f in split.val} == {0, 1} and {f.label for f in split.train} == {0, 1}
+    # The official val is reported whole, its normals coming from the held-out side.
+    assert sorted(f.path.name for f in split.official_val) == sorted(
+        p.name for p in (tmp_path / "val").rglob("*.jpeg"))
+    assert len(split.train) + len(split.val) + len(split.held_out) == 124
+    with pytest.raises(ValueError):
+        holdout_split(tmp_path, "NORMAL3", 0.2, 7)
+
+
+def test_proxy_metrics_choose_the_threshold_on_val_only():
+    val_labels = np.array([0] * 4 + [1] * 10)
+    val_scores = np.r_[[0.1, 0.2, 0.3, 0.4], np.linspace(0.5, 0.95, 10)]
+    held_labels = np.zeros(4, int)
+    held_scores = np.array([0.05, 0.45, 0.62, 0.92])  # two above every val threshold
+    official_labels = np.array([0, 0, 1, 1])
+    official_scores = np.array([0.1, 0.7, 0.8, 0.9])
+    result = proxy_metrics(val_labels, val_scores, held_labels, held_scores, official_labels, official_scores)
+    assert set(result["rules"]) == {rule_name(f) for f in SENSITIVITY_FLOORS}
+    row = result["rules"][rule_name(0.90)]
+    # 90 % sensitivity on 10 positives: the threshold sits between 0.5 and 0.55.
+    assert 0.5 < row["threshold"] < 0.55
+    assert row["val_sensitivity"] == pytest.approx(0.9) and row["val_specificity"] == 1.0
+    assert row["held_out_specificity"] == pytest.approx(0.5)
+    assert row["official_val_false_positive"] == 1 and row["official_val_correct"] == 3
+    assert result["held_out"]["negatives"] == 4
+    # Held-out normals vs val positives: 0.05 and 0.45 below all ten, 0.62 above 3, 0.92 above 9.
+    assert result["held_out"]["auc_vs_val_positives"] == pytest.approx(1 - (3 + 9) / 40)
+
+
