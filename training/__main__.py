@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .augment import AugmentConfig
 from .holdout import run_holdout, summary_line
-from .pipeline import RunOptions, promote, run, run_ensemble
+from .pipeline import MIN_SENSITIVITY, RunOptions, promote, run, run_ensemble
 from .train import TrainConfig
 
 DEFAULT_DATA = Path("../shared/data/chest_xray")
@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold-out-collection", metavar="NAME",
                         help="train without one acquisition collection (NORMAL2, IM, person) and report "
                              "its specificity at each threshold rule into RUN_DIR/holdout.json; no export")
+    parser.add_argument("--min-sensitivity", type=float, default=MIN_SENSITIVITY,
+                        help="threshold rule: highest specificity with at least this validation "
+                             "sensitivity (default %(default)s, chosen by the hold-out proxy)")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="export test-time flip averaging (image and mirror image, mean logit)")
+    parser.add_argument("--proxy", type=Path, nargs="+", default=[], metavar="HOLDOUT_JSON",
+                        help="holdout.json of this recipe's --hold-out-collection runs, recorded in the metrics")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="use only N images per class and split (smoke tests)")
     parser.add_argument("--no-reference", action="store_true",
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     options = RunOptions(data_dir=args.data, model_dir=args.model_dir, run_dir=args.run_dir,
                          limit_per_class=args.limit_per_class,
                          reference_models=not args.no_reference, version=args.version,
-                         enforce_parity=not args.no_parity_gate)
+                         enforce_parity=not args.no_parity_gate, min_sensitivity=args.min_sensitivity,
+                         flip_average=args.flip_average, proxy_results=tuple(args.proxy))
     if args.hold_out_collection:
         result = run_holdout(config, args.data, args.run_dir, args.hold_out_collection)
         print(summary_line(result))

@@ -30,3 +30,32 @@ def average_logits(members: list[keras.Model]) -> keras.Model:
     probability = layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
     return keras.Model(inputs, {PROBABILITY_LAYER: probability, FEATURE_MAP_LAYER: feature_map},
                        name="pneumoscan_ensemble")
+
+
+@keras.saving.register_keras_serializable(package="pneumoscan")
+class HorizontalFlip(layers.Layer):
+    """Mirror images (or feature maps) left to right."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)
+
+
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """Test-time flip averaging as one GAP-head model.
+
+    The mirrored image's feature map is mirrored back and averaged with the direct one;
+    the GAP head is linear, so the logit is the mean of the two logits and the class
+    activation map stays aligned with the image.
+    """
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
+    trunk = keras.Model(model.inputs, model.get_layer(FEATURE_MAP_LAYER).output, name="trunk")
+    direct = trunk(inputs)
+    mirrored = HorizontalFlip(name="unflip")(trunk(HorizontalFlip(name="flip")(inputs)))
+    feature_map = layers.Average(name=FEATURE_MAP_LAYER)([direct, mirrored])
+    pooled = layers.GlobalAveragePooling2D(name="gap")(feature_map)
+    dense = layers.Dense(1, name=LOGIT_LAYER)
+    logit = dense(pooled)
+    dense.set_weights(model.get_layer(LOGIT_LAYER).get_weights())
+    probability = layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
+    return keras.Model(inputs, {PROBABILITY_LAYER: probability, FEATURE_MAP_LAYER: feature_map},
+                       name="pneumoscan_flip_averaged")

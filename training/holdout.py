@@ -19,8 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pneumoscan import metrics
-from pneumoscan.datasets import LabelledFile
+from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import LabelledFile
 
 from .architecture import PROBABILITY_LAYER
 from .data import collection, dataset_files, load_images
@@ -62,13 +62,17 @@ def _scores(model: keras.Model, images: np.ndarray, flip: bool = False) -> np.nd
     return model.predict(pixels, batch_size=64, verbose=0)[PROBABILITY_LAYER].ravel()
 
 
+def _logit(probability: np.ndarray) -> np.ndarray:
+    clipped = np.clip(probability, 1e-7, 1 - 1e-7)
+    return np.log(clipped / (1 - clipped))
+
+
 def score_model(model: keras.Model, images: np.ndarray, flip_average: bool = False) -> np.ndarray:
     """P(pneumonia); with `flip_average`, the mean logit of the image and its mirror image."""
     scores = _scores(model, images)
     if not flip_average:
         return scores
-    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))  # noqa: E731
-    mean = (logit(scores) + logit(_scores(model, images, flip=True))) / 2
+    mean = (_logit(scores) + _logit(_scores(model, images, flip=True))) / 2
     return 1.0 / (1.0 + np.exp(-mean))
 
 
@@ -145,3 +149,17 @@ def summary_line(result: dict, rule: str = rule_name(0.97)) -> str:
                      f"{row['val_sensitivity']:.3f} spec {row['val_specificity']:.3f}, held-out spec "
                      f"{row['held_out_specificity']:.3f}, official {row['official_val_correct']}/16")
     return f"{result['held_out_collection']} ({result['training_seconds'] / 60:.1f} min): " + " | ".join(parts)
+
+
+def read_proxy(path: Path, min_sensitivity: float, flip_average: bool) -> dict:
+    """The figures of one hold-out run at the shipped threshold rule, for model.json and the card."""
+    result = json.loads(Path(path).read_text())
+    block = result["flip_average" if flip_average else "single"]
+    row = block["rules"][rule_name(min_sensitivity)]
+    return {"held_out_collection": result["held_out_collection"], "run": str(Path(path).parent),
+            "epochs": result["epochs"], "augment": result["config"]["augment"],
+            "training_seconds": result["training_seconds"],
+            "val_auc": block["val"]["auc"],
+            "held_out_normals": block["held_out"]["negatives"],
+            "held_out_auc_vs_val_positives": block["held_out"]["auc_vs_val_positives"],
+            "rule": rule_name(min_sensitivity), **row}

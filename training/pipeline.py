@@ -25,14 +25,20 @@ from .architecture import LOGIT_LAYER
 from .calibration import fit_platt, fold_into_dense
 from .data import ImageSet, collection, dataset_files, load_images, patient_id
 from .export import convert_float, convert_int8, representative_images
-from .ensemble import average_logits
+from .ensemble import average_logits, flip_averaged
+from .holdout import read_proxy
 from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_model
 
 MODEL_NAME = "pneumoscan-cnn"
 TFLITE_FILE = "pneumoscan.tflite"
 MIN_SENSITIVITY = 0.97
-THRESHOLD_RULE = (f"highest specificity with sensitivity >= {MIN_SENSITIVITY} on the by-patient "
-                  "validation split, scored by the int8 model; midway to the next lower score")
+
+
+def threshold_rule(min_sensitivity: float) -> str:
+    return (f"highest specificity with sensitivity >= {min_sensitivity} on the by-patient "
+            "validation split, scored by the int8 model; midway to the next lower score")
+
+
 # Parity of the int8 model against the Keras model on the validation split.
 MAX_AUC_GAP = 0.005
 MIN_LABEL_AGREEMENT = 0.99
@@ -56,6 +62,12 @@ class RunOptions:
     version: str | None = None
     # Smoke runs (1 epoch on a few images) cannot meet parity; they record it instead.
     enforce_parity: bool = True
+    # The threshold rule's sensitivity floor on validation (chosen by the collection hold-out proxy).
+    min_sensitivity: float = MIN_SENSITIVITY
+    # Export the mean of the image's and its mirror image's logits (two passes per image).
+    flip_average: bool = False
+    # holdout.json files of this recipe's collection hold-out runs, recorded in the metrics.
+    proxy_results: tuple[Path, ...] = ()
 
 
 def _limit(files: list[LabelledFile], per_class: int, seed: int) -> list[LabelledFile]:
@@ -187,7 +199,8 @@ def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
     started = time.monotonic()
     train, val, train_files, val_files = load_split(config, options)
     members = [keras.saving.load_model(run_dir / TRAINED_MODEL) for run_dir in run_dirs]
-    model = average_logits(members)
+    # One run: re-export it as it is (another threshold rule, flip averaging) without training.
+    model = members[0] if len(members) == 1 else average_logits(members)
     history = read_history(run_dirs[0] / "history.csv")
     seconds = sum(_training_seconds(run_dir) for run_dir in run_dirs) + time.monotonic() - started
     return finalize(model, train, val, train_files, val_files, history, config, options,
@@ -208,6 +221,8 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     """Calibrate, export int8, check parity, pick the threshold, write model/ and the report."""
     from .report import write_model_card, write_report
 
+    if options.flip_average:
+        model = flip_averaged(model)
     logit_model = keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output)
     val_pixels = val.images.astype(np.float32)
     logits = logit_model.predict(val_pixels, batch_size=64, verbose=0).ravel()
@@ -238,7 +253,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     int8_model = PneumoniaModel(stage)
     int8_scores = predict_int8(int8_model, val.images)
 
-    threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, MIN_SENSITIVITY)
+    threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, options.min_sensitivity)
     parity = check_parity(val.labels, keras_scores, int8_scores, threshold)
     print("parity:", json.dumps(parity), flush=True)
     if options.enforce_parity and not parity["passed"]:
@@ -258,7 +273,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     metadata = dataclasses.replace(
         metadata,
         threshold=round(threshold, 6),
-        threshold_rule=THRESHOLD_RULE,
+        threshold_rule=threshold_rule(options.min_sensitivity),
         cam=CamWeights(dense_kernel.ravel().astype(np.float32), float(dense_bias[0]),
                        note="logit map = sum_k weights[k] * feature_map[..., k] + bias; its spatial mean "
                             "is the logit of probability (GAP head, Platt calibration folded in)"),
@@ -274,10 +289,14 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
                             "a": platt_a, "b": platt_b},
             "seconds": round(training_seconds, 1),
             "ensemble": ensemble,
+            "threshold_min_sensitivity": options.min_sensitivity,
+            "test_time_flip_average": options.flip_average,
         },
         metrics={"val": val_summary,
                  "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
-                 "parity": parity},
+                 "parity": parity,
+                 "collection_hold_out": [read_proxy(path, options.min_sensitivity, options.flip_average)
+                                         for path in options.proxy_results]},
         trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         commit=_git_commit(),
     )

@@ -70,3 +70,17 @@ def test_ensemble_is_the_mean_of_member_logits():
     expected = np.mean([_logits(member, images) for member in members], axis=0)
     np.testing.assert_allclose(_logits(ensemble, images), expected, rtol=1e-4, atol=1e-5)
     assert ensemble.predict(images, verbose=0)[FEATURE_MAP_LAYER].shape == (3, 14, 14, 16)
+
+
+def test_flip_averaging_is_the_mean_of_the_two_logits_with_an_aligned_map():
+    from training.ensemble import flip_averaged
+
+    model = build_model(widths=TINY)
+    images = _images()
+    averaged = flip_averaged(model)
+    expected = (_logits(model, images) + _logits(model, images[:, :, ::-1, :])) / 2
+    np.testing.assert_allclose(_logits(averaged, images), expected, rtol=1e-4, atol=1e-5)
+    # The mirrored image's averaged map is the mirror image of the original's.
+    np.testing.assert_allclose(averaged.predict(images[:, :, ::-1, :], verbose=0)[FEATURE_MAP_LAYER],
+                               averaged.predict(images, verbose=0)[FEATURE_MAP_LAYER][:, :, ::-1, :],
+                               rtol=1e-4, atol=1e-5)
