@@ -57,3 +57,26 @@ def test_proxy_metrics_choose_the_threshold_on_val_only():
     assert result["held_out"]["auc_vs_val_positives"] == pytest.approx(1 - (3 + 9) / 40)
 
 
+
+
+def test_a_hold_out_run_is_recorded_at_the_shipped_rule_and_shown_on_the_card(tmp_path):
+    import json
+
+    from training.holdout import RESULT_FILE, read_proxy
+    from training.report import _hold_out_section
+
+    labels = np.array([0] * 4 + [1] * 10)
+    scores = np.r_[[0.1, 0.2, 0.3, 0.4], np.linspace(0.5, 0.95, 10)]
+    block = proxy_metrics(labels, scores, np.zeros(4, int), np.array([0.05, 0.45, 0.62, 0.92]),
+                          labels[2:6], scores[2:6])
+    flipped = proxy_metrics(labels, scores, np.zeros(4, int), np.array([0.05, 0.1, 0.2, 0.92]),
+                            labels[2:6], scores[2:6])
+    (tmp_path / RESULT_FILE).write_text(json.dumps({
+        "held_out_collection": "NORMAL2", "epochs": 5, "training_seconds": 60.0,
+        "config": {"augment": {"jpeg_probability": 0.4}}, "single": block, "flip_average": flipped}))
+    row = read_proxy(tmp_path / RESULT_FILE, 0.90, flip_average=False)
+    assert row["held_out_specificity"] == pytest.approx(0.5) and row["rule"] == rule_name(0.90)
+    assert read_proxy(tmp_path / RESULT_FILE, 0.90, flip_average=True)["held_out_specificity"] == 0.75
+    section = _hold_out_section([row])
+    assert "| NORMAL2 | 5 | 4 |" in section and "50.0 %" in section
+    assert "not measured" in _hold_out_section([])

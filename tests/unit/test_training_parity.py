@@ -41,7 +41,7 @@ def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():
     assert summary.sensitivity == pytest.approx(recorded["sensitivity"])
     assert summary.specificity == pytest.approx(recorded["specificity"])
     # The threshold is the stated rule applied to these very scores.
-    floor = model.metadata["training"].get("threshold_min_sensitivity", MIN_SENSITIVITY)
+    floor = model.metadata.training.get("threshold_min_sensitivity", MIN_SENSITIVITY)
     assert metrics.threshold_for_sensitivity(val.labels, int8_scores, floor) == pytest.approx(
         model.threshold, abs=1e-6)
     assert json.loads((default_model_dir() / "report" / "metrics.json").read_text())["val"]["n"] == summary.n
