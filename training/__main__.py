@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summary_line(result))
         return
     if args.promote:
-        metadata = promote(args.promote, args.model_dir, args.version)
+        metadata = promote(args.promote, args.model_dir, args.version, tuple(args.proxy))
         print(f"published {args.promote} as {metadata['version']} in {args.model_dir}")
         return
     result = run_ensemble(args.ensemble, options) if args.ensemble else run(config, options)

@@ -22,6 +22,7 @@ from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUT
                               ModelMetadata, PneumoniaModel)
 
 from .architecture import LOGIT_LAYER
+from .augment import AugmentConfig
 from .calibration import fit_platt, fold_into_dense
 from .data import ImageSet, collection, dataset_files, load_images, patient_id
 from .export import convert_float, convert_int8, representative_images
@@ -194,7 +195,11 @@ def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
     splits = {(c.get("split_seed", c["seed"]), c["val_fraction"]) for c in configs}
     if len(splits) != 1:
         raise ValueError(f"ensemble members were validated on different splits: {splits}")
-    config = TrainConfig(**{k: v for k, v in configs[0].items() if k != "augment"})
+    config = TrainConfig(**{k: v for k, v in configs[0].items() if k not in ("augment", "widths")})
+    config.widths = tuple(configs[0]["widths"])
+    if len(run_dirs) == 1:  # a re-export keeps the record of how its one member was trained
+        config.augment = AugmentConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                          for key, value in configs[0]["augment"].items()})
     config.split_seed, config.val_fraction = next(iter(splits))
     started = time.monotonic()
     train, val, train_files, val_files = load_split(config, options)
@@ -212,6 +217,10 @@ def _training_seconds(run_dir: Path) -> float:
     try:
         return float(json.loads((run_dir / "export" / METADATA_FILE).read_text())["training"]["seconds"])
     except (OSError, ValueError, KeyError):
+        pass
+    try:  # a run stopped before its export: from writing its config to saving the trained model
+        return (run_dir / TRAINED_MODEL).stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+    except OSError:
         return 0.0
 
 
@@ -315,25 +324,35 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     return {"metadata": metadata, "report": report}
 
 
-def promote(source: Path, model_dir: Path, version: str | None = None) -> dict:
+def promote(source: Path, model_dir: Path, version: str | None = None,
+            proxy_results: tuple[Path, ...] = ()) -> dict:
     """Publish an experiment's exported folder as the release in `model_dir`.
 
     Experiments export with their own version labels; the release gets the next
-    YYYY.MM.DD-N (or `version`). Only the version changes: model.json, metrics.json and
-    the card are re-written with it, the `.tflite` and every figure are copied as they are.
+    YYYY.MM.DD-N (or `version`). Only the version changes, and with `proxy_results` the
+    recorded collection hold-out figures (hold-out runs may finish after the export):
+    model.json, metrics.json and the card are re-written, the `.tflite` and every figure
+    are copied as they are.
     """
     from .report import METRICS_FILE, REPORT_DIR, write_model_card
 
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "model"
         shutil.copytree(source, stage)
-        metadata = dataclasses.replace(ModelMetadata.read(stage),
-                                       version=version or next_version(model_dir, dt.date.today()),
-                                       promoted_from=str(source))
+        metadata = ModelMetadata.read(stage)
+        recorded = dict(metadata.metrics)
+        if proxy_results:
+            recorded["collection_hold_out"] = [
+                read_proxy(path, metadata.training.get("threshold_min_sensitivity", MIN_SENSITIVITY),
+                           bool(metadata.training.get("test_time_flip_average")))
+                for path in proxy_results]
+        metadata = dataclasses.replace(metadata, version=version or next_version(model_dir, dt.date.today()),
+                                       promoted_from=str(source), metrics=recorded)
         metadata.write(stage)
         report_file = stage / REPORT_DIR / METRICS_FILE
         report = json.loads(report_file.read_text())
         report["model"]["version"] = metadata.version
+        report["collection_hold_out"] = recorded.get("collection_hold_out", [])
         report_file.write_text(json.dumps(report, indent=2) + "\n")
         write_model_card(stage, metadata.to_dict())
         _publish(stage, model_dir)
