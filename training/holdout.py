@@ -157,7 +157,7 @@ def read_proxy(path: Path, min_sensitivity: float, flip_average: bool) -> dict:
     block = result["flip_average" if flip_average else "single"]
     row = block["rules"][rule_name(min_sensitivity)]
     return {"held_out_collection": result["held_out_collection"], "run": str(Path(path).parent),
-            "epochs": result["epochs"], "augment": result["config"]["augment"],
+            "epochs": result["epochs"],
             "training_seconds": result["training_seconds"],
             "val_auc": block["val"]["auc"],
             "held_out_normals": block["held_out"]["negatives"],
