@@ -150,6 +150,8 @@ def stats(
     since: Annotated[str | None, typer.Option(
         help="From this hour: ISO date/time (UTC) or an age like 12h, 7d. Default: 7d.")] = None,
     until: Annotated[str | None, typer.Option(help="To this hour, inclusive (default: now).")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only this batch.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
     by: Annotated[GroupBy, typer.Option("--by", help="One row per UTC day, hour, batch or model version.",
                                         case_sensitive=False)] = GroupBy.day,
     output: Annotated[OutputFormat, typer.Option("--format", help="table (with a bar chart), json or csv.")
@@ -168,7 +170,10 @@ def stats(
     start = parse_time(since) if since else end - DEFAULT_WINDOW
     if start > end:
         raise typer.BadParameter(f"--since {since} is after --until {until}")
-    rows = summarize(counter_items(target, start, end), by)
+    items = (item for item in counter_items(target, start, end)
+             if (batch is None or item[telemetry.SOURCE_BATCH] == batch)
+             and (model is None or item[telemetry.MODEL] == model))
+    rows = summarize(items, by)
     title = f"pneumoscan {_hour(start)}:00 to {_hour(end)}:59 UTC, by {by.value}"
     print_stats(rows, by, output, title=title)
     if html is not None:

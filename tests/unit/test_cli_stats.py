@@ -163,3 +163,15 @@ def test_html_page_has_the_rows_and_a_bar_per_group(target, tmp_path):
     assert "<td>ward-7</td><td>4</td>" in html and "ward-9: 1 positive" not in html
     assert html.count("<rect") == 3 * 2  # negatives, positives, failures for each batch
     assert "ward-7: 1 failed" in html and "polyline" in html
+
+
+def test_batch_and_model_narrow_the_counters_read(target):
+    one_batch = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "day",
+                                    "--batch", "ward-7", "--format", "json"])
+    assert one_batch.exit_code == 0, one_batch.output
+    assert [(row["day"], row["images"]) for row in json.loads(one_batch.stdout)] == [
+        ("2026-11-24", 2), ("2026-11-25", 2)]
+
+    one_model = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "batch",
+                                    "--model", OLD, "--format", "json"])
+    assert [(row["batch"], row["images"]) for row in json.loads(one_model.stdout)] == [("ward-7", 2)]
