@@ -16,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from dicom_cases import CASES
 from pneumoscan.model import default_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,10 @@ def test_the_trimmed_artifact_scores_an_xray_with_only_the_runtime_beside_it(tmp
                           f"ARTIFACTS_DIR={artifact}", "ARCH=x86_64", "MAX_MB=250"],
                          cwd=tmp_path, env=build_environment(), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    dicom_dir = tmp_path / "dicom"
+    dicom_dir.mkdir()
+    for case in CASES:
+        (dicom_dir / f"{case.name}.dcm").write_bytes(case.make())
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     for name in RUNTIME_PROVIDED:
@@ -86,13 +91,24 @@ import aws_xray_sdk.core, numpy, PIL, app
 assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith({str(artifact)!r})
 scored = app.scorer.score(open({str(XRAY)!r}, "rb").read(), overlay="all")
 print(scored.probability, scored.image.width, scored.image.height, len(scored.overlay_png))
+# DICOM (pruned highdicom, stripped codecs): every transfer syntax decodes and gets its SR.
+import glob, pydicom
+from pneumoscan import sr
+assert pydicom.__file__.startswith({str(artifact)!r})
+for path in sorted(glob.glob({str(dicom_dir)!r} + "/*.dcm")):
+    dicom_score = app.scorer.score(open(path, "rb").read())
+    print(path.rsplit("/", 1)[-1], len(sr.report_for(dicom_score, app.model.metadata)))
 """
     environment = {"PATH": "/usr/bin:/bin", "RESULTS_TABLE": "results", "IMAGES_BUCKET": "images",
                    "AWS_DEFAULT_REGION": "us-east-1",
                    "POWERTOOLS_TRACE_DISABLED": "true", "PNEUMOSCAN_MODEL_DIR": str(artifact / "model")}
     # -I -S: no site-packages, no user site, no PYTHON* variables: only the paths above.
     scored = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, env=environment,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=300)
     assert scored.returncode == 0, scored.stderr[-4000:]
-    probability, width, height, overlay_bytes = scored.stdout.split()
+    lines = scored.stdout.splitlines()
+    probability, width, height, overlay_bytes = lines[0].split()
     assert 0.0 <= float(probability) <= 1.0 and int(width) * int(height) > 1_000_000 and int(overlay_bytes) > 1000
+    reports = dict(line.split() for line in lines[1:])
+    assert sorted(reports) == sorted(f"{case.name}.dcm" for case in CASES)
+    assert all(int(size) > 1000 for size in reports.values())
