@@ -34,7 +34,7 @@ venv: $(INSTALLED)
 .PHONY: demo
 demo: $(INSTALLED)
 	@if [ -z "$(IMAGES)" ]; then \
-		echo "usage: make demo IMAGES=<folder of chest X-rays (JPEG/PNG)>"; \
+		echo "usage: make demo IMAGES=<folder of chest X-rays (JPEG/PNG/DICOM)>"; \
 		echo "  e.g. make demo IMAGES=$(DATA)/xray_fullres_sample   (200 full-resolution originals)"; \
 		echo "  or download the Kaggle dataset 'Chest X-Ray Images (Pneumonia)':"; \
 		echo "  https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia"; \

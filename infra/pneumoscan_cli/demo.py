@@ -23,13 +23,13 @@ from .upload import DEFAULT_WAIT_TIMEOUT_S, check_batch_name, default_batch_name
 
 console = Console(stderr=True)
 WHERE_TO_GET_XRAYS = (
-    "Point it at a folder of chest X-rays (JPEG/PNG), e.g. ../shared/data/xray_fullres_sample "
+    "Point it at a folder of chest X-rays (JPEG/PNG/DICOM), e.g. ../shared/data/xray_fullres_sample "
     "(200 full-resolution originals), or the Kaggle dataset 'Chest X-Ray Images (Pneumonia)' "
     "(https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia).")
 
 
 def demo(
-    directory: Annotated[Path, typer.Argument(help="Folder of X-rays (JPEG/PNG, searched recursively).")],
+    directory: Annotated[Path, typer.Argument(help="Folder of X-rays (JPEG/PNG/DICOM, searched recursively).")],
     batch: Annotated[str | None, typer.Option(help="Batch name (default: a UTC timestamp).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes running the handler.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = DEFAULT_WAIT_TIMEOUT_S,
@@ -40,7 +40,7 @@ def demo(
         raise typer.BadParameter(f"{directory} is not a folder. {WHERE_TO_GET_XRAYS}")
     files = collect_files([directory])
     if not files:
-        raise typer.BadParameter(f"{directory} holds no JPEG or PNG files. {WHERE_TO_GET_XRAYS}")
+        raise typer.BadParameter(f"{directory} holds no JPEG, PNG or DICOM files. {WHERE_TO_GET_XRAYS}")
     try:
         model = PneumoniaModel(model_dir)  # fail here, not as a stuck queue, when there is no model
     except ModelLoadError as exc:

@@ -367,7 +367,7 @@ def report(
         else:
             files = [found.path for found in collect_files(paths)]
             if not files:
-                raise typer.BadParameter("no JPEG or PNG files under the given paths")
+                raise typer.BadParameter("no JPEG, PNG or DICOM files under the given paths")
             entries = list(entries_from_files(files, Scorer.load(model_dir)))
             source = ", ".join(str(p) for p in paths)
     except (TargetError, ModelLoadError, ValueError) as exc:

@@ -68,7 +68,7 @@ def score_paths(scorer: Scorer, paths: list[Path]) -> Iterator[Score]:
 
 
 def score(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders: their JPEG/PNG files).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders: their JPEG/PNG/DICOM files).")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     model_dir: Annotated[Path | None, typer.Option(help="Model folder (default: model/ of the repo).")] = None,
 ) -> None:

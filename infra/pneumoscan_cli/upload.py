@@ -104,7 +104,7 @@ def _is_result_of(item: dict[str, Any], upload: Uploaded) -> bool:
 
 
 def upload(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders: their JPEG/PNG files).")],
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders: their JPEG/PNG/DICOM files).")],
     batch: Annotated[str | None, typer.Option(help="Batch name (default: a UTC timestamp).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow scoring until every upload has a result.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = DEFAULT_WAIT_TIMEOUT_S,
@@ -115,7 +115,7 @@ def upload(
     target = resolve_target(stack, endpoint_url, region, bucket, table)
     files = collect_files(paths)
     if not files:
-        raise typer.BadParameter("no JPEG or PNG files found in the given paths")
+        raise typer.BadParameter("no JPEG, PNG or DICOM files found in the given paths")
     batch = check_batch_name(batch or default_batch_name())
     uploaded = upload_files(target, files, batch)
     console.print(f"uploaded {len(uploaded)} file(s), {sum(u.size for u in uploaded) / 1e6:.1f} MB, "
