@@ -64,7 +64,7 @@ PHI_MARKERS = {
     "Occupation": "PHIMARK-OCCUP",
     "AdditionalPatientHistory": "PHIMARK-HISTORY",
     "PatientComments": "PHIMARK-PCOMMENT",
-    "AccessionNumber": "PHIMARK-ACCESSION",
+    "AccessionNumber": "PHIMARK-ACCESSNO",
     "StudyID": "PHIMARK-STUDYID",
     "StudyDescription": "PHIMARK-STUDYDESC",
     "SeriesDescription": "PHIMARK-SERIESDESC",
