@@ -1,4 +1,5 @@
-# pneumoscan: `make demo IMAGES=<dir>` and `make test` are the two commands that matter.
+# pneumoscan: `make demo IMAGES=<dir>` and `make test` are the two commands that matter;
+# `make unit` is the quick edit-run loop. `make help` lists every target (its `##` comment).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -10,17 +11,12 @@ PYTHON ?= $(call runnable,python3.13 $(wildcard $(HOME)/.pyenv/versions/3.13*/bi
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-DATA ?= ../shared/data
+DATA ?= $(or $(PNEUMOSCAN_DATA),../shared/data)
 
-.PHONY: help venv test build chromium dicom3tools
+.PHONY: help venv test lint unit build chromium dicom3tools
 
-help:
-	@echo "make demo IMAGES=<dir>   score a folder of X-rays through the local stack"
-	@echo "make test                install what is needed and run every test"
-	@echo "make train               train and export the model into model/ (then make ood, make shortcut)"
-	@echo "make ood                 refit the out-of-distribution statistics of model/ and measure them"
-	@echo "make bench               benchmarks: time, memory and cost per image -> benchmarks/RESULTS.md"
-	@echo "make loadtest N=2000     N full-res X-rays through the local stack: rate, latency, lost, duplicated"
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z0-9]+:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,11 +24,11 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q -e '.[train,dev]'
 	touch $@
 
-venv: $(INSTALLED)
+venv: $(INSTALLED) ## create .venv with the project, training and dev extras
 
 # The local stack in one command. It never invents images: without IMAGES it says where to get some.
 .PHONY: demo
-demo: $(INSTALLED)
+demo: $(INSTALLED) ## IMAGES=<dir>: score a folder of X-rays through the local stack
 	@if [ -z "$(IMAGES)" ]; then \
 		echo "usage: make demo IMAGES=<folder of chest X-rays (JPEG/PNG/DICOM)>"; \
 		echo "  e.g. make demo IMAGES=$(DATA)/xray_fullres_sample   (200 full-resolution originals)"; \
@@ -49,10 +45,10 @@ $(CHECKOV):
 	.venv-checkov/bin/python -m pip install -q 'checkov==3.3.30'
 
 # The Lambda artifact (cross-platform arm64 wheels, no Docker); the check runs inside the build.
-build: $(INSTALLED)
+build: $(INSTALLED) ## the Lambda artifact (sam build) and its size/content check
 	$(VENV)/bin/sam build --template template.yaml
 
-# Benchmarks (issue 5): one run writes benchmarks/results.json and benchmarks/RESULTS.md
+# Benchmarks: one run writes benchmarks/results.json and benchmarks/RESULTS.md
 # (BENCH_ARGS="--limit 20" for a quick look; only the full run belongs in RESULTS.md).
 # tflite-runtime 2.14, the pre-LiteRT runtime, has no wheels after Python 3.11: it gets its
 # own venv, and the benchmark records it as skipped (with this log's reason) if it fails.
@@ -77,37 +73,45 @@ $(BENCH_LAMBDA)/.installed: functions/scorer/requirements.txt | $(INSTALLED)
 	    "boto3==$$($(PY) -c 'from importlib.metadata import version; print(version("boto3"))')"
 	touch $@
 
-# Load test (issue 4): N uploads cycling the 200 originals, WORKERS handler workers -> runs/loadtest.json.
+# Load test: N uploads cycling the 200 originals, WORKERS handler workers -> runs/loadtest.json.
 # RATE=uploads/s paces them (default: one burst, so latency is mostly the backlog).
 N ?= 2000
 WORKERS ?= 3
 RATE ?=
 .PHONY: loadtest
-loadtest: $(INSTALLED)
+loadtest: $(INSTALLED) ## N=2000: N full-res X-rays through the local stack: rate, latency, losses
 	$(PY) -m benchmarks.loadtest --images $(N) --workers $(WORKERS) --data $(DATA) $(if $(RATE),--rate $(RATE))
 
 .PHONY: bench
-bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed
+bench: $(INSTALLED) $(TFLITE214)/.installed $(BENCH_LAMBDA)/.installed ## time, memory and cost per image -> benchmarks/RESULTS.md
 	$(MAKE) build || echo "sam build failed: the artifact size is recorded as not measured"
 	$(PY) -m benchmarks --data $(DATA) $(BENCH_ARGS)
 
 # Headless Chromium (Debian's package) opens the HTML report in its test.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-chromium:
+chromium: ## install headless Chromium (the HTML report's test opens the page in it)
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
 # dciodvfy (Debian's dicom3tools) validates the structured reports in their test.
-dicom3tools:
+dicom3tools: ## install dicom3tools (dciodvfy validates the structured reports)
 	@command -v dciodvfy >/dev/null || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dicom3tools)
 
-test: $(INSTALLED) $(CHECKOV) chromium dicom3tools
+test: $(INSTALLED) $(CHECKOV) chromium dicom3tools ## lint, then every test (installs what they need)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
+
+lint: $(INSTALLED) ## ruff, configured in pyproject.toml
+	$(VENV)/bin/ruff check .
+
+# The edit-run loop: no local stack, no training, no artifact build (about 6 minutes on 2 busy cores).
+unit: $(INSTALLED) ## the unit tests only, no integration or slow ones
+	$(PY) -m pytest tests/unit -m "not integration and not slow"
 
 # Full training + int8 export + report into model/ (~20-30 min on 2 cores); resumes runs/latest.
 .PHONY: train
-train: $(INSTALLED)
+train: $(INSTALLED) ## train and export the model into model/, then make ood and make shortcut
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest
 	$(MAKE) --no-print-directory ood
 	$(MAKE) --no-print-directory shortcut
@@ -115,11 +119,11 @@ train: $(INSTALLED)
 # Out-of-distribution statistics of the model in model/ (they belong to one network: refit
 # after every new model) and what they flag -> model/ood.npz, model.json `ood`, report/ood.json (~2 min).
 .PHONY: ood
-ood: $(INSTALLED)
+ood: $(INSTALLED) ## refit the out-of-distribution statistics of model/ and measure them
 	$(PY) -m training.ood --data $(DATA) --model-dir model
 
 # Where the model looks: share of CAM heat in the image border / outside the chest, on val
 # and the full-resolution originals -> model/report/shortcut.json + shortcut.png (~1 min).
 .PHONY: shortcut
-shortcut: $(INSTALLED)
+shortcut: $(INSTALLED) ## where the model looks (CAM heat in the border / outside the chest)
 	$(PY) -m training.shortcut_check --data $(DATA) --model-dir model

@@ -1,4 +1,4 @@
-"""The local stack (engineer C's `LocalStack`: moto server + resources from template.yaml)
+"""The local stack (`pneumoscan_cli.local.LocalStack`: moto server + resources from template.yaml)
 in a process of its own, so the server never shares the measured core or the GIL.
 
 `python -m benchmarks.local_stack` starts it with no workers, prints one JSON line (endpoint,

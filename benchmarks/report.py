@@ -110,7 +110,7 @@ def _stages(results: dict) -> list[str]:
     for key, label in (("single", "whole handler, 1 record per invocation"),
                        ("batch", f"whole handler, {handler['batch']['batch_size']} records per invocation")):
         rows.append([label, _ms(handler[key]["wall"]), _ms(handler[key]["wall"], "p95_ms")])
-        rows.append([f"&nbsp;&nbsp;of which CPU in the handler process", _ms(handler[key]["cpu"]),
+        rows.append(["&nbsp;&nbsp;of which CPU in the handler process", _ms(handler[key]["cpu"]),
                      _ms(handler[key]["cpu"], "p95_ms")])
     if "handler_overlay_none" in stages:
         rows.append([f"whole handler, {handler['batch']['batch_size']} per invocation, OverlayImages=none",

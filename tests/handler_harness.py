@@ -1,7 +1,7 @@
 """The real handler (functions/scorer/app.py) on moto, fed the way Lambda feeds it.
 
 Resources and the function's environment come from template.yaml; S3 itself sends the
-notifications (moto implements bucket -> SQS notifications), and C's `QueueWorker`
+notifications (moto implements bucket -> SQS notifications), and the CLI's `QueueWorker`
 turns received messages into Lambda's SQS event and deletes only the successes. The
 handler module is imported fresh inside the mock, environment first, as a Lambda
 container does at cold start; its clients can be swapped by a test afterwards.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
@@ -26,7 +27,7 @@ from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 from pneumoscan.results import KEY
 from pneumoscan.telemetry import STATS_PREFIX
 from pneumoscan_cli.s3_limits import enforce_key_limit
-from pneumoscan_cli.template import StackSettings, read_settings
+from pneumoscan_cli.template import StackSettings, create_resources, read_settings
 from pneumoscan_cli.worker import FUNCTION_DIR, QueueWorker
 
 HANDLER_MODULE = "app"
@@ -99,11 +100,9 @@ class HandlerStack:
     def expire_in_flight(self) -> None:
         """What the visibility timeout does to messages a dead worker held: visible again."""
         for message in self.delivered:
-            try:
+            with suppress(ClientError):  # deleted after a success: nothing to expire
                 self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
                                                    VisibilityTimeout=0)
-            except ClientError:
-                pass  # deleted after a success: nothing to expire
         self.delivered.clear()
 
     def receive_raw(self) -> list[dict[str, Any]]:
@@ -157,17 +156,9 @@ def handler_stack(monkeypatch) -> Iterator[HandlerStack]:
     with mock_aws():
         session = boto3.session.Session(region_name=settings.region)
         sqs = session.client("sqs")
-        dead_letter_queue_url = sqs.create_queue(
-            QueueName=settings.dead_letter_queue.name, Attributes=settings.dead_letter_queue.attributes)["QueueUrl"]
-        queue_url = sqs.create_queue(QueueName=settings.queue.name, Attributes=settings.queue.attributes)["QueueUrl"]
+        created = create_resources(settings, s3=session.client("s3"), sqs=sqs, dynamodb=session.client("dynamodb"))
+        queue_url, dead_letter_queue_url = created.queue_url, created.dead_letter_queue_url
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3 = session.client("s3")
-        s3.create_bucket(Bucket=settings.bucket)
-        if settings.bucket_versioning:
-            s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_bucket_notification_configuration(
-            Bucket=settings.bucket, NotificationConfiguration={"QueueConfigurations": settings.bucket_notifications})
-        session.client("dynamodb").create_table(**settings.table_definition)
         stack = HandlerStack(settings, session, queue_url, dead_letter_queue_url, queue_arn)
         stack.cold_start()
         yield stack

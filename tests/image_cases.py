@@ -10,7 +10,6 @@ handler's end-to-end tests and the comparison of `pneumoscan score` with the Lam
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE
+from pneumoscan_eval.datasets import FULLRES_SET, default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("PNEUMOSCAN_DATA", REPO_ROOT.parent / "shared" / "data"))
-FULLRES_DIR = DATA_DIR / "xray_fullres_sample"
+DATA_DIR = default_data_dir()
+FULLRES_DIR = DATA_DIR / FULLRES_SET
 # A greyscale original of about 1.9 MP (8-bit, like most of the sample).
 REFERENCE_XRAY = FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg"
 

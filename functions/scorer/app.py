@@ -17,14 +17,13 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pneumoscan import results, telemetry
 from pneumoscan.events import ObjectCreated, UnknownEvent, parse_message
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, ImageScore, Scorer, check_size
-from pneumoscan.settings import Settings
+from pneumoscan.settings import RETRY_CONFIG, Settings
 
 if TYPE_CHECKING:  # pydicom is imported only when a DICOM object arrives
     from pneumoscan.dicom import DicomFacts
@@ -37,10 +36,8 @@ tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
-# Standard retry mode backs off on throttling and 5xx before a record is given up to SQS.
-BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
-s3_client = boto3.client("s3", config=BOTO_CONFIG)
-result_store = results.ResultStore(boto3.resource("dynamodb", config=BOTO_CONFIG).Table(settings.table_name))
+s3_client = boto3.client("s3", config=RETRY_CONFIG)
+result_store = results.ResultStore(boto3.resource("dynamodb", config=RETRY_CONFIG).Table(settings.table_name))
 
 
 def _load_scorer() -> Scorer:

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import boto3
 import typer
-from botocore.config import Config
 
 try:  # typer vendors click from 0.2x on; its commands only recognise that click's exceptions
     from typer._click.exceptions import ClickException
@@ -23,6 +22,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import ClickException
 
 from pneumoscan.results import DEFAULT_INCOMING_PREFIX
+from pneumoscan.settings import RETRY_CONFIG
 
 from .template import REPO_ROOT
 
@@ -30,7 +30,6 @@ STATE_DIR_ENV = "PNEUMOSCAN_STATE_DIR"
 STATE_FILE = "local.json"
 # moto accepts any credentials; fixed ones keep real ones from ever reaching it.
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 # Output keys of template.yaml that name the stack's resources.
 STACK_OUTPUTS = {"bucket": "ImagesBucketName", "queue_url": "ScoringQueueUrl",

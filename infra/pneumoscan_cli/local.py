@@ -27,7 +27,8 @@ from rich.console import Console
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 
 from .aws import LOCAL_CREDENTIALS, CommandError, Target, read_state, state_dir, state_path, write_state
-from .template import DEFAULT_TEMPLATE, LAMBDA_DEFAULT_TIMEOUT, StackSettings, TemplateError, read_settings
+from .template import (DEFAULT_TEMPLATE, LAMBDA_DEFAULT_TIMEOUT, StackSettings, TemplateError, create_resources,
+                       read_settings)
 
 console = Console(stderr=True)
 app = typer.Typer(help="Run the pipeline on this machine (moto server + workers running the real handler).",
@@ -102,20 +103,10 @@ class LocalStack:
 
     # -- resources -----------------------------------------------------------------------
     def _create_resources(self) -> None:
-        target, settings = self.target, self.settings
-        sqs, s3, dynamodb = target.client("sqs"), target.client("s3"), target.client("dynamodb")
-        # The dead-letter queue first: the main queue's RedrivePolicy points at its ARN.
-        target.dead_letter_queue_url = sqs.create_queue(
-            QueueName=settings.dead_letter_queue.name, Attributes=settings.dead_letter_queue.attributes)["QueueUrl"]
-        target.queue_url = sqs.create_queue(
-            QueueName=settings.queue.name, Attributes=settings.queue.attributes)["QueueUrl"]
-        s3.create_bucket(Bucket=settings.bucket)
-        if settings.bucket_versioning:
-            s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_bucket_notification_configuration(
-            Bucket=settings.bucket,
-            NotificationConfiguration={"QueueConfigurations": settings.bucket_notifications})
-        dynamodb.create_table(**settings.table_definition)
+        target = self.target
+        created = create_resources(self.settings, s3=target.client("s3"), sqs=target.client("sqs"),
+                                   dynamodb=target.client("dynamodb"))
+        target.queue_url, target.dead_letter_queue_url = created.queue_url, created.dead_letter_queue_url
 
     @property
     def queue_arn(self) -> str:

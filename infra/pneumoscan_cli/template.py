@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from pneumoscan.results import DEFAULT_INCOMING_PREFIX, INCOMING_PREFIX_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 
@@ -265,7 +267,32 @@ class StackSettings:
 
     @property
     def incoming_prefix(self) -> str:
-        return self.environment.get("INCOMING_PREFIX", "incoming/")
+        return self.environment.get(INCOMING_PREFIX_ENV, DEFAULT_INCOMING_PREFIX)
+
+
+@dataclass(frozen=True)
+class CreatedQueues:
+    queue_url: str
+    dead_letter_queue_url: str
+
+
+def create_resources(settings: StackSettings, *, s3: Any, sqs: Any, dynamodb: Any,
+                     notifications: bool = True) -> CreatedQueues:
+    """The queue and its dead-letter queue, the bucket (versioning, and its notifications to
+    the queue unless `notifications` is False) and the table, as the template defines them,
+    on whatever endpoint the clients point at (the local stack's moto server, or moto in tests)."""
+    # The dead-letter queue first: the main queue's RedrivePolicy points at its ARN.
+    dead_letter_queue_url = sqs.create_queue(
+        QueueName=settings.dead_letter_queue.name, Attributes=settings.dead_letter_queue.attributes)["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName=settings.queue.name, Attributes=settings.queue.attributes)["QueueUrl"]
+    s3.create_bucket(Bucket=settings.bucket)
+    if settings.bucket_versioning:
+        s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
+    if notifications:
+        s3.put_bucket_notification_configuration(
+            Bucket=settings.bucket, NotificationConfiguration={"QueueConfigurations": settings.bucket_notifications})
+    dynamodb.create_table(**settings.table_definition)
+    return CreatedQueues(queue_url, dead_letter_queue_url)
 
 
 def _single(template: dict[str, Any], resource_type: str) -> str:

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 import boto3
 
-from .aws import RETRY_CONFIG
+from pneumoscan.settings import RETRY_CONFIG
+
 from .template import LOCAL_ACCOUNT, REPO_ROOT
 
 FUNCTION_DIR = REPO_ROOT / "functions" / "scorer"
@@ -219,18 +220,23 @@ class LambdaFunction:
         return self._function(event, context)
 
 
+def _default(name: str) -> Any:
+    """A QueueWorker field's default: the command line's defaults are the worker's own."""
+    return QueueWorker.__dataclass_fields__[name].default
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue-url", required=True)
     parser.add_argument("--queue-arn", required=True)
     parser.add_argument("--region", required=True)
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--batching-window", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=_default("batch_size"))
+    parser.add_argument("--batching-window", type=int, default=_default("batching_window_s"))
     parser.add_argument("--no-batch-item-failures", action="store_true")
-    parser.add_argument("--memory-mb", type=int, default=1024)
-    parser.add_argument("--timeout", type=int, default=30)
-    parser.add_argument("--retry-after", type=int, default=None)
-    parser.add_argument("--name", default="pneumoscan-scorer")
+    parser.add_argument("--memory-mb", type=int, default=_default("memory_mb"))
+    parser.add_argument("--timeout", type=int, default=_default("timeout_s"))
+    parser.add_argument("--retry-after", type=int, default=_default("retry_after_s"))
+    parser.add_argument("--name", default=_default("function_name"))
     args = parser.parse_args(argv)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter(f"%(asctime)s {args.name} %(message)s", datefmt="%H:%M:%S"))

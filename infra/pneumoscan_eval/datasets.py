@@ -9,13 +9,25 @@ file that turns out not to be an image is reported by the caller, not skipped he
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+DATA_ENV = "PNEUMOSCAN_DATA"
 
 # Class folder names in class-index order (negative, positive). Training writes them into
 # model.json as the model's labels; everything downstream reads them from there.
 LABELS = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
+TRAINING_SET = "chest_xray"  # the Kaggle layout: train/val/test
+FULLRES_SET = "xray_fullres_sample"  # full-resolution originals, plain layout
+
+
+def default_data_dir() -> Path:
+    """`$PNEUMOSCAN_DATA`, else the `shared/data` folder beside the repository."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from botocore.retries import standard
 from typer.testing import CliRunner
 
 from faults import DYNAMODB_5XX, DYNAMODB_THROTTLING, S3_5XX, S3_SLOW_DOWN, Fault
-from handler_harness import handler_stack  # noqa: F401 - the fixture
 from image_cases import reference_bytes
 from pneumoscan.model import MODEL_DIR_ENV, ModelLoadError, default_model_dir
 from pneumoscan.results import KEY
@@ -338,7 +337,7 @@ def test_a_missing_or_corrupt_model_fails_every_record_until_it_is_fixed(
     assert any(record.levelname == "ERROR" and "model could not be loaded" in record.getMessage()
                for record in caplog.records)  # loud
 
-    function = LambdaFunction(FUNCTION_DIR)   # C's stand-in for the Lambda runtime's init
+    function = LambdaFunction(FUNCTION_DIR)   # the local worker's stand-in for the Lambda runtime's init
     outcomes = stack.deliver(function)
     assert all(outcome.error for outcome in outcomes)
     assert sum(outcome.failed for outcome in outcomes) == sum(outcome.received for outcome in outcomes) >= 3

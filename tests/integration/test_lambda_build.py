@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from dicom_cases import CASES
+from image_cases import REFERENCE_XRAY
 from pneumoscan.model import default_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 SITE_PACKAGES = Path(boto3.__file__).resolve().parents[1]
 # What the python3.13 Lambda runtime ships, and therefore what the build leaves out.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py", "jmespath")
-XRAY = ROOT.parent / "shared" / "data" / "xray_fullres_sample" / "NORMAL" / "IM-0214-0001.jpeg"
+XRAY = REFERENCE_XRAY
 
 pytestmark = [
     pytest.mark.integration, pytest.mark.slow,

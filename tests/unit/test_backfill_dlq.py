@@ -18,7 +18,7 @@ from pneumoscan_cli import backfill as backfill_module
 from pneumoscan_cli import dlq as dlq_module
 from pneumoscan_cli.aws import STATE_DIR_ENV, Target
 from pneumoscan_cli.main import app
-from pneumoscan_cli.template import read_settings
+from pneumoscan_cli.template import create_resources, read_settings
 
 OLD_MODEL, NEW_MODEL = "2026.11.20-9", "2026.11.25-10"
 runner = CliRunner()
@@ -35,13 +35,10 @@ def stack(monkeypatch, tmp_path):
     with mock_aws():
         session = boto3.session.Session(region_name=settings.region)
         sqs, s3, dynamodb = session.client("sqs"), session.client("s3"), session.client("dynamodb")
-        dead_letter_queue_url = sqs.create_queue(
-            QueueName=settings.dead_letter_queue.name, Attributes=settings.dead_letter_queue.attributes)["QueueUrl"]
-        queue_url = sqs.create_queue(QueueName=settings.queue.name, Attributes=settings.queue.attributes)["QueueUrl"]
-        s3.create_bucket(Bucket=settings.bucket)
-        dynamodb.create_table(**settings.table_definition)
+        # No bucket notifications: these tests put the messages on the queues themselves.
+        created = create_resources(settings, s3=s3, sqs=sqs, dynamodb=dynamodb, notifications=False)
         target = Target(bucket=settings.bucket, table=settings.table, region=settings.region,
-                        queue_url=queue_url, dead_letter_queue_url=dead_letter_queue_url,
+                        queue_url=created.queue_url, dead_letter_queue_url=created.dead_letter_queue_url,
                         incoming_prefix=settings.incoming_prefix, source="test",
                         _clients={"s3": s3, "sqs": sqs, "dynamodb": dynamodb})
         for module in (backfill_module, dlq_module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def _refused(data: bytes) -> ImageRejected:
     ("rtplan.dcm", "no_pixel_data"), ("no_meta.dcm", "not_dicom"),
 ])
 def test_pydicom_test_files_that_are_no_chest_radiograph_are_refused(name, reason):
-    assert _refused(open(get_testdata_file(name), "rb").read()).reason == reason
+    assert _refused(Path(get_testdata_file(name)).read_bytes()).reason == reason
 
 
 @pytest.mark.parametrize("view", ["LL", "RL", "LATERAL", "lateral "])

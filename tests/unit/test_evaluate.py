@@ -4,19 +4,19 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import TRAINING_SET, default_data_dir
 from pneumoscan.images import load_model_input
 from pneumoscan.model import PneumoniaModel, default_model_dir
 from pneumoscan_cli.main import app
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "chest_xray" / "val"
+DATA = default_data_dir() / TRAINING_SET / "val"
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir() or not (default_model_dir() / "model.json").is_file(),
-    reason="needs ../shared/data and the committed model/")
+    reason="needs the shared data folder and the committed model/")
 
 
 @pytest.fixture()

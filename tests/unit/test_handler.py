@@ -17,15 +17,15 @@ from PIL import Image
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from handler_harness import handler_stack  # noqa: F401 - pytest fixture
+from image_cases import FULLRES_DIR
 from pneumoscan import results
 from pneumoscan.model import default_model_dir as model_dir
 from pneumoscan_cli.worker import FUNCTION_DIR, LambdaContext, sqs_record
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xray_fullres_sample"
+DATA = FULLRES_DIR
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir() or not (model_dir() / "model.json").is_file(),
-    reason="needs ../shared/data and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
+    reason="needs the shared data folder and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
 
 PNEUMONIA_XRAY = min((DATA / "PNEUMONIA").glob("*.jpeg"), default=None)
 NORMAL_XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"  # 8-bit greyscale, ~1.9 MP

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from handler_harness import handler_stack  # noqa: F401 - pytest fixture
+from image_cases import FULLRES_DIR
 from pneumoscan import cam, overlay, results
 from pneumoscan.model import default_model_dir as model_dir
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xray_fullres_sample"
+DATA = FULLRES_DIR
 pytestmark = pytest.mark.skipif(
     not DATA.is_dir() or not (model_dir() / "model.json").is_file(),
-    reason="needs ../shared/data and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
+    reason="needs the shared data folder and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
 
 XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"
 POSITIVE_XRAY = DATA / "PNEUMONIA" / "person1374_bacteria_3506.jpeg"  # P ~0.95 with the first model

@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from event_cases import WRONG_SHAPES
-from handler_harness import handler_stack  # noqa: F401 - the fixture
 import image_cases
 from image_cases import CASES, LARGE_CASE, reference_bytes
 from pneumoscan.results import KEY

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import settings as settings_module
-from pneumoscan.scoring import OVERLAY_POLICIES
+from pneumoscan.settings import OVERLAY_POLICIES
 from pneumoscan.settings import Settings, SettingsError
 from pneumoscan_cli.template import load_template
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan_eval.datasets import LabelledFile, LayoutError, list_labelled
+from pneumoscan_eval.datasets import TRAINING_SET, LabelledFile, LayoutError, default_data_dir, list_labelled
 from training.data import collection, dataset_files, patient_id, split_by_patient
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "chest_xray"
+DATA = default_data_dir() / TRAINING_SET
 
 
 @pytest.mark.parametrize("name, patient", [

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import TRAINING_SET, default_data_dir
 from pneumoscan.model import PneumoniaModel, default_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / ".." / "shared" / "data" / "chest_xray"
+DATA = default_data_dir() / TRAINING_SET
 REFERENCE = default_model_dir() / "reference" / "pneumoscan_float.keras"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DATA.is_dir() or not REFERENCE.is_file(),
-                                 reason="needs ../shared/data and model/reference")]
+                                 reason="needs the shared data folder and model/reference")]
 
 
 def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():

@@ -1,18 +1,18 @@
 """CI smoke test of the whole training pipeline: 1 epoch on ~40 images, export, load with LiteRT."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import FULLRES_SET, TRAINING_SET, default_data_dir
 from pneumoscan.images import load_model_input
 from pneumoscan.model import PneumoniaModel
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA = default_data_dir()
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "chest_xray").is_dir(), reason="needs ../shared/data")]
+              pytest.mark.skipif(not (DATA / TRAINING_SET).is_dir(), reason="needs the shared data folder")]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def smoke_run(tmp_path_factory):
     from training.train import TrainConfig
 
     root = tmp_path_factory.mktemp("smoke")
-    options = RunOptions(data_dir=DATA / "chest_xray", model_dir=root / "model", run_dir=root / "run",
+    options = RunOptions(data_dir=DATA / TRAINING_SET, model_dir=root / "model", run_dir=root / "run",
                          limit_per_class=10, enforce_parity=False, version="0.0.0-smoke")
     result = run(TrainConfig(epochs=1, batch_size=8), options)
     return options, result
@@ -50,7 +50,7 @@ def test_model_json_follows_the_contract(smoke_run):
 def test_exported_model_scores_a_full_resolution_xray(smoke_run):
     options, _ = smoke_run
     model = PneumoniaModel(options.model_dir)
-    path = sorted((DATA / "xray_fullres_sample" / "PNEUMONIA").iterdir())[0]
+    path = sorted((DATA / FULLRES_SET / "PNEUMONIA").iterdir())[0]
     pixels, decoded = load_model_input(path.read_bytes(), *model.input_shape)
     prediction = model.predict(pixels)
     assert min(decoded.width, decoded.height) > 2 * 224  # a real original, not a 224 copy

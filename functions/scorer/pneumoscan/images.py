@@ -47,8 +47,6 @@ _STRICT_JPEG_MODES = ("L", "RGB")
 # fails) are far too lax for a 1-2 GB Lambda.
 MAX_PIXELS = 52_000_000
 MIN_SIDE = 64
-# Objects larger than this are refused from their ContentLength, never downloaded.
-MAX_BYTES = 64 * 1024 * 1024
 RESAMPLING = Image.Resampling.BILINEAR
 
 # Modes that map onto 8-bit greyscale or RGB without guessing.

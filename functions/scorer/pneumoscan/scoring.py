@@ -41,9 +41,8 @@ from . import cam, formats, images, ood
 from . import overlay as overlays
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
+from .settings import OVERLAY_POLICIES
 
-# Which scored images get an overlay PNG: every one, only those given the positive label, or none.
-OVERLAY_POLICIES = ("all", "positives", "none")
 # Stage names of `ImageScore.timings_ms` (also the handler's latency metrics).
 DECODE, INFERENCE, HEAT_MAP = "decode", "inference", "overlay"
 

@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import images, results
-from .scoring import OVERLAY_POLICIES
+from botocore.config import Config
+
+from . import results
 
 TABLE_ENV = results.TABLE_ENV
 IMAGES_BUCKET_ENV = "IMAGES_BUCKET"
@@ -27,6 +28,13 @@ STRUCTURED_REPORTS_ENV = "STRUCTURED_REPORTS"
 STRUCTURED_REPORT_SWITCH = {"on": True, "off": False}
 # Keys may carry patient identifiers: only this log level shows them in clear.
 KEYS_IN_CLEAR_LOG_LEVEL = "DEBUG"
+# Which scored images get an overlay PNG: every one, only those given the positive label, or none.
+OVERLAY_POLICIES = ("all", "positives", "none")
+# Objects larger than this are refused from their size, never downloaded.
+DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
+# Every AWS client, the function's and the CLI's: standard retry mode backs off on
+# throttling and 5xx before a call (and with it an SQS record) is given up.
+RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
 class SettingsError(ValueError):
@@ -38,8 +46,8 @@ class Settings:
     table_name: str | None = None  # required by the function, not by offline scoring
     incoming_prefix: str = results.DEFAULT_INCOMING_PREFIX
     results_prefix: str = results.RESULTS_PREFIX
-    overlay_images: str = "all"  # one of scoring.OVERLAY_POLICIES
-    max_object_bytes: int = images.MAX_BYTES
+    overlay_images: str = "all"  # one of OVERLAY_POLICIES
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     inference_threads: int = 1
     log_keys_in_clear: bool = False
     # The one bucket whose events the function acts on (required by the function): the
