@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan_eval.datasets import LABELS
+from pneumoscan_eval.datasets import FULLRES_SET, LABELS, default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data"
-SAMPLE_SUBDIR = "xray_fullres_sample"
+DEFAULT_DATA = default_data_dir()
 # The warm handler targets are "on one core"; core 0 runs the code under test, core 1
 # is left to the local stack's moto server so it does not steal the measured core.
 MEASURED_CORE = 0
@@ -41,7 +40,7 @@ class Sample:
 
 def load_samples(data_dir: Path, limit: int | None = None) -> list[Sample]:
     """The full-resolution originals, in a stable order that alternates the two labels."""
-    root = Path(data_dir) / SAMPLE_SUBDIR
+    root = Path(data_dir) / FULLRES_SET
     by_label = [sorted((root / label).glob("*.jp*g")) for label in LABELS]
     if not any(by_label):
         raise FileNotFoundError(f"no JPEGs under {root}/{{{','.join(LABELS)}}}")

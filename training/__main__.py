@@ -14,12 +14,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from pneumoscan_eval.datasets import TRAINING_SET, default_data_dir
+
 from .augment import AugmentConfig
 from .holdout import run_holdout, summary_line
 from .pipeline import MIN_SENSITIVITY, RunOptions, promote, run, run_ensemble
 from .train import TrainConfig
 
-DEFAULT_DATA = Path("../shared/data/chest_xray")
+DEFAULT_DATA = default_data_dir() / TRAINING_SET
 AUGMENT_PRESETS = {
     "full": AugmentConfig(),
     "geometry": AugmentConfig(gamma=(1.0, 1.0), contrast=(1.0, 1.0), brightness=0.0,

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from pneumoscan_eval import metrics
-from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
+from pneumoscan_eval.datasets import FULLRES_SET, LABELS, LabelledFile, list_labelled
 from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, InputSpec,
                               ModelMetadata, PneumoniaModel)
 
@@ -45,7 +45,6 @@ MAX_AUC_GAP = 0.005
 MIN_LABEL_AGREEMENT = 0.99
 CALIBRATION_IMAGES = 300
 MAX_TFLITE_BYTES = 1_000_000
-FULLRES_SAMPLE = "xray_fullres_sample"
 TRAINED_MODEL = "trained.keras"  # in the run folder: the model before calibration, for ensembling
 
 
@@ -151,7 +150,7 @@ def fullres_check(model: PneumoniaModel, data_dir: Path, val: ImageSet, val_scor
     production arrive at full size through `pneumoscan.images`. Comparing both on the
     same held-out images measures that shift. None when the sample folder is absent.
     """
-    sample = data_dir.parent / FULLRES_SAMPLE
+    sample = data_dir.parent / FULLRES_SET
     if not sample.is_dir():
         return None
     by_name = {Path(path).name: index for index, path in enumerate(val.paths)}

@@ -24,15 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan import cam
-from pneumoscan_eval.datasets import list_labelled
+from pneumoscan_eval.datasets import FULLRES_SET, TRAINING_SET, default_data_dir, list_labelled
 from pneumoscan.model import ModelMetadata, default_model_dir
 from pneumoscan.scoring import HEAT_MAP, ImageRejected, Scorer
 
 from .data import dataset_files
 
-DEFAULT_DATA = Path("../shared/data")
-TRAINING_SET = "chest_xray"
-FULLRES_SET = "xray_fullres_sample"
+DEFAULT_DATA = default_data_dir()
 REPORT_FILE = "shortcut.json"
 FIGURE_FILE = "shortcut.png"
 # Files whose heat sits most in the border, listed for a look at their overlays.

@@ -23,6 +23,7 @@ from image_cases import _encode, jpeg_50mp, png_16bit_grey, reference_image  # n
 from PIL import Image  # noqa: E402
 from pneumoscan_cli.local import LocalStack  # noqa: E402
 from pneumoscan_cli.template import read_settings  # noqa: E402
+from pneumoscan_eval.datasets import default_data_dir  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -47,7 +48,7 @@ def png_16bit_50mp() -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--limit", type=int, default=None, help="at most this many full-resolution originals")
     args = parser.parse_args()
     originals = sorted((args.data / "xray_fullres_sample").rglob("*.jpeg"))[: args.limit]

@@ -22,24 +22,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.results import (
-    BATCH, BATCH_INDEX, KEY, OUTCOME_DAY, OUTCOME_FAILED, OUTCOME_INDEX, SCORED_AT, STATUS_FAILED,
+    BATCH, BATCH_INDEX, KEY, LABEL, OUTCOME_DAY, OUTCOME_FAILED, OUTCOME_INDEX, SCORED_AT, STATUS_FAILED,
     STATUS_SCORED, outcome_day, utc_timestamp,
 )
+
+from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 from .changes import changes_summary, label_changes, print_changes
 
 DEFAULT_WINDOW = timedelta(hours=24)
-LABELS = ("NORMAL", "PNEUMONIA")
 # Columns of the table and CSV views; JSON carries every attribute.
 COLUMNS = ("object_key", "status", "label", "probability", "warnings", "reason", "error", "batch", "model_version",
            "image_width", "image_height", "image_format", "size_bytes", "scored_at")
 _deserializer = TypeDeserializer()
 
 
-class Label(str, Enum):
-    pneumonia = "pneumonia"
-    normal = "normal"
+# The labels the model writes (training takes them from the class folders into model.json).
+Label = Enum("Label", {name.lower(): name.lower() for name in LABELS}, type=str)
 
 
 class Status(str, Enum):
@@ -197,7 +197,7 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
         label = item.get("label") or ""
         cells = {
             "status": f"[red]{item.get('status')}[/red]" if failed else str(item.get("status", "")),
-            "label": f"[bold yellow]{label}[/bold yellow]" if label == "PNEUMONIA" else label,
+            "label": f"[bold yellow]{label}[/bold yellow]" if label == POSITIVE_LABEL else label,
             "P": f"{item['probability']:.3f}" if item.get("probability") is not None else "",
             "warnings": f"[yellow]{escape(', '.join(item['warnings']))}[/yellow]" if item.get("warnings") else "",
             "reason": str(item.get("reason") or ""),
@@ -249,7 +249,7 @@ def results(
 
 def summary_line(items: list[dict[str, Any]]) -> str:
     scored = [item for item in items if item.get("status") == STATUS_SCORED]
-    positives = sum(1 for item in scored if item.get("label") == "PNEUMONIA")
+    positives = sum(1 for item in scored if item.get(LABEL) == POSITIVE_LABEL)
     failed = sum(1 for item in items if item.get("status") == STATUS_FAILED)
     warned = sum(1 for item in scored if item.get("warnings"))
-    return f"{len(items)} result(s): {len(scored)} scored ({positives} PNEUMONIA, {warned} warned), {failed} failed"
+    return f"{len(items)} result(s): {len(scored)} scored ({positives} {POSITIVE_LABEL}, {warned} warned), {failed} failed"

@@ -18,6 +18,7 @@ DATA_ENV = "PNEUMOSCAN_DATA"
 # Class folder names in class-index order (negative, positive). Training writes them into
 # model.json as the model's labels; everything downstream reads them from there.
 LABELS = ("NORMAL", "PNEUMONIA")
+NEGATIVE_LABEL, POSITIVE_LABEL = LABELS
 SPLITS = ("train", "val", "test")
 TRAINING_SET = "chest_xray"  # the Kaggle layout: train/val/test
 FULLRES_SET = "xray_fullres_sample"  # full-resolution originals, plain layout
