@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone, UTC
+from datetime import datetime, timedelta, UTC
 
 import boto3
 import pytest
@@ -76,8 +76,7 @@ def target(tmp_path, monkeypatch):
 
 
 def window(start="2026-11-24T00:00", end="2026-11-26T23:59"):
-    parse = lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC)
-    return parse(start), parse(end)
+    return tuple(datetime.fromisoformat(text).replace(tzinfo=UTC) for text in (start, end))
 
 
 def test_one_query_per_day_reads_only_counter_items(target):

@@ -12,7 +12,6 @@ import pytest
 from botocore.exceptions import ClientError
 
 from dicom_cases import CASES_BY_NAME, SERIES_UID, SOP_UID, STUDY_UID, radiograph, reference_pixels, to_bytes
-from handler_harness import handler_stack  # noqa: F401 - pytest fixture
 from image_cases import REFERENCE_XRAY
 from pneumoscan import results
 from pneumoscan.model import default_model_dir as model_dir

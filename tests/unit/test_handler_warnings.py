@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from handler_harness import handler_stack  # noqa: F401 - pytest fixture
 from PIL import Image
 from pneumoscan import ood, results
 from test_handler import NORMAL_XRAY, invoke, pytestmark, queued_event  # noqa: F401 - same skip rule

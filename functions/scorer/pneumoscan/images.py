@@ -36,6 +36,9 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
+if TYPE_CHECKING:  # pydicom is imported on the first DICOM object only
+    from .dicom import DicomFacts
+
 SUPPORTED_FORMATS = ("JPEG", "PNG")
 # Pillow's JPEG factory reports multi-picture JPEGs (some camera/PACS exports) as MPO;
 # the first picture is an ordinary baseline/progressive JPEG.
