@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -104,7 +105,7 @@ def test_no_patient_data_in_table_log_s3_outputs_cli_or_report(local_stack, dico
     assert not _markers_in(json.dumps(items)), "a result item"
     # The worker log: the handler's JSON log lines and metrics.
     worker_log = local_stack.state["worker_log"]
-    assert not _markers_in(open(worker_log, "rb").read()), "the worker log"
+    assert not _markers_in(Path(worker_log).read_bytes()), "the worker log"
     assert not _markers_in(local_stack.log()), "the local stack's console log"
     # Everything the pipeline wrote to the bucket (the uploads themselves are the input).
     s3 = target.client("s3")
