@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="filters of the five conv blocks (default %(default)s)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default="full",
+    parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default="acquisition",
                         help="ablations: geometry only, or no augmentation at all")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN_DIR",
                         help="skip training: export the logit average of these finished runs")
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-sensitivity", type=float, default=MIN_SENSITIVITY,
                         help="threshold rule: highest specificity with at least this validation "
                              "sensitivity (default %(default)s, chosen by the hold-out proxy)")
-    parser.add_argument("--flip-average", action="store_true",
-                        help="export test-time flip averaging (image and mirror image, mean logit)")
+    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
+                        help="export test-time flip averaging (image and mirror image, mean logit; "
+                             "default on, chosen by the hold-out proxy)")
     parser.add_argument("--proxy", type=Path, nargs="+", default=[], metavar="HOLDOUT_JSON",
                         help="holdout.json of this recipe's --hold-out-collection runs, recorded in the metrics")
     parser.add_argument("--limit-per-class", type=int, default=None,

@@ -32,7 +32,7 @@ from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_mod
 
 MODEL_NAME = "pneumoscan-cnn"
 TFLITE_FILE = "pneumoscan.tflite"
-MIN_SENSITIVITY = 0.97
+MIN_SENSITIVITY = 0.96  # chosen by the collection hold-out proxy (EXPERIMENTS.md)
 
 
 def threshold_rule(min_sensitivity: float) -> str:

@@ -177,25 +177,18 @@ Figures: [ROC](report/roc.png), [PR](report/pr.png), [confusion](report/confusio
 [calibration](report/calibration.png), [training curves](report/training_curves.png);
 numbers in [report/metrics.json](report/metrics.json).
 
-## Populations
-Trained on: paediatric (1-5 years) anterior-posterior chest X-rays from one centre
-(Guangzhou Women and Children's Medical Center), two normal acquisition collections (`IM`
-and the later `NORMAL2`) and one pneumonia collection, exported as 8-bit JPEGs.
-Not trained on, so scores there mean little: adults, other hospitals and scanners, lateral
-views, DICOM-native windowing (an image straight from a modality rather than an 8-bit
-export), other findings than pneumonia, non-X-ray images. The `warnings` of a result say
-when an image lies outside what the model saw.
-
 ## Limitations and the known distribution shift
 Validation images come from the same collection as training, so validation figures are
-optimistic. A reference CNN of ours reached validation AUC 0.996 but only AUC 0.959 on the
-official blind test split (sensitivity 98.5 %, specificity 75 %): normals from a later
-collection were over-called as pneumonia. Expect specificity on new sites to be lower than
+optimistic. The previous release (2026.11.25-3, validation AUC 0.997) measured outside the team
+on the official blind test split: AUC 0.974, sensitivity 98.7 %, specificity 77.4 %, normals of
+a later collection over-called as pneumonia; this model has not been measured there. Expect specificity on new sites to be lower than
 above; measure it on local labelled data with `pneumoscan evaluate DIR` before relying on the
 threshold, and prefer a local threshold if it differs. The data are paediatric (1-5 years)
 from one centre in Guangzhou; performance on adults or other populations is unknown. Labels
 come from the dataset's graders, not from a clinical reference standard. The model cannot say
-"neither": any image, even a non-X-ray that decodes, gets a score.
+"neither": any image that decodes gets a score; the `out_of_distribution` warning (fitted by
+`make ood`, section above) is what says that a score means little. The collection hold-out above
+is a proxy for the blind shift, not a measurement of it.
 """
     (model_dir / "MODEL_CARD.md").write_text(card)
 

@@ -22,7 +22,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_epochs: float = 1.0
