@@ -141,8 +141,20 @@ def _fraction(row: dict) -> str:
     return f"{row['flagged']} / {row['images']} ({row['share']:.1%})"
 
 
-def card_section(result: dict) -> str:
-    """The model card's section on populations and on what the warnings flag."""
+POPULATIONS = [
+    "Trained on: paediatric (about 1-5 years) anterior-posterior chest radiographs from one centre",
+    "(Guangzhou Women and Children's Medical Center), the Kermany et al. 2018 train split: its `IM` and",
+    "later `NORMAL2` normal collections and its bacterial/viral pneumonia collection, as 8-bit JPEGs.",
+    "Not trained on: adults or adolescents, lateral or PA views, other hospitals, scanners or export",
+    "pipelines, raw DICOM windows, other findings (effusion, nodules, devices), CT, or anything that is",
+    "not a chest radiograph.",
+    "",
+]
+
+
+def card_section(result: dict, *, populations: bool = True) -> str:
+    """The model card's section on what the warnings flag; with `populations`, also who the model
+    was and was not trained on (for a card that does not say so itself)."""
     stats = result["statistics"]
     real = "\n".join(f"| {name} | {_fraction(row)} |" for name, row in result["measured"]["real"].items())
     generated = "\n".join(
@@ -152,14 +164,11 @@ def card_section(result: dict) -> str:
     lowest = min(row["min"] for row in spread.values() if row)
     return "\n".join([
         CARD_START,
-        "## Populations, and images outside what the model knows",
-        "Trained on: paediatric (about 1-5 years) anterior-posterior chest radiographs from one centre",
-        "(Guangzhou Women and Children's Medical Center), the Kermany et al. 2018 train split: its `IM` and",
-        "later `NORMAL2` normal collections and its bacterial/viral pneumonia collection, as 8-bit JPEGs.",
-        "Not trained on: adults or adolescents, lateral or PA views, other hospitals, scanners or export",
-        "pipelines, raw DICOM windows, other findings (effusion, nodules, devices), CT, or anything that is",
-        "not a chest radiograph. Such images are still scored, so scoring also says when an image is outside",
-        "what the model knows:",
+        "## Populations, and images outside what the model knows" if populations
+        else "## Images outside what the model knows",
+        *(POPULATIONS if populations else []),
+        "Images outside the training population are still scored, so scoring also says when an image is",
+        "outside what the model knows:",
         "",
         "- `blank_image` (FAILED, not scored): the grey-level standard deviation of the 224 x 224 model",
         f"  input is <= {ood.BLANK_MAX_STD:g}; the lowest of every real X-ray measured here is {lowest:.1f}.",
@@ -236,7 +245,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = model_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
     (report / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    update_model_card(model_dir / CARD_FILE, card_section(result), start=CARD_START, end=CARD_END)
+    card = model_dir / CARD_FILE
+    # Cards written by training state the populations themselves.
+    stated = card.is_file() and "\n## Populations\n" in card.read_text()
+    update_model_card(card, card_section(result, populations=not stated), start=CARD_START, end=CARD_END)
     print(json.dumps({"threshold": statistics["threshold"],
                       **{name: row["share"] for name, row in measured["real"].items()},
                       **{name: row["share"] for name, row in measured["generated"].items()}}, indent=2))

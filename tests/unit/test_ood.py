@@ -251,3 +251,16 @@ def test_scoring_checks_warn_far_features_and_refuse_blank_pixels():
     assert ood.blank_check(_Evidence(textured, None)) is None
     with pytest.raises(images.ImageRejected, match="nearly uniform"):
         ood.blank_check(_Evidence(np.zeros((224, 224, 1), np.uint8), None))
+
+
+def test_the_card_section_states_the_populations_only_where_the_card_does_not():
+    result = {"statistics": {"shrinkage": 0.0004, "threshold": 17.28, "percentile": 97.0},
+              "measured": {"real": {"validation (by patient)": {"images": 10, "flagged": 1, "share": 0.1}},
+                           "generated": {"noise": {"images": 2, "flagged": 2, "share": 1.0, "blank_image": 0,
+                                                   "out_of_distribution": 2}},
+                           "grey_level_std": {"validation": {"min": 28.0}}}}
+    with_populations = ood_fit.card_section(result)
+    without = ood_fit.card_section(result, populations=False)
+    assert "Not trained on: adults" in with_populations and "Not trained on" not in without
+    for section in (with_populations, without):
+        assert "above 17.28, the 97th percentile" in section and "| noise | 2 / 2 (100.0%) | 0 | 2 |" in section
