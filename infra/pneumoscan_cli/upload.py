@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
@@ -52,22 +54,29 @@ def _progress() -> Progress:
 
 def upload_files(target: Target, files: list[LocalFile], batch: str, *, show_progress: bool = True
                  ) -> list[Uploaded]:
-    """PUT every file as `<prefix><batch>/<relative path>`, in parallel."""
+    """PUT every file as `<prefix><batch>/<relative path>`, in parallel. A file that cannot
+    be read or that S3 refuses (a key over 1024 bytes, ...) is reported and left out; the
+    others are uploaded all the same."""
     s3 = target.client("s3")
     prefix = f"{target.incoming_prefix}{check_batch_name(batch)}/"
 
-    def put(file: LocalFile) -> Uploaded:
-        body = file.path.read_bytes()
+    def put(file: LocalFile) -> Uploaded | None:
         key = prefix + file.relative
-        response = s3.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=file.content_type)
+        try:
+            body = file.path.read_bytes()
+            response = s3.put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=file.content_type)
+        except (OSError, BotoCoreError, ClientError) as exc:
+            console.print(f"[red]not uploaded: {escape(str(file.path))}: {escape(str(exc))}[/red]")
+            return None
         return Uploaded(key, response["ETag"].strip('"'), len(body), response.get("VersionId"))
 
     uploaded: list[Uploaded] = []
     with _progress() as progress, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        task = progress.add_task(f"uploading to {target.bucket}/{prefix}", total=len(files),
+        task = progress.add_task(f"uploading to {escape(target.bucket)}/{escape(prefix)}", total=len(files),
                                  visible=show_progress)
         for result in pool.map(put, files):
-            uploaded.append(result)
+            if result is not None:
+                uploaded.append(result)
             progress.advance(task)
     return uploaded
 
@@ -118,8 +127,8 @@ def upload(
         raise typer.BadParameter("no JPEG, PNG or DICOM files found in the given paths")
     batch = check_batch_name(batch or default_batch_name())
     uploaded = upload_files(target, files, batch)
-    console.print(f"uploaded {len(uploaded)} file(s), {sum(u.size for u in uploaded) / 1e6:.1f} MB, "
-                  f"batch [bold]{batch}[/bold]")
+    console.print(f"uploaded {len(uploaded)} of {len(files)} file(s), {sum(u.size for u in uploaded) / 1e6:.1f} MB, "
+                  f"batch [bold]{escape(batch)}[/bold]")
     if wait:
         try:
             items = wait_for_scores(target, batch, uploaded, timeout_s=timeout)
@@ -127,4 +136,6 @@ def upload(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
         console.print(summary_line(items))
-    console.print(f"see them with: pneumoscan results --batch {batch}")
+    console.print(f"see them with: pneumoscan results --batch {escape(batch)}")
+    if len(uploaded) < len(files):
+        raise typer.Exit(1)

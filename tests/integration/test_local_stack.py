@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import cfnlint.decode.cfn_yaml
+import pytest
+from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from pneumoscan_cli.aws import STATE_FILE
@@ -101,3 +103,15 @@ def test_a_dead_worker_is_replaced_and_ctrl_c_stops_everything(tmp_path):
     assert stop_stack(stack) == 0, stack.log()
     assert _workers_of(stack.state["queue_url"]) == []
     assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_the_local_stack_refuses_keys_s3_refuses(local_stack):
+    target = local_stack.target
+    s3 = target.client("s3")
+    longest = "results/" + "k" * (1024 - len("results/"))  # outside the notification prefix: never scored
+    s3.put_object(Bucket=target.bucket, Key=longest, Body=b"x")
+
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket=target.bucket, Key=longest + "k", Body=b"x")
+
+    assert refused.value.response["Error"]["Code"] == "KeyTooLongError"

@@ -14,6 +14,7 @@ from pneumoscan.results import outcome_day, to_dynamodb, utc_timestamp
 from pneumoscan_cli import aws
 from pneumoscan_cli.files import collect_files
 from pneumoscan_cli.main import app
+from pneumoscan_cli.s3_limits import enforce_key_limit
 from pneumoscan_cli.results import Label, Status, days_between, find_results, parse_time
 from pneumoscan_cli.template import read_settings
 from pneumoscan_cli.upload import upload_files, wait_for_scores
@@ -190,6 +191,21 @@ def test_wait_never_takes_the_result_of_an_earlier_upload_of_the_same_bytes(targ
     table.put_item(Item=to_dynamodb(_item(first.key, "b4", "NORMAL", 0.2, etag=first.etag)
                                     | {"version_id": again[0].version_id}))
     assert _keys(wait_for_scores(target, "b4", again, timeout_s=0, show_progress=False)) == [first.key]
+
+
+def test_a_file_s3_refuses_is_reported_and_the_others_are_uploaded(target, tmp_path):
+    enforce_key_limit()
+    deep = tmp_path / "d" / ("f" * 250) / ("g" * 250) / ("h" * 250) / ("i" * 250)  # a 1036-byte key
+    deep.mkdir(parents=True)
+    (deep / "too-long-a-key.jpeg").write_bytes(b"x")
+    (tmp_path / "d" / "fine.jpeg").write_bytes(b"y")
+
+    result = runner.invoke(app, ["upload", str(tmp_path / "d"), "--batch", "b5"])
+
+    assert result.exit_code == 1
+    assert "KeyTooLongError" in result.output and "1 of 2" in result.output
+    listing = target.client("s3").list_objects_v2(Bucket=SETTINGS.bucket, Prefix="incoming/b5/")["Contents"]
+    assert [entry["Key"] for entry in listing] == ["incoming/b5/fine.jpeg"]
 
 
 def test_a_batch_name_with_a_slash_is_refused(target, tmp_path):
