@@ -17,7 +17,7 @@ from pneumoscan_eval.datasets import LABELS, LayoutError, list_labelled
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, Scorer
 
-from .score import function_settings
+from .score import file_failure, function_settings
 
 
 @dataclass
@@ -51,8 +51,9 @@ def score_folder(directory: Path, scorer: Scorer, *, show_progress: bool = False
         except ImageRejected as exc:
             result.unreadable.append({"path": str(item.path), "reason": exc.reason, "detail": exc.detail})
             continue
-        except OSError as exc:
-            result.unreadable.append({"path": str(item.path), "reason": "unreadable", "detail": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - listed with the unreadable files; the rest is evaluated
+            reason, detail = file_failure(exc)
+            result.unreadable.append({"path": str(item.path), "reason": reason, "detail": detail})
             continue
         result.scores.append(scored.probability)
         result.labels.append(item.label)

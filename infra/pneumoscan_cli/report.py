@@ -35,7 +35,7 @@ from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, Table
                   TargetError, resolve_target)
 from .files import collect_files
 from .results import batch_items
-from .score import function_settings
+from .score import file_failure, function_settings
 
 console = Console(stderr=True)
 
@@ -77,6 +77,10 @@ def entries_from_files(paths: list[Path], scorer: Scorer) -> Iterator[ReportEntr
             scored = scorer.score_file(path, max_bytes=settings.max_object_bytes, overlay="all")
         except ImageRejected as exc:
             yield ReportEntry(str(path), STATUS_FAILED, reason=exc.reason, error=exc.detail, model_version=version)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one file's failure row; the report covers the rest
+            reason, error = file_failure(exc)
+            yield ReportEntry(str(path), STATUS_FAILED, reason=reason, error=error, model_version=version)
             continue
         summary = scored.heat_map.summary if scored.heat_map is not None else None
         yield ReportEntry(str(path), STATUS_SCORED, scored.probability, scored.label, model_version=version,

@@ -46,10 +46,16 @@ def score_file(scorer: Scorer, path: Path, settings: Settings | None = None) -> 
     """One file's row, whatever happens: a command over many files never stops at one."""
     try:
         return _score_file(scorer, path, settings or function_settings())
-    except OSError as exc:
-        return Score(str(path), STATUS_FAILED, reason="unreadable_file", error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - a bug shows in this file's row; the other files still score
-        return Score(str(path), STATUS_FAILED, reason="internal_error", error=f"{type(exc).__name__}: {exc}")
+        reason, error = file_failure(exc)
+        return Score(str(path), STATUS_FAILED, reason=reason, error=error)
+
+
+def file_failure(exc: Exception) -> tuple[str, str]:
+    """Reason and text for an error that is no verdict on one local file's image: the file
+    cannot be read (`unreadable_file`), or something unforeseen broke (`internal_error`).
+    Commands over many files record it as that file's failure and go on with the rest."""
+    return "unreadable_file" if isinstance(exc, OSError) else "internal_error", f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _score_file(scorer: Scorer, path: Path, settings: Settings) -> Score:

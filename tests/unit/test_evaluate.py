@@ -80,3 +80,25 @@ def test_warned_images_are_counted_overall_per_label_and_per_code(labelled_dir):
     assert report["warned_by_label"] == {"NORMAL": 0, "PNEUMONIA": 2}
     assert report["warned"] == 2 and report["warned_share"] == pytest.approx(0.2)
     assert report["warnings"] == {"out_of_distribution": 2}
+
+
+def test_an_unexpected_error_on_one_file_is_listed_and_the_rest_evaluated(labelled_dir, monkeypatch):
+    from pneumoscan.scoring import Scorer
+
+    victim = sorted((labelled_dir / "PNEUMONIA").glob("*.jpeg"))[0]
+    real_score_file = Scorer.score_file
+
+    def choke_on_one(self, path, *args, **kwargs):
+        if path == victim:
+            raise TypeError("an unforeseen bug")
+        return real_score_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score_file", choke_on_one)
+
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_dir), "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    failed = {Path(f["path"]).name: f for f in report["unreadable_files"]}
+    assert failed[victim.name]["reason"] == "internal_error" and "unforeseen" in failed[victim.name]["detail"]
+    assert report["n"] == 7

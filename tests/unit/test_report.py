@@ -152,3 +152,29 @@ def test_offline_report_scores_local_files_with_the_lambdas_path(tmp_path):
     # Noise is scored and warned; the X-rays are not warned.
     assert re.findall(r'data-warned="(\d)"', html_text) == ["0", "0", "0", "1"]
     assert "1 warned" in result.output
+
+
+def test_an_unexpected_error_on_one_file_is_its_failed_row_in_the_offline_report(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from image_cases import FULLRES_DIR
+    from pneumoscan.scoring import Scorer
+    from pneumoscan_cli.main import app
+
+    xrays = [FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg", min((FULLRES_DIR / "PNEUMONIA").glob("*.jpeg"))]
+    real_score_file = Scorer.score_file
+
+    def choke_on_the_first(self, path, *args, **kwargs):
+        if path == xrays[0]:
+            raise TypeError("an unforeseen bug")
+        return real_score_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score_file", choke_on_the_first)
+    page = tmp_path / "offline.html"
+
+    result = CliRunner().invoke(app, ["report", *map(str, xrays), "-o", str(page)])
+
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r'data-status="(\w+)"', page.read_text())
+    assert rows == ["FAILED", "SCORED"]
+    assert "internal_error" in page.read_text()
