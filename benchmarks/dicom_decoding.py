@@ -2,9 +2,10 @@
 
 `python -m benchmarks.dicom_decoding [--data DIR] [--limit N] [--repeats R]` prints one JSON line:
 
-- `transfer_syntaxes`: per syntax, p50/p95 of `pneumoscan.dicom.decode` plus the shared resize
-  to the model input, over the sample radiographs written as 12-bit data in 16-bit words
-  (8-bit for JPEG baseline, which wraps the original JPEG bytes), as the tests build them;
+- `transfer_syntaxes`: per syntax, p50/p95 of the scoring path's decode step
+  (`pneumoscan.scoring.decode`: DICOM decode plus the shared resize to the model input), over
+  the sample radiographs written as 12-bit data in 16-bit words (8-bit for JPEG baseline,
+  which wraps the original JPEG bytes), as the tests build them;
 - `memory_4k_16bit`: peak RSS (VmHWM) of a fresh process that decodes one 4096 x 4096 12-bit
   image, per transfer syntax, against the function's MemorySize;
 - `imports`: what importing DICOM support costs the first DICOM object (in a fresh process),
@@ -31,7 +32,8 @@ from benchmarks.common import DEFAULT_DATA, REPO_ROOT, load_samples, peak_rss_mb
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from dicom_cases import radiograph, sixteen_bit, to_bytes  # noqa: E402
 
-from pneumoscan import dicom, images  # noqa: E402
+from pneumoscan import scoring  # noqa: E402
+from pneumoscan.model import InputSpec  # noqa: E402
 
 SYNTAXES = {
     "explicit_vr_little_endian": ("1.2.840.10008.1.2.1", {}),
@@ -46,7 +48,7 @@ JPEG_BASELINE = "jpeg_baseline_8bit"
 MEMORY_SYNTAXES = ("explicit_vr_little_endian", "rle", "jpeg2000_lossless")
 MEMORY_SIDE = 4096
 TEMPLATE_MEMORY_MB = 1024
-MODEL_INPUT = (224, 224, 1)
+MODEL_INPUT = InputSpec(height=224, width=224, channels=1)
 
 
 def _greyscale(data: bytes) -> np.ndarray:
@@ -83,7 +85,6 @@ def encode_all(samples) -> dict[str, list[bytes]]:
 
 
 def time_decoding(files: dict[str, list[bytes]], repeats: int) -> dict:
-    height, width, channels = MODEL_INPUT
     results = {}
     for name, blobs in files.items():
         per_image = []
@@ -91,8 +92,7 @@ def time_decoding(files: dict[str, list[bytes]], repeats: int) -> dict:
             runs = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                decoded = dicom.decode(data, target_size=(width, height))
-                images.to_model_input(decoded.image, height, width, channels)
+                scoring.decode(data, MODEL_INPUT)
                 runs.append(time.perf_counter() - start)
             per_image.append(float(np.median(runs)))
         results[name] = {**summarize(per_image), "mean_file_mb": round(float(np.mean([len(b) for b in blobs])) / 1e6, 2)}
@@ -103,8 +103,7 @@ def memory_probe(path: str) -> dict:
     """In a fresh process: peak RSS before and after decoding the file at `path`."""
     data = Path(path).read_bytes()
     before = peak_rss_mb()
-    result = dicom.decode(data)
-    images.to_model_input(result.image, *MODEL_INPUT)
+    pixels, result = scoring.decode(data, MODEL_INPUT)
     return {"peak_rss_mb_before_decode": before, "peak_rss_mb": peak_rss_mb(),
             "file_mb": round(len(data) / 1e6, 1), "image": list(result.image.size)}
 

@@ -212,7 +212,7 @@ def _dicom_decoding(results: dict) -> list[str]:
     return lines + [
         f"{section['images']} originals written as 12-bit data in 16-bit words (JPEG baseline: the original "
         f"8-bit JPEG in a DICOM wrapper); ms per image, median of {section['repeats_per_image']} repeats, "
-        "through `pneumoscan.dicom.decode` and the shared resize.",
+        "through the scoring path's decode step (`pneumoscan.scoring.decode`: DICOM decode and the shared resize).",
         "",
         f"A {memory['image']} image peaks at {memory['max_peak_rss_mb']:.0f} MB RSS in a fresh process "
         f"(" + ", ".join(f"{name.replace('_', ' ')} {run['peak_rss_mb']:.0f} MB"

@@ -108,3 +108,22 @@ def test_backfill_benchmark_streams_the_generated_listing_through_the_real_comma
     assert (row["list_calls"], row["batch_get_calls"]) == (2 * 3, 25)
     assert row["peak_rss_mb"] >= row["rss_after_imports_mb"] > 0
     assert list(tmp_path.iterdir()) == []  # a finished backfill leaves no checkpoint
+
+
+def test_dicom_benchmark_times_every_transfer_syntax_through_the_decode_step(tmp_path):
+    from benchmarks import dicom_decoding
+    from image_cases import DATA_DIR, FULLRES_DIR
+    if not FULLRES_DIR.is_dir():
+        pytest.fail(f"{FULLRES_DIR} is missing: this test needs ../shared/data beside the repo")
+    samples = load_samples(DATA_DIR, limit=1)
+    files = dicom_decoding.encode_all(samples)
+    timings = dicom_decoding.time_decoding(files, repeats=1)
+    assert sorted(timings) == sorted([*dicom_decoding.SYNTAXES, dicom_decoding.JPEG_BASELINE])
+    assert all(run["n"] == 1 and run["p50_ms"] > 0 for run in timings.values())
+    section = {"images": 1, "repeats_per_image": 1, "transfer_syntaxes": timings,
+               "memory_4k_16bit": {"image": "4096x4096", "by_syntax": {"rle": {"peak_rss_mb": 170.0}},
+                                   "function_memory_mb": 1024, "max_peak_rss_mb": 170.0},
+               "imports": {"import_jpeg_path_ms": 400.0, "jpeg_path_imports_pydicom": False,
+                           "import_dicom_decode_ms": 800.0, "import_structured_report_ms": 300.0}}
+    page = "\n".join(report._dicom_decoding({"dicom_decoding": section}))
+    assert "| jpeg2000 lossless |" in page and "pydicom loaded: no" in page and "170 MB" in page
