@@ -167,3 +167,31 @@ def test_stats_counts_the_batch_from_the_counter_items(local_stack, uploaded_bat
 
     table = _cli(local_stack, "stats", "--since", "2h")
     assert "13" in table.stdout
+
+
+def test_a_key_near_s3s_limit_is_scored_with_its_overlay(local_stack, tmp_path):
+    xray = real_xrays(per_class=1)[0]
+    deep = tmp_path / ("a" * 250) / ("b" * 250) / ("c" * 250) / ("d" * 231)
+    deep.mkdir(parents=True)
+    (deep / "x.jpeg").symlink_to(xray)
+    _cli(local_stack, "upload", str(tmp_path), "--batch", "long-keys", "--wait", "--timeout", "120")
+    items = json.loads(_cli(local_stack, "results", "--batch", "long-keys", "--format", "json").stdout)
+
+    assert [len(item["object_key"].encode()) for item in items] == [1010]  # overlay key: 1031 in clear
+    assert items[0]["status"] == "SCORED" and len(items[0]["overlay_key"].encode()) <= 1024
+    local_stack.target.client("s3").head_object(Bucket=local_stack.target.bucket, Key=items[0]["overlay_key"])
+
+
+def test_delete_then_reupload_of_the_same_bytes_is_scored_again_and_waited_for(local_stack, tmp_path):
+    (tmp_path / "again.jpeg").symlink_to(real_xrays(per_class=1)[0])
+    _cli(local_stack, "upload", str(tmp_path), "--batch", "again", "--wait", "--timeout", "120")
+    target = local_stack.target
+    s3, key = target.client("s3"), f"{target.incoming_prefix}again/again.jpeg"
+    first = json.loads(_cli(local_stack, "results", "--batch", "again", "--format", "json").stdout)[0]
+    s3.delete_object(Bucket=target.bucket, Key=key)
+
+    _cli(local_stack, "upload", str(tmp_path), "--batch", "again", "--wait", "--timeout", "120")
+
+    second = json.loads(_cli(local_stack, "results", "--batch", "again", "--format", "json").stdout)[0]
+    current = s3.head_object(Bucket=target.bucket, Key=key)
+    assert second["status"] == "SCORED" and second["version_id"] == current["VersionId"] != first["version_id"]
