@@ -10,6 +10,7 @@ handler's end-to-end tests and the comparison of `pneumoscan score` with the Lam
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -21,13 +22,25 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE
-from pneumoscan_eval.datasets import FULLRES_SET, default_data_dir
+from pneumoscan_eval.datasets import FULLRES_SET, LABELS, default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = default_data_dir()
 FULLRES_DIR = DATA_DIR / FULLRES_SET
 # A greyscale original of about 1.9 MP (8-bit, like most of the sample).
 REFERENCE_XRAY = FULLRES_DIR / "NORMAL" / "IM-0214-0001.jpeg"
+
+
+def copy_data_subset(destination: Path, per_class: dict[str, int]) -> Path:
+    """The first `per_class[folder]` images of each class under each `folder` of the shared
+    data (e.g. "chest_xray/train"), copied into `destination` in the same layout."""
+    for folder, count in per_class.items():
+        for label in LABELS:
+            (destination / folder / label).mkdir(parents=True)
+            for image in sorted((DATA_DIR / folder / label).glob("*.jpeg"))[:count]:
+                shutil.copy(image, destination / folder / label / image.name)
+    return destination
+
 
 
 @dataclass(frozen=True)

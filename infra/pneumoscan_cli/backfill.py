@@ -34,7 +34,7 @@ from rich.progress import (
 )
 
 from pneumoscan.events import object_created_body
-from pneumoscan.results import KEY, version_key
+from pneumoscan.results import ETAG, KEY, MODEL_VERSION, STATUS, VERSION_ID, version_key
 
 from .aws import (
     BucketOption, CommandError, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target,
@@ -46,7 +46,7 @@ console = Console(stderr=True)
 SQS_BATCH = 10          # SendMessageBatch takes at most 10 entries
 CHECKPOINT_EVERY_S = 1.0  # bounds both the checkpoint writes and what a resumed run sends again
 DYNAMODB_BATCH = 100    # BatchGetItem takes at most 100 keys
-RESULT_FIELDS = (KEY, "etag", "version_id", "model_version", "status")
+RESULT_FIELDS = (KEY, ETAG, VERSION_ID, MODEL_VERSION, STATUS)
 EVENT_SOURCE = "pneumoscan:backfill"
 _deserializer = TypeDeserializer()
 
@@ -95,9 +95,9 @@ def needs_scoring(stored: StoredObject, result: dict[str, Any] | None, *,
         return True  # never scored: part of every backfill
     if only_unscored:
         # An object overwritten since its result was written has not been scored as it is.
-        return result.get("etag") != stored.etag
+        return result.get(ETAG) != stored.etag
     if model_older_than is not None:
-        return version_key(str(result.get("model_version", ""))) < version_key(model_older_than)
+        return version_key(str(result.get(MODEL_VERSION, ""))) < version_key(model_older_than)
     return True
 
 

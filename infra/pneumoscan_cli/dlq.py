@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.events import UnknownEvent, parse_message
-from pneumoscan.results import KEY
+from pneumoscan.results import KEY, REASON, STATUS
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 
@@ -106,13 +106,13 @@ def result_status(target: Target, keys: list[str]) -> str:
     statuses = []
     for key in keys:
         item = table.get_item(TableName=target.table, Key={KEY: {"S": key}},
-                              ProjectionExpression="#s, #r", ExpressionAttributeNames={"#s": "status", "#r": "reason"}
+                              ProjectionExpression="#s, #r", ExpressionAttributeNames={"#s": STATUS, "#r": REASON}
                               ).get("Item")
         if item is None:
             statuses.append("no result")
         else:
-            reason = item.get("reason", {}).get("S")
-            statuses.append(item["status"]["S"] + (f" ({reason})" if reason else ""))
+            reason = item.get(REASON, {}).get("S")
+            statuses.append(item[STATUS]["S"] + (f" ({reason})" if reason else ""))
     return ", ".join(statuses)
 
 

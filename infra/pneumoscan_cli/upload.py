@@ -17,7 +17,7 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-from pneumoscan.results import KEY
+from pneumoscan.results import ETAG, KEY, VERSION_ID
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 from .files import LocalFile, collect_files
@@ -92,7 +92,7 @@ def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
     with _progress() as progress:
         task = progress.add_task(f"scoring batch {batch}", total=len(expected), visible=show_progress)
         while True:
-            done = {item[KEY] for item in batch_items(target, batch, projection=[KEY, "etag", "version_id"])
+            done = {item[KEY] for item in batch_items(target, batch, projection=[KEY, ETAG, VERSION_ID])
                     if item[KEY] in expected and _is_result_of(item, expected[item[KEY]])}
             progress.update(task, completed=len(done))
             if len(done) == len(expected):
@@ -108,8 +108,8 @@ def _is_result_of(item: dict[str, Any], upload: Uploaded) -> bool:
     """An item left by an earlier upload under the same key does not count, even one of the
     same bytes (deleted and uploaded again): the version where the bucket keeps versions."""
     if upload.version_id:
-        return item.get("version_id") == upload.version_id
-    return str(item.get("etag", "")).strip('"') == upload.etag
+        return item.get(VERSION_ID) == upload.version_id
+    return str(item.get(ETAG, "")).strip('"') == upload.etag
 
 
 def upload(

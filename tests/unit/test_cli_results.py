@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
-from moto import mock_aws
 from typer.testing import CliRunner
 
 from pneumoscan.results import outcome_day, to_dynamodb, utc_timestamp
@@ -46,25 +45,11 @@ ITEMS = [
 
 
 @pytest.fixture
-def target(tmp_path, monkeypatch):
-    monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path))
-    for name in ("AWS_ENDPOINT_URL", "PNEUMOSCAN_STACK", "PNEUMOSCAN_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    with mock_aws():
-        target = aws.Target(bucket=SETTINGS.bucket, table=SETTINGS.table, region=SETTINGS.region, source="local")
-        target.client("dynamodb").create_table(**SETTINGS.table_definition)
-        target.client("s3").create_bucket(Bucket=SETTINGS.bucket)
-        table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
-        for item in ITEMS:
-            table.put_item(Item=to_dynamodb(item))
-        aws.write_state(target)
-
-        def no_scan(**_):
-            raise AssertionError("results must never Scan the table")
-        target.client("dynamodb").meta.events.register("before-call.dynamodb.Scan", no_scan)
-        # The CLI builds its own Target from the state file: give it the guarded client.
-        monkeypatch.setattr(aws, "local_target", lambda: target)
-        yield target
+def target(cli_target):
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for item in ITEMS:
+        table.put_item(Item=to_dynamodb(item))
+    return cli_target
 
 
 def _keys(items):

@@ -8,11 +8,9 @@ from datetime import datetime, timedelta, UTC
 
 import boto3
 import pytest
-from moto import mock_aws
 from typer.testing import CliRunner
 
 from pneumoscan import results, telemetry
-from pneumoscan_cli import aws
 from pneumoscan_cli.main import app
 from pneumoscan_cli.stats import GroupBy, counter_items, histogram_percentile, summarize
 from pneumoscan_cli.template import read_settings
@@ -48,31 +46,20 @@ INVOCATIONS = [
 
 
 @pytest.fixture
-def target(tmp_path, monkeypatch):
-    monkeypatch.setenv(aws.STATE_DIR_ENV, str(tmp_path))
-    for name in ("AWS_ENDPOINT_URL", "PNEUMOSCAN_STACK", "PNEUMOSCAN_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    with mock_aws():
-        target = aws.Target(bucket=SETTINGS.bucket, table=SETTINGS.table, region=SETTINGS.region, source="local")
-        target.client("dynamodb").create_table(**SETTINGS.table_definition)
-        table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
-        for invocation in INVOCATIONS:
-            tally = telemetry.BatchTally(positive_label="PNEUMONIA")
-            for item in invocation:
-                tally.observe(item)
-                table.put_item(Item=results.to_dynamodb(item))  # result items share the table
-            for request in tally.counter_updates():
-                table.update_item(**request)
-
-        def no_scan(**_):
-            raise AssertionError("stats must never Scan the table")
-        target.client("dynamodb").meta.events.register("before-call.dynamodb.Scan", no_scan)
-        queries = []
-        target.client("dynamodb").meta.events.register(
-            "before-call.dynamodb.Query", lambda params, **_: queries.append(params))
-        target.queries = queries
-        monkeypatch.setattr(aws, "local_target", lambda: target)
-        yield target
+def target(cli_target):
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for invocation in INVOCATIONS:
+        tally = telemetry.BatchTally(positive_label="PNEUMONIA")
+        for item in invocation:
+            tally.observe(item)
+            table.put_item(Item=results.to_dynamodb(item))  # result items share the table
+        for request in tally.counter_updates():
+            table.update_item(**request)
+    queries = []
+    cli_target.client("dynamodb").meta.events.register(
+        "before-call.dynamodb.Query", lambda params, **_: queries.append(params))
+    cli_target.queries = queries
+    return cli_target
 
 
 def window(start="2026-11-24T00:00", end="2026-11-26T23:59"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_cases import DATA_DIR
+from image_cases import DATA_DIR, copy_data_subset
 from pneumoscan import images, ood
 from pneumoscan.model import METADATA_FILE, PneumoniaModel, default_model_dir
 from pneumoscan_eval.datasets import LabelledFile, list_labelled
@@ -211,11 +211,7 @@ def test_generated_blanks_are_all_blank():
 def test_fit_command_writes_statistics_model_json_report_and_card(tmp_path):
     data = tmp_path / "data"
     # Enough patients for the folds; the official val stands in for validation.
-    for split, per_class in (("chest_xray/train", 30), ("chest_xray/val", 4), ("xray_fullres_sample", 3)):
-        for label in ("NORMAL", "PNEUMONIA"):
-            (data / split / label).mkdir(parents=True)
-            for image in sorted((DATA_DIR / split / label).glob("*.jpeg"))[:per_class]:
-                shutil.copy(image, data / split / label / image.name)
+    copy_data_subset(data, {"chest_xray/train": 30, "chest_xray/val": 4, "xray_fullres_sample": 3})
     model_dir = tmp_path / "model"
     shutil.copytree(default_model_dir(), model_dir, ignore=shutil.ignore_patterns("reference", "*.png"))
     metadata = json.loads((model_dir / METADATA_FILE).read_text())

@@ -1,12 +1,11 @@
 """The shortcut check: shares against the uniform baseline, run end to end on a few real images."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from image_cases import DATA_DIR
+from image_cases import copy_data_subset
 from pneumoscan import cam
 from training import shortcut_check
 
@@ -19,11 +18,7 @@ def test_uniform_heat_baseline_is_the_area_of_each_region():
 
 def test_check_writes_json_and_figure_for_the_model(tmp_path):
     data = tmp_path / "data"
-    for split, per_class in (("chest_xray/train", 3), ("chest_xray/val", 2), ("xray_fullres_sample", 4)):
-        for label in ("NORMAL", "PNEUMONIA"):
-            (data / split / label).mkdir(parents=True)
-            for image in sorted((DATA_DIR / split / label).glob("*.jpeg"))[:per_class]:
-                shutil.copy(image, data / split / label / image.name)
+    copy_data_subset(data, {"chest_xray/train": 3, "chest_xray/val": 2, "xray_fullres_sample": 4})
 
     result = shortcut_check.main(["--data", str(data), "--out", str(tmp_path / "report")])
 

@@ -107,26 +107,26 @@ class BatchTally:
     def observe(self, item: dict[str, Any]) -> None:
         """One written result item (not a skipped duplicate)."""
         scored_at = item[results.SCORED_AT]
-        model_version = str(item.get("model_version", ""))
+        model_version = str(item.get(results.MODEL_VERSION, ""))
         counts = self.groups.setdefault((scored_at[:13], model_version, str(item.get(results.BATCH, ""))),
                                         Counts())
         counts.add("images")
-        if item.get("status") == results.STATUS_FAILED:
+        if item.get(results.STATUS) == results.STATUS_FAILED:
             counts.add("failed")
         else:
             counts.add("scored")
-            probability = float(item["probability"])
+            probability = float(item[results.PROBABILITY])
             counts.add("probability_sum", probability)
             self.probabilities.setdefault(model_version, []).append(probability)
-            if item.get("label") == self.positive_label:
+            if item.get(results.LABEL) == self.positive_label:
                 counts.add("positives")
-        warnings = item.get("warnings") or []
+        warnings = item.get(results.WARNINGS) or []
         if warnings:
             counts.add("warned")
         for code in set(warnings):
             counts.add(f"{WARNED_PREFIX}{code}")
             self.warned_by_code[code] += 1
-        timings = item.get("timings_ms") or {}
+        timings = item.get(results.TIMINGS_MS) or {}
         if "total" in timings:
             counts.add(bucket_name(HANDLER_BUCKET, HANDLER_MS_BOUNDS, timings["total"]))
         for stage, elapsed in timings.items():
