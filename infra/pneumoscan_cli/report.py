@@ -35,7 +35,7 @@ from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, Table
                   TargetError, resolve_target)
 from .files import collect_files
 from .results import batch_items
-from .score import file_failure, function_settings
+from .score import Score, file_failure, function_settings
 
 console = Console(stderr=True)
 
@@ -45,22 +45,15 @@ JPEG_QUALITY = 82
 DOWNLOAD_THREADS = 8
 
 
-@dataclass
-class ReportEntry:
-    """One image as the report shows it."""
+@dataclass(frozen=True)
+class ReportEntry(Score):
+    """One image as the report shows it: its score row plus the model, heat map and pictures."""
 
-    name: str
-    status: str
-    probability: float | None = None
-    label: str | None = None
-    reason: str | None = None
-    error: str | None = None
     model_version: str | None = None
     border_share: float | None = None
     outside_chest_share: float | None = None
     thumbnail: bytes | None = None  # JPEG
     overlay: bytes | None = None  # JPEG or PNG
-    warnings: tuple[str, ...] = ()
 
     @property
     def flagged(self) -> bool:
@@ -102,9 +95,10 @@ def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
         summary = item.get(results.CAM) or {}
         return ReportEntry(
             item[results.KEY], item.get(results.STATUS, "?"), _number(item.get(results.PROBABILITY)),
-            item.get(results.LABEL), item.get(results.REASON), item.get(results.ERROR),
-            item.get(results.MODEL_VERSION),
-            _number(summary.get("border_share")), _number(summary.get("outside_chest_share")),
+            item.get(results.LABEL), reason=item.get(results.REASON), error=item.get(results.ERROR),
+            model_version=item.get(results.MODEL_VERSION),
+            border_share=_number(summary.get("border_share")),
+            outside_chest_share=_number(summary.get("outside_chest_share")),
             thumbnail=_source_thumbnail(s3, target.bucket, item),
             overlay=_overlay(s3, target.bucket, item), warnings=tuple(item.get(results.WARNINGS) or ()))
 
@@ -210,9 +204,9 @@ def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
         f'<tr data-position="{position}" data-probability="{probability}" data-status="{html.escape(entry.status)}" '
         f'data-label="{html.escape(entry.label or "")}" data-positive="{int(entry.label == positive_label)}" '
         f'data-flagged="{int(entry.flagged)}" data-warned="{int(bool(entry.warnings))}">'
-        f"<td>{_image(entry.thumbnail, 'thumbnail', entry.name)}</td>"
-        f"<td>{_image(entry.overlay, 'overlay', entry.name)}</td>"
-        f'<td class="name">{html.escape(entry.name)}{detail}</td>'
+        f"<td>{_image(entry.thumbnail, 'thumbnail', entry.image)}</td>"
+        f"<td>{_image(entry.overlay, 'overlay', entry.image)}</td>"
+        f'<td class="name">{html.escape(entry.image)}{detail}</td>'
         f'<td class="status {html.escape(entry.status.lower())}">{html.escape(entry.status)}</td>'
         f'<td class="label{" positive" if entry.label == positive_label else ""}">{html.escape(entry.label or "-")}</td>'
         f'<td class="probability">{"-" if entry.probability is None else f"{entry.probability:.3f}"}'

@@ -31,6 +31,8 @@ def function_settings() -> Settings:
 
 @dataclass(frozen=True)
 class Score:
+    """One file's row, as `score` prints it; the HTML report's entries extend it."""
+
     image: str
     status: str
     probability: float | None = None
