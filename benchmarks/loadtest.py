@@ -7,7 +7,7 @@ reports:
 
   images/s          N / (first upload started .. last item written)
   latency p50/p95   per image, upload finished -> its item's `scored_at`
-  items written     result items of the batch (batch-index Query, no Scan)
+  items written     result items of the batch (a Query on the table, no Scan)
   lost              uploaded keys without an item (must be 0)
   duplicated        keys the handler WROTE more than once, from its own logs (must be 0);
                     redeliveries it recognised and skipped are counted separately
@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from benchmarks.common import DEFAULT_DATA, REPO_ROOT, load_samples, summarize
-from pneumoscan.results import BATCH, BATCH_INDEX, KEY, SCORED_AT, key_digest
+from pneumoscan.results import KEY, SCORED_AT, batch_results, key_digest
 from pneumoscan_cli.aws import STATE_DIR_ENV, STATE_FILE, Target
 
 console = Console(stderr=True)
@@ -98,16 +98,8 @@ class LocalUp:
 
 
 def batch_items(target: Target, batch: str) -> list[dict]:
-    """Key, status and scored_at of every item of the batch (batch-index, paginated)."""
-    client, items = target.client("dynamodb"), []
-    arguments = {"TableName": target.table, "IndexName": BATCH_INDEX,
-                 "KeyConditionExpression": "#b = :b", "ProjectionExpression": "#k, #s, #t",
-                 "ExpressionAttributeNames": {"#b": BATCH, "#k": KEY, "#s": "status", "#t": SCORED_AT},
-                 "ExpressionAttributeValues": {":b": {"S": batch}}}
-    for page in client.get_paginator("query").paginate(**arguments):
-        items += [{KEY: item[KEY]["S"], "status": item["status"]["S"], SCORED_AT: item[SCORED_AT]["S"]}
-                  for item in page["Items"]]
-    return items
+    """Key, status and scored_at of every item of the batch (one paginated Query)."""
+    return list(batch_results(target.client("dynamodb"), target.table, batch, fields=(KEY, "status", SCORED_AT)))
 
 
 def handler_writes(worker_log: Path, keys: list[str]) -> tuple[Counter, int]:

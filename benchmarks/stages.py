@@ -31,6 +31,7 @@ from botocore.client import BaseClient
 
 from benchmarks.common import DEFAULT_DATA, Sample, load_samples, peak_rss_mb, summarize
 from benchmarks.prices import dynamodb_item_bytes
+from pneumoscan.results import primary_key, serialize
 
 STACK_ENV = "PNEUMOSCAN_BENCH_STACK"
 BATCHES = ("bench-single", "bench-batch")
@@ -107,7 +108,8 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
     deserialize = TypeDeserializer().deserialize
     for sample in samples:
         key = _key(stack, BATCHES[0], sample)
-        stored = dynamodb.get_item(TableName=stack["table"], Key={"object_key": {"S": key}}).get("Item")
+        stored = dynamodb.get_item(TableName=stack["table"],
+                                   Key=serialize(primary_key(key, stack["incoming_prefix"]))).get("Item")
         if stored is None:
             raise RuntimeError(f"the handler wrote no item for {key}")
         plain = {name: deserialize(value) for name, value in stored.items()}

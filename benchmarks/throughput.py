@@ -12,30 +12,23 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from boto3.dynamodb.conditions import Key
-
 from benchmarks.common import Sample
 from benchmarks.local_stack import StackProcess
+from pneumoscan.results import SCORED_AT, batch_results
 
-BATCH_INDEX = "batch-index"
 DEADLINE_S = 900
 
 
-def _scored_times(table, batch: str) -> list[datetime]:
-    times, query = [], {"IndexName": BATCH_INDEX, "KeyConditionExpression": Key("batch").eq(batch)}
-    while True:
-        page = table.query(**query)
-        times += [datetime.fromisoformat(item["scored_at"].replace("Z", "+00:00")) for item in page["Items"]]
-        if "LastEvaluatedKey" not in page:
-            return sorted(times)
-        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+def _scored_times(dynamodb, table: str, batch: str) -> list[datetime]:
+    return sorted(datetime.fromisoformat(item[SCORED_AT].replace("Z", "+00:00"))
+                  for item in batch_results(dynamodb, table, batch, fields=(SCORED_AT,)))
 
 
 def measure(samples: list[Sample], workers: int, log: Path) -> dict:
     with StackProcess(range(os.cpu_count()), log) as stack:
         names = stack.description
         s3 = stack.client("s3")
-        table = stack.table()
+        dynamodb = stack.client("dynamodb")
         batch = f"throughput-{workers}"
         for sample in samples:
             s3.put_object(Bucket=names["bucket"], Key=f"{names['incoming_prefix']}{batch}/{sample.name}",
@@ -47,7 +40,7 @@ def measure(samples: list[Sample], workers: int, log: Path) -> dict:
             if time.perf_counter() - start > DEADLINE_S:
                 raise TimeoutError(f"{len(scored)}/{len(samples)} scored after {DEADLINE_S} s with {workers} workers")
             time.sleep(0.25)
-            scored = _scored_times(table, batch)
+            scored = _scored_times(dynamodb, names["table"], batch)
         elapsed = time.perf_counter() - start
         span = (scored[-1] - scored[0]).total_seconds()
         return {"workers": workers, "images": len(samples), "elapsed_s": round(elapsed, 2),

@@ -24,7 +24,7 @@ import pytest
 from moto import mock_aws
 
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
-from pneumoscan.results import KEY
+from pneumoscan.results import KEY, primary_key
 from pneumoscan.telemetry import STATS_PREFIX
 from pneumoscan_cli.s3_limits import enforce_key_limit
 from pneumoscan_cli.template import StackSettings, create_resources, read_settings
@@ -113,7 +113,7 @@ class HandlerStack:
         return messages
 
     def item(self, key: str) -> dict[str, Any] | None:
-        return self.table.get_item(Key={KEY: key}, ConsistentRead=True).get("Item")
+        return self.table.get_item(Key=primary_key(key, self.prefix), ConsistentRead=True).get("Item")
 
     def items(self) -> list[dict[str, Any]]:
         """Result items (the stats counter items in the same table are left out)."""

@@ -37,7 +37,7 @@ metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
 s3_client = boto3.client("s3", config=RETRY_CONFIG)
-result_store = results.ResultStore(boto3.resource("dynamodb", config=RETRY_CONFIG).Table(settings.table_name))
+dynamodb_client = boto3.client("dynamodb", config=RETRY_CONFIG)
 
 
 def _load_scorer() -> Scorer:
@@ -55,6 +55,8 @@ scorer = _load_scorer()
 model = scorer.model
 # What this invocation scored: counted per result, emitted once per batch of records.
 tally = telemetry.BatchTally(positive_label=model.metadata.positive_label)
+result_store = results.ResultStore(dynamodb_client, settings.table_name, incoming_prefix=settings.incoming_prefix,
+                                   positive_label=model.metadata.positive_label)
 
 
 class Rejected(Exception):
@@ -286,7 +288,7 @@ def _flush_tally() -> None:
     tally.emit(metrics, EphemeralMetrics, MetricUnit)
     for request in tally.counter_updates():
         try:
-            result_store.table.update_item(**request)
+            result_store.update(request)
         except (BotoCoreError, ClientError):
             logger.exception("stats counters not updated; `pneumoscan stats` will undercount this batch")
             metrics.add_metric(name="StatsWriteErrors", unit=MetricUnit.Count, value=1)

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
 from pneumoscan.events import object_created_body
-from pneumoscan.results import ETAG, KEY, MODEL_VERSION, STATUS, VERSION_ID, version_key
+from pneumoscan.results import ETAG, KEY, MODEL_VERSION, STATUS, VERSION_ID, deserialize, primary_key, serialize, version_key
 
 from .aws import (
     BucketOption, CommandError, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target,
@@ -48,7 +47,6 @@ CHECKPOINT_EVERY_S = 1.0  # bounds both the checkpoint writes and what a resumed
 DYNAMODB_BATCH = 100    # BatchGetItem takes at most 100 keys
 RESULT_FIELDS = (KEY, ETAG, VERSION_ID, MODEL_VERSION, STATUS)
 EVENT_SOURCE = "pneumoscan:backfill"
-_deserializer = TypeDeserializer()
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,12 @@ def current_results(target: Target, keys: list[str]) -> dict[str, dict[str, Any]
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(keys), DYNAMODB_BATCH):
         request: dict[str, Any] = {target.table: {
-            "Keys": [{KEY: {"S": key}} for key in keys[start:start + DYNAMODB_BATCH]],
+            "Keys": [serialize(primary_key(key, target.incoming_prefix)) for key in keys[start:start + DYNAMODB_BATCH]],
             "ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}}
         while request:
             response = dynamodb.batch_get_item(RequestItems=request)
             for item in response["Responses"].get(target.table, []):
-                plain = {name: _deserializer.deserialize(value) for name, value in item.items()}
+                plain = deserialize(item)
                 found[plain[KEY]] = plain
             # Throttled keys come back unprocessed; botocore has already backed off once.
             request = response.get("UnprocessedKeys") or {}

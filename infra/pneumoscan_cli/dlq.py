@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.events import UnknownEvent, parse_message
-from pneumoscan.results import KEY, REASON, STATUS
+from pneumoscan.results import REASON, STATUS, get_result
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 
@@ -102,17 +102,16 @@ def release(sqs: Any, dead_letter_queue_url: str, letters: list[DeadLetter]) -> 
 def result_status(target: Target, keys: list[str]) -> str:
     if not keys:
         return "not an S3 event"
-    table = target.client("dynamodb")
+    dynamodb = target.client("dynamodb")
     statuses = []
     for key in keys:
-        item = table.get_item(TableName=target.table, Key={KEY: {"S": key}},
-                              ProjectionExpression="#s, #r", ExpressionAttributeNames={"#s": STATUS, "#r": REASON}
-                              ).get("Item")
+        item = get_result(dynamodb, target.table, key, incoming_prefix=target.incoming_prefix,
+                          fields=(STATUS, REASON))
         if item is None:
             statuses.append("no result")
         else:
-            reason = item.get(REASON, {}).get("S")
-            statuses.append(item[STATUS]["S"] + (f" ({reason})" if reason else ""))
+            reason = item.get(REASON)
+            statuses.append(item[STATUS] + (f" ({reason})" if reason else ""))
     return ", ".join(statuses)
 
 

@@ -1,7 +1,9 @@
-"""`pneumoscan results`: read scores back with the table's two indexes, never a Scan.
+"""`pneumoscan results`: read scores back through the table's key and indexes, never a Scan.
 
---batch B                  -> Query batch-index (batch = B), in key order
---label / --status / none  -> Query outcome-index, one per outcome and UTC day in the window
+--batch B        -> Query the table (batch = B), in key order: every result of the batch
+--study UID      -> Query study-index (DICOM items of one study)
+neither          -> Query attention-index, one per UTC day in the window: positive, FAILED and
+                    warned results (a NORMAL score without warnings is read with --batch)
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from enum import Enum
 from typing import Annotated, Any, Iterator
 
 import typer
-from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.results import (
-    BATCH, BATCH_INDEX, KEY, LABEL, OUTCOME_DAY, OUTCOME_FAILED, OUTCOME_INDEX, SCORED_AT, STATUS_FAILED,
-    STATUS_SCORED, outcome_day, utc_timestamp,
+    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, attention_results, batch_results, study_results,
+    utc_timestamp,
 )
 
 from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL
@@ -32,10 +33,9 @@ from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableO
 from .changes import changes_summary, label_changes, print_changes
 
 DEFAULT_WINDOW = timedelta(hours=24)
-# Columns of the table and CSV views; JSON carries every attribute.
+# Columns of the table and CSV views; JSON carries every attribute the read returned.
 COLUMNS = ("object_key", "status", "label", "probability", "warnings", "reason", "error", "batch", "model_version",
            "image_width", "image_height", "image_format", "size_bytes", "scored_at")
-_deserializer = TypeDeserializer()
 
 
 # The labels the model writes (training takes them from the class folders into model.json).
@@ -55,9 +55,11 @@ class OutputFormat(str, Enum):
 
 # -- reading -------------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
-    """DynamoDB's Decimals as int/float, so JSON and CSV print numbers."""
+    """DynamoDB's Decimals as int/float and binary as hex, so JSON and CSV print them."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, set)):
@@ -65,82 +67,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _query(target: Target, **arguments: Any) -> Iterator[dict[str, Any]]:
-    paginator = target.client("dynamodb").get_paginator("query")
-    for page in paginator.paginate(TableName=target.table, **arguments):
-        for item in page["Items"]:
-            yield _plain({name: _deserializer.deserialize(value) for name, value in item.items()})
-
-
 def batch_items(target: Target, batch: str, *, projection: list[str] | None = None,
                 key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every item of one batch (or the part with an object key in `key_between`), in object-key order."""
-    arguments: dict[str, Any] = {
-        "IndexName": BATCH_INDEX, "KeyConditionExpression": "#batch = :batch",
-        "ExpressionAttributeNames": {"#batch": BATCH}, "ExpressionAttributeValues": {":batch": {"S": batch}}}
-    if key_between:
-        arguments["KeyConditionExpression"] += " AND #key BETWEEN :low AND :high"
-        arguments["ExpressionAttributeNames"]["#key"] = KEY
-        arguments["ExpressionAttributeValues"] |= {":low": {"S": key_between[0]}, ":high": {"S": key_between[1]}}
-    if projection:
-        names = {f"#p{index}": name for index, name in enumerate(projection)}
-        arguments["ProjectionExpression"] = ", ".join(names)
-        arguments["ExpressionAttributeNames"] |= names
-    yield from _query(target, **arguments)
+    """Every item of one batch (or the part with an object key in `key_between`), in object-key order:
+    one paginated Query on the table."""
+    for item in batch_results(target.client("dynamodb"), target.table, batch, fields=projection,
+                              key_between=key_between):
+        yield _plain(item)
 
 
-def days_between(since: datetime, until: datetime) -> list[str]:
-    """UTC dates (YYYY-MM-DD) from since to until inclusive: the outcome-index partitions to read."""
-    day, last = since.astimezone(timezone.utc).date(), until.astimezone(timezone.utc).date()
-    days = []
-    while day <= last:
-        days.append(day.isoformat())
-        day += timedelta(days=1)
-    return days
-
-
-def outcome_items(target: Target, outcomes: list[str], since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """Items with these outcomes scored in [since, until]: one Query per outcome and day, newest last."""
-    start, end = utc_timestamp(since), utc_timestamp(until)
-    items: list[dict[str, Any]] = []
-    for day in days_between(since, until):
-        for outcome in outcomes:
-            items.extend(_query(
-                target, IndexName=OUTCOME_INDEX,
-                KeyConditionExpression="#day = :day AND #at BETWEEN :start AND :end",
-                ExpressionAttributeNames={"#day": OUTCOME_DAY, "#at": SCORED_AT},
-                ExpressionAttributeValues={":day": {"S": outcome_day(outcome, day)},
-                                           ":start": {"S": start}, ":end": {"S": end}}))
-    return sorted(items, key=lambda item: (item.get(SCORED_AT, ""), item[KEY]))
-
-
-def wanted_outcomes(label: Label | None, status: Status | None) -> list[str]:
+def matches(item: dict[str, Any], label: Label | None, status: Status | None, warned: bool = False) -> bool:
     if label and status == Status.failed:
         raise typer.BadParameter("a FAILED item has no label: use --label or --status failed, not both")
-    if label:
-        return [label.value.upper()]
-    if status == Status.failed:
-        return [OUTCOME_FAILED]
-    if status == Status.scored:
-        return list(LABELS)
-    return [*LABELS, OUTCOME_FAILED]
+    if label and str(item.get("label", "")).lower() != label.value:
+        return False
+    if status and str(item.get("status", "")).lower() != status.value:
+        return False
+    return bool(item.get("warnings")) or not warned
 
 
-def outcome_of(item: dict[str, Any]) -> str:
-    return OUTCOME_FAILED if item.get("status") == STATUS_FAILED else str(item.get("label"))
-
-
-def find_results(target: Target, *, batch: str | None = None, label: Label | None = None,
-                 status: Status | None = None, since: datetime | None = None,
-                 until: datetime | None = None) -> list[dict[str, Any]]:
-    outcomes = wanted_outcomes(label, status)
+def find_results(target: Target, *, batch: str | None = None, study: str | None = None,
+                 label: Label | None = None, status: Status | None = None, warned: bool = False,
+                 since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+    matches({}, label, status)  # refuse contradictory filters before any read
     until = until or datetime.now(timezone.utc)
-    if batch is not None:
+    if batch is not None or study is not None:
         start = utc_timestamp(since) if since else ""
         end = utc_timestamp(until)
-        return [item for item in batch_items(target, batch)
-                if outcome_of(item) in outcomes and start <= item.get(SCORED_AT, "") <= end]
-    return outcome_items(target, outcomes, since or until - DEFAULT_WINDOW, until)
+        items = (batch_items(target, batch) if batch is not None
+                 else map(_plain, study_results(target.client("dynamodb"), target.table, study)))
+        return [item for item in items
+                if matches(item, label, status, warned) and start <= item.get(SCORED_AT, "") <= end]
+    if label == Label.normal and not warned:
+        raise typer.BadParameter(
+            "without --batch only positive, failed and warned results are indexed by time: "
+            "read NORMAL scores with --batch (or the warned ones with --warned)")
+    window = attention_results(target.client("dynamodb"), target.table, since or until - DEFAULT_WINDOW, until)
+    return [item for item in map(_plain, window) if matches(item, label, status, warned)]
 
 
 # -- parsing and printing --------------------------------------------------------------------
@@ -213,6 +176,7 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
 
 def results(
     batch: Annotated[str | None, typer.Option(help="All results of this batch, in key order.")] = None,
+    study: Annotated[str | None, typer.Option(help="The results of one DICOM study (StudyInstanceUID).")] = None,
     label: Annotated[Label | None, typer.Option(help="Only this label.", case_sensitive=False)] = None,
     status: Annotated[Status | None, typer.Option(help="Only scored or only failed items.",
                                                   case_sensitive=False)] = None,
@@ -230,12 +194,15 @@ def results(
     stack: StackOption = None, endpoint_url: EndpointOption = None, region: RegionOption = None,
     bucket: BucketOption = None, table: TableOption = None,
 ) -> None:
-    """Show scores: one batch (batch-index) or positives/failures in a time window (outcome-index)."""
+    """Show scores: one batch or study, or the positive, failed and warned results of a time window."""
+    if batch is not None and study is not None:
+        raise typer.BadParameter("--batch and --study are two different reads: give one")
+    if changes and batch is None:
+        # The indexes project the listing fields only; `previous` is on the whole item.
+        raise typer.BadParameter("--changes reads whole items: give --batch")
     target = resolve_target(stack, endpoint_url, region, bucket, table)
-    items = find_results(target, batch=batch, label=label, status=status,
+    items = find_results(target, batch=batch, study=study, label=label, status=status, warned=warned,
                          since=parse_time(since) if since else None, until=parse_time(until) if until else None)
-    if warned:
-        items = [item for item in items if item.get("warnings")]
     if changes:
         rows = label_changes(items)
         print_changes(rows, output.value, key_prefix=f"{target.incoming_prefix}{batch}/" if batch else "")

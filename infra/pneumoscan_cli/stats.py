@@ -24,9 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumoscan import telemetry
+from pneumoscan.results import days_between
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
-from .results import OutputFormat, batch_items, days_between, parse_time
+from .results import OutputFormat, batch_items, parse_time
 from .stats_html import stats_page
 
 DEFAULT_WINDOW = timedelta(days=7)

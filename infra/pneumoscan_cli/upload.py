@@ -83,7 +83,7 @@ def upload_files(target: Target, files: list[LocalFile], batch: str, *, show_pro
 
 def wait_for_scores(target: Target, batch: str, uploaded: list[Uploaded], *,
                     timeout_s: float = DEFAULT_WAIT_TIMEOUT_S, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Poll batch-index until every uploaded object has an item for the bytes we uploaded.
+    """Poll the batch (a Query on the table) until every uploaded object has an item for the bytes we uploaded.
 
     Returns the batch's items for the uploaded keys; raises TimeoutError naming what is missing.
     """

@@ -53,7 +53,7 @@ def _assert_exactly_one_scored_item_each(stack, keys) -> None:
 
 
 def _dynamodb(app):
-    return app.result_store.table.meta.client
+    return app.result_store.client
 
 
 # -- transient faults ------------------------------------------------------------------------

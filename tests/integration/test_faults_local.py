@@ -12,7 +12,7 @@ import pytest
 
 from image_cases import reference_bytes
 from pneumoscan.events import parse_message
-from pneumoscan.results import KEY
+from pneumoscan.results import get_result
 from pneumoscan_cli.main import app
 from pneumoscan_cli.template import read_settings
 
@@ -75,12 +75,12 @@ def test_a_table_outage_sends_messages_to_the_dlq_and_redrive_scores_them_once(o
     _cli(own_stack, "dlq", "redrive")
 
     def all_scored():
-        found = [dynamodb.get_item(TableName=target.table, Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
+        found = [get_result(dynamodb, target.table, key, incoming_prefix=target.incoming_prefix, consistent=True)
                  for key in keys]
         return found if all(found) else None
 
     items = _wait_for(all_scored, "the redriven images scored", own_stack)
-    assert [item["status"]["S"] for item in items] == ["SCORED"] * 3
+    assert [item["status"] for item in items] == ["SCORED"] * 3
     assert _queue_empty(target) and _dlq_rows(own_stack) == []
 
 
@@ -103,7 +103,7 @@ def test_backfill_against_the_running_stack_adds_no_second_item(local_stack):
     dynamodb = target.client("dynamodb")
 
     def items():
-        found = [dynamodb.get_item(TableName=target.table, Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
+        found = [get_result(dynamodb, target.table, key, incoming_prefix=target.incoming_prefix, consistent=True)
                  for key in keys]
         return found if all(found) else None
 

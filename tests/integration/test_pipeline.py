@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumoscan.model import PneumoniaModel
+from pneumoscan.results import get_result
 from pneumoscan_cli.main import app
 
 from .conftest import real_xrays, start_stack, stop_stack
@@ -55,7 +56,8 @@ def test_xrays_are_scored_with_the_bundled_model(uploaded_batch):
         assert 0.0 <= item["probability"] <= 1.0
         assert item["label"] == model.label(item["probability"])
         assert (item["model_version"], item["model_sha256"]) == (model.version, model.sha256)
-        assert item["batch"] == BATCH and item["outcome_day"].startswith(item["label"] + "#")
+        assert item["batch"] == BATCH
+        assert ("attention_day" in item) == (item["label"] == "PNEUMONIA" or bool(item.get("warnings")))
         with Image.open(folder / item["object_key"].removeprefix(f"incoming/{BATCH}/")) as original:
             assert (item["image_width"], item["image_height"]) == original.size
         assert item["timings_ms"]["total"] > 0
@@ -66,7 +68,7 @@ def test_a_non_image_ends_failed_with_a_reason(uploaded_batch):
     (failed,) = [item for item in items if item["status"] == "FAILED"]
     assert failed["object_key"] == f"incoming/{BATCH}/notes.jpeg"
     assert failed["reason"] == "not_an_image" and failed["error"]
-    assert failed["outcome_day"].startswith("FAILED#")
+    assert failed["attention_day"] == failed["scored_at"][:10]
 
 
 def test_outcome_queries_find_the_same_positives_and_failures(local_stack, uploaded_batch):
@@ -125,8 +127,7 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(tmp_path):
         assert "handler init failed" in stack.log()
         queue = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
         assert queue["ApproximateNumberOfMessages"] == "0"
-        assert "Item" not in target.client("dynamodb").get_item(
-            TableName=target.table, Key={"object_key": {"S": key}})
+        assert get_result(target.client("dynamodb"), target.table, key) is None
     finally:
         assert stop_stack(stack) == 0
 
@@ -138,8 +139,7 @@ def test_overlays_are_written_where_they_cannot_trigger_a_scoring(local_stack, u
     for item in (item for item in items if item["status"] == "SCORED"):
         assert not item["overlay_key"].startswith(target.incoming_prefix)
         assert s3.head_object(Bucket=target.bucket, Key=item["overlay_key"])["ContentType"] == "image/png"
-        assert "Item" not in dynamodb.get_item(TableName=target.table,
-                                               Key={"object_key": {"S": item["overlay_key"]}})
+        assert get_result(dynamodb, target.table, item["overlay_key"]) is None
     # The worker deletes a batch's messages just after its items are written: give it a moment.
     deadline, in_queue = time.monotonic() + 15, None
     while in_queue != ("0", "0") and time.monotonic() < deadline:

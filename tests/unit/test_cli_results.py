@@ -9,12 +9,13 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from pneumoscan.results import outcome_day, to_dynamodb, utc_timestamp
+from pneumoscan.results import to_dynamodb, utc_timestamp, with_index_keys
 from pneumoscan_cli import aws
 from pneumoscan_cli.files import collect_files
 from pneumoscan_cli.main import app
+from pneumoscan.results import days_between
+from pneumoscan_cli.results import Label, Status, find_results, parse_time
 from pneumoscan_cli.s3_limits import enforce_key_limit
-from pneumoscan_cli.results import Label, Status, days_between, find_results, parse_time
 from pneumoscan_cli.template import read_settings
 from pneumoscan_cli.upload import upload_files, wait_for_scores
 
@@ -28,11 +29,10 @@ def _item(key, batch, label=None, probability=None, reason=None, at=NOW, etag="e
     item = {"object_key": key, "batch": batch, "etag": etag, "scored_at": scored_at,
             "model_version": "test", "timings_ms": {"total": 1.5}}
     if reason:
-        item |= {"status": "FAILED", "reason": reason, "error": "bad", "outcome_day": outcome_day("FAILED", scored_at)}
+        item |= {"status": "FAILED", "reason": reason, "error": "bad"}
     else:
-        item |= {"status": "SCORED", "label": label, "probability": probability,
-                 "outcome_day": outcome_day(label, scored_at)}
-    return item
+        item |= {"status": "SCORED", "label": label, "probability": probability}
+    return with_index_keys(item)
 
 
 ITEMS = [
@@ -69,11 +69,19 @@ def test_positives_and_failures_in_a_window_use_one_query_per_day(target):
                                                    lambda params, **_: calls.append(params))
     positives = find_results(target, label=Label.pneumonia, since=NOW - timedelta(days=4))
     assert _keys(positives) == ["incoming/b2/old.jpeg", "incoming/b2/new.jpeg", "incoming/b1/2.jpeg"]
-    assert len(calls) == 5  # today and the four days before, PNEUMONIA only
-    assert all(call["IndexName"] == "outcome-index" for call in calls)
+    assert len(calls) == 5  # today and the four days before
+    assert all(call["IndexName"] == "attention-index" for call in calls)
     assert _keys(find_results(target, label=Label.pneumonia)) == ["incoming/b2/new.jpeg", "incoming/b1/2.jpeg"]
     assert _keys(find_results(target, status=Status.failed)) == ["incoming/b1/3.jpeg"]
-    assert len(find_results(target, since=NOW - timedelta(days=7))) == len(ITEMS)
+    # A normal score without warnings is read with its batch, not listed in a window.
+    assert sorted(_keys(find_results(target, since=NOW - timedelta(days=7)))) == sorted(
+        item["object_key"] for item in ITEMS if item["object_key"] != "incoming/b1/1.jpeg")
+
+
+def test_normal_scores_without_a_batch_are_refused_with_the_reason(target):
+    result = runner.invoke(app, ["results", "--label", "normal"])
+    assert result.exit_code != 0
+    assert "--batch" in result.output
 
 
 def test_label_and_failed_together_are_refused(target):

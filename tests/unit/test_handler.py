@@ -101,7 +101,8 @@ def test_a_full_resolution_xray_is_scored_into_one_item(handler_stack):
     assert item["size_bytes"] == PNEUMONIA_XRAY.stat().st_size
     assert {"fetch", "decode", "inference", "total"} <= set(item["timings_ms"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", item["scored_at"])
-    assert item["outcome_day"] == f"{item['label']}#{item['scored_at'][:10]}"
+    # Only a positive (or warned) score is listed by the sparse attention index, under its UTC day.
+    assert item.get("attention_day") == (item["scored_at"][:10] if results.needs_attention(item) else None)
     assert len(stack.items()) == 1
 
 
@@ -132,7 +133,7 @@ def test_bad_input_is_recorded_failed_and_the_record_succeeds(handler_stack, bod
 
     item = stack.item(key)
     assert item["status"] == results.STATUS_FAILED and item["reason"] == reason and item["error"]
-    assert item["outcome_day"] == f"FAILED#{item['scored_at'][:10]}"
+    assert item["attention_day"] == item["scored_at"][:10]
     assert "probability" not in item and "label" not in item
 
 
@@ -277,9 +278,9 @@ def test_dynamodb_throttling_or_5xx_fails_only_that_record(handler_stack, monkey
     stack.put(f"{stack.prefix}b/one.jpeg", NORMAL_XRAY.read_bytes())
     stack.put(f"{stack.prefix}b/two.jpeg", NORMAL_XRAY.read_bytes())
     event = queued_event(stack)
-    table = stack.app.result_store.table
-    flaky = CallCounter(table, fail={operation: error})
-    monkeypatch.setattr(stack.app.result_store, "table", flaky)
+    client = stack.app.result_store.client
+    flaky = CallCounter(client, fail={operation: error})
+    monkeypatch.setattr(stack.app.result_store, "client", flaky)
     # Only the first record meets the fault.
     original_score = stack.app._score_object
 
@@ -287,7 +288,7 @@ def test_dynamodb_throttling_or_5xx_fails_only_that_record(handler_stack, monkey
         try:
             original_score(created)
         finally:
-            monkeypatch.setattr(stack.app.result_store, "table", table)
+            monkeypatch.setattr(stack.app.result_store, "client", client)
     monkeypatch.setattr(stack.app, "_score_object", score_then_recover)
 
     response = invoke(stack, event)

@@ -1,5 +1,5 @@
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import boto3
@@ -11,23 +11,23 @@ from pneumoscan_cli.template import read_settings
 from pneumoscan.results import ConcurrentWrite, ResultStore
 
 
-def create_results_table(dynamodb):
-    """The table exactly as template.yaml declares it."""
-    return dynamodb.create_table(**read_settings().table_definition)
+SETTINGS = read_settings()
 
 
 @pytest.fixture
 def store():
     with mock_aws():
-        yield ResultStore(create_results_table(boto3.resource("dynamodb", region_name="us-east-1")))
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(**SETTINGS.table_definition)  # the table exactly as template.yaml declares it
+        yield ResultStore(client, SETTINGS.table)
 
 
-def scored(model_sha: str = "sha-a", version_id: str = "v1", probability: float = 0.9) -> dict:
-    scored_at = results.utc_timestamp()
-    return {results.KEY: "incoming/b/x.png", "version_id": version_id, "etag": "e1", "batch": "b",
-            "status": results.STATUS_SCORED, "probability": probability, "label": "PNEUMONIA",
+def scored(model_sha: str = "sha-a", version_id: str = "v1", probability: float = 0.9,
+           key: str = "incoming/b/x.png", label: str = "PNEUMONIA", **fields) -> dict:
+    return {results.KEY: key, "version_id": version_id, "etag": "e1", "batch": "b",
+            "status": results.STATUS_SCORED, "probability": probability, "label": label,
             "threshold": 0.5, "model_version": f"model-{model_sha}", "model_sha256": model_sha,
-            results.SCORED_AT: scored_at, results.OUTCOME_DAY: results.outcome_day("PNEUMONIA", scored_at)}
+            results.SCORED_AT: results.utc_timestamp(), **fields}
 
 
 @pytest.mark.parametrize("key, batch", [
@@ -44,7 +44,7 @@ def test_timestamps_are_utc_milliseconds_and_sort_in_time_order():
     stamp = results.utc_timestamp(datetime(2026, 11, 25, 21, 3, 4, 123456, tzinfo=timezone.utc))
     assert stamp == "2026-11-25T21:03:04.123Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", results.utc_timestamp())
-    assert results.outcome_day("FAILED", stamp) == "FAILED#2026-11-25"
+    assert results.attention_day(stamp) == "2026-11-25"
 
 
 def test_key_digest_hides_the_key():
@@ -95,3 +95,61 @@ def test_a_stale_read_cannot_overwrite_a_newer_write(store):
     store.save(scored(model_sha="sha-b"), stale)
     with pytest.raises(ConcurrentWrite):
         store.save(scored(model_sha="sha-c"), stale)
+
+
+def test_the_object_key_alone_names_its_item():
+    assert results.primary_key("incoming/ward-7/a.png") == {"batch": "ward-7", "object_key": "incoming/ward-7/a.png"}
+    assert results.primary_key("sqs-message/m-1")["batch"] == results.UNKNOWN_EVENT_BATCH
+
+
+def test_only_positive_failed_or_warned_items_carry_the_attention_key():
+    day = "2026-11-25"
+    at = f"{day}T10:00:00.000Z"
+    assert results.with_index_keys({"label": "PNEUMONIA", "scored_at": at})["attention_day"] == day
+    assert results.with_index_keys({"status": "FAILED", "scored_at": at})["attention_day"] == day
+    assert results.with_index_keys({"label": "NORMAL", "warnings": ["blank_image"], "scored_at": at}
+                                   )["attention_day"] == day
+    assert "attention_day" not in results.with_index_keys({"label": "NORMAL", "warnings": [], "scored_at": at})
+    # A rescore that turns a positive into a normal leaves the index.
+    assert "attention_day" not in results.with_index_keys({"label": "NORMAL", "attention_day": day, "scored_at": at})
+
+
+def test_the_writer_sets_the_partition_key_from_the_object_key(store):
+    store.save(scored(key="incoming/ward-9/x.png", batch="wrong"), None)
+    item = store.current("incoming/ward-9/x.png")
+    assert item["batch"] == "ward-9" and item["attention_day"] == item["scored_at"][:10]
+
+
+def test_the_three_reads_are_a_get_and_queries_never_a_scan(store):
+    client = store.client
+    client.meta.events.register("before-call.dynamodb.Scan", lambda **_: pytest.fail("a read scanned the table"))
+    store.save(scored(key="incoming/b/2.png"), None)
+    store.save(scored(key="incoming/b/1.png", label="NORMAL", probability=0.1), None)
+    store.save(scored(key="incoming/b/3.png", label="NORMAL", probability=0.2, warnings=["blank_image"]), None)
+    store.save(scored(key="incoming/other/1.png"), None)
+    store.save(scored(key="incoming/b/dicom.dcm", study_uid="1.2.3", sop_uid="1.2.3.4"), None)
+
+    assert results.get_result(client, store.table_name, "incoming/b/1.png")["label"] == "NORMAL"
+    assert results.get_result(client, store.table_name, "incoming/b/none.png") is None
+    assert [item["object_key"] for item in results.batch_results(client, store.table_name, "b")] == [
+        "incoming/b/1.png", "incoming/b/2.png", "incoming/b/3.png", "incoming/b/dicom.dcm"]
+    now = datetime.now(timezone.utc)
+    window = results.attention_results(client, store.table_name, now - timedelta(hours=1), now + timedelta(minutes=1))
+    # The normal score without warnings is not in the attention index.
+    assert sorted(item["object_key"] for item in window) == [
+        "incoming/b/2.png", "incoming/b/3.png", "incoming/b/dicom.dcm", "incoming/other/1.png"]
+    assert [item["object_key"] for item in results.study_results(client, store.table_name, "1.2.3")] == [
+        "incoming/b/dicom.dcm"]
+
+
+def test_a_typical_item_fits_one_write_unit(store):
+    from benchmarks.prices import dynamodb_item_bytes
+
+    store.save(scored(key="incoming/ward-7/2026-11-25/patient-000123-view-pa.jpeg", size_bytes=1_843_211,
+                      image_width=2090, image_height=1858, image_format="JPEG", image_mode="L",
+                      timings_ms={"fetch": 6.06, "decode": 3.73, "inference": 1.9, "total": 17.4},
+                      uploaded_at=results.utc_timestamp(), bucket="pneumoscan-123456789012-us-east-1-a1b2c3d4",
+                      etag="0123456789abcdef0123456789abcdef", version_id="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"),
+               None)
+    item = store.current("incoming/ward-7/2026-11-25/patient-000123-view-pa.jpeg")
+    assert dynamodb_item_bytes(item) <= 1024

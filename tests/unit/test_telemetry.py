@@ -116,12 +116,13 @@ def test_counter_updates_add_up_across_invocations(tally, table):
         for request in tally.counter_updates():
             table.update_item(**request)
 
-    stored = table.get_item(Key={results.KEY: telemetry.stats_key("2026-11-26T13", MODEL, "ward-7")})["Item"]
+    stored = table.get_item(Key={results.BATCH: "_stats#2026-11-26",
+                                 results.KEY: telemetry.stats_key("2026-11-26T13", MODEL, "ward-7")})["Item"]
     assert stored[results.BATCH] == "_stats#2026-11-26"
     assert (stored["images"], stored["positives"], stored["warned_adult_patient"]) == (6, 2, 4)
     assert float(stored["probability_sum"]) == pytest.approx(2.0)
     assert (stored["stats_hour"], stored["source_batch"]) == ("2026-11-26T13", "ward-7")
-    assert "outcome_day" not in stored  # no index carries counter items
+    assert results.ATTENTION_DAY not in stored and results.STUDY_UID not in stored  # no index carries them
 
 
 def test_a_counter_item_stays_under_one_write_unit(table):

@@ -170,12 +170,18 @@ def test_table_key_design_matches_the_results_contract(resources):
     table = resources["ResultsTable"]
     properties = table["Properties"]
     assert properties["BillingMode"] == "PAY_PER_REQUEST"
-    assert properties["KeySchema"] == [{"AttributeName": results.KEY, "KeyType": "HASH"}]
+    assert properties["KeySchema"] == [{"AttributeName": results.BATCH, "KeyType": "HASH"},
+                                       {"AttributeName": results.KEY, "KeyType": "RANGE"}]
     indexes = {index["IndexName"]: index for index in properties["GlobalSecondaryIndexes"]}
-    assert [k["AttributeName"] for k in indexes[results.BATCH_INDEX]["KeySchema"]] == [results.BATCH, results.KEY]
-    assert [k["AttributeName"] for k in indexes[results.OUTCOME_INDEX]["KeySchema"]] == [
-        results.OUTCOME_DAY, results.SCORED_AT]
-    assert all(index["Projection"] == {"ProjectionType": "ALL"} for index in indexes.values())
+    assert set(indexes) == {results.ATTENTION_INDEX, results.STUDY_INDEX}
+    assert [k["AttributeName"] for k in indexes[results.ATTENTION_INDEX]["KeySchema"]] == [
+        results.ATTENTION_DAY, results.SCORED_AT]
+    assert [k["AttributeName"] for k in indexes[results.STUDY_INDEX]["KeySchema"]] == [results.STUDY_UID, results.KEY]
+    # No ALL projection: an index write costs the listing fields, not the whole item again.
+    assert indexes[results.ATTENTION_INDEX]["Projection"] == {
+        "ProjectionType": "INCLUDE", "NonKeyAttributes": list(results.LISTING_FIELDS)}
+    assert indexes[results.STUDY_INDEX]["Projection"] == {
+        "ProjectionType": "INCLUDE", "NonKeyAttributes": list(results.STUDY_LISTING_FIELDS)}
     assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert properties["DeletionProtectionEnabled"] is True
     assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"

@@ -1,13 +1,28 @@
-"""The DynamoDB results table: its key design and the one writer of its items.
+"""The DynamoDB results table: its key design, the one writer of its items, and its reads.
 
 This module is the contract between the Lambda (writer) and the CLI (reader):
 key, index and attribute names live here and nowhere else.
 
 Reads served without a Scan:
-  1. one object            -> GetItem on `object_key`
-  2. one batch, key order  -> Query `batch-index` (batch = :b), sorted by `object_key`
-  3. positives / failures in a time window -> Query `outcome-index`, one per UTC day,
-     `outcome_day = "PNEUMONIA#2026-11-25"` and `scored_at BETWEEN :from AND :to`
+  1. one object            -> GetItem on (`batch`, `object_key`); `batch` comes from the key
+                              (`batch_of`), so the object key alone still names one item
+  2. one batch, key order  -> Query on the table (batch = :b), sorted by `object_key`
+  3. positives, failures and warned items in a time window -> Query `attention-index`, one
+     per UTC day: `attention_day = "2026-11-25"` and `scored_at BETWEEN :from AND :to`.
+     The index is sparse: only those items carry `attention_day`, so a NORMAL score without
+     warnings writes the table alone (one write unit) and the index holds only what a
+     person has to look at, with the few fields a listing shows (INCLUDE projection).
+  4. one DICOM study       -> Query `study-index` (study_uid = :s); sparse, DICOM items only.
+
+A large batch is one partition key. DynamoDB serves up to 1000 write units a second per
+partition and an item under 1 KB is one unit. The event source's MaximumConcurrency bounds
+the writers: 10 invocations by default, each writing one item per image at ~50-70 ms of
+handler time per image, so one batch is written at ~150-200 items a second, a fifth of the
+limit; about 50 concurrent invocations would reach it. Past that, adaptive capacity splits a
+partition that stays hot on its sort key (`object_key`, distinct per item), and throttled
+writes are retried by botocore, then by SQS. `attention-index` puts one day's attention
+items under one key with a sort key that only grows (`scored_at`), which a split cannot
+spread: ~1000 attention writes a second across all batches is its ceiling.
 """
 
 from __future__ import annotations
@@ -15,11 +30,13 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT (or pydicom)
     from .dicom import DicomFacts
@@ -37,12 +54,16 @@ STRUCTURED_REPORT_FOLDER = "sr/"
 # S3's limit on a key, in bytes of UTF-8: keys the pipeline derives must stay within it.
 S3_MAX_KEY_BYTES = 1024
 
-KEY = "object_key"
-BATCH_INDEX = "batch-index"
-BATCH = "batch"
-OUTCOME_INDEX = "outcome-index"
-OUTCOME_DAY = "outcome_day"
+BATCH = "batch"  # partition key
+KEY = "object_key"  # sort key
 SCORED_AT = "scored_at"
+ATTENTION_INDEX = "attention-index"
+ATTENTION_DAY = "attention_day"
+STUDY_INDEX = "study-index"
+WARNINGS = "warnings"
+# What a listing shows: projected into the sparse indexes next to their keys and the table's.
+LISTING_FIELDS = ("status", "label", "probability", "warnings", "reason", "model_version")
+STUDY_LISTING_FIELDS = (*LISTING_FIELDS, "series_uid", "sop_uid", SCORED_AT)
 
 # Item attributes.
 STATUS = "status"
@@ -51,7 +72,6 @@ LABEL = "label"
 THRESHOLD = "threshold"
 REASON = "reason"
 ERROR = "error"
-WARNINGS = "warnings"
 BUCKET = "bucket"
 VERSION_ID = "version_id"
 ETAG = "etag"
@@ -76,16 +96,20 @@ WRITE_ID = "write_id"
 
 STATUS_SCORED = "SCORED"
 STATUS_FAILED = "FAILED"
-OUTCOME_FAILED = "FAILED"  # outcome of a FAILED item; SCORED items use their label
+POSITIVE_LABEL = "PNEUMONIA"
 # Reason of a FAILED item whose object was gone when its event was handled.
 OBJECT_MISSING = "object_missing"
 # Objects directly under the incoming prefix (no batch folder) form this batch.
 ROOT_BATCH = "_root"
-# Messages that are not S3 events are recorded under this batch (see events.py).
+# Messages that are not S3 events are recorded under this key prefix and batch (see events.py).
+UNKNOWN_EVENT_KEY_PREFIX = "sqs-message/"
 UNKNOWN_EVENT_BATCH = "_unknown_event"
 
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
 PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -94,16 +118,37 @@ def utc_timestamp(moment: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def outcome_day(outcome: str, scored_at: str) -> str:
-    """Partition key of `outcome-index`: `PNEUMONIA#2026-11-25` (UTC day of `scored_at`)."""
-    return f"{outcome}#{scored_at[:10]}"
+def attention_day(scored_at: str) -> str:
+    """Partition key of `attention-index`: the UTC day (`2026-11-25`) of `scored_at`."""
+    return scored_at[:10]
 
 
 def batch_of(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> str:
     """The first folder under the incoming prefix, or `_root` for objects directly under it."""
+    if object_key.startswith(UNKNOWN_EVENT_KEY_PREFIX):
+        return UNKNOWN_EVENT_BATCH
     relative = object_key[len(incoming_prefix):] if object_key.startswith(incoming_prefix) else object_key
     folder, separator, _ = relative.partition("/")
     return folder if separator and folder else ROOT_BATCH
+
+
+def primary_key(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> dict[str, str]:
+    """The table key of an object's result: (`batch`, `object_key`)."""
+    return {BATCH: batch_of(object_key, incoming_prefix), KEY: object_key}
+
+
+def needs_attention(item: dict, positive_label: str = POSITIVE_LABEL) -> bool:
+    """Positive, FAILED or warned: what `attention-index` holds."""
+    return (item.get("status") == STATUS_FAILED or item.get("label") == positive_label
+            or bool(item.get(WARNINGS)))
+
+
+def with_index_keys(item: dict, positive_label: str = POSITIVE_LABEL) -> dict:
+    """`item` with `attention_day` set exactly when it needs attention (the sparse index)."""
+    item = {name: value for name, value in item.items() if name != ATTENTION_DAY}
+    if needs_attention(item, positive_label) and item.get(SCORED_AT):
+        item[ATTENTION_DAY] = attention_day(item[SCORED_AT])
+    return item
 
 
 def overlay_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
@@ -131,7 +176,7 @@ def key_digest(object_key: str) -> str:
 
 
 def to_dynamodb(value: Any) -> Any:
-    """floats -> Decimal (the boto3 resource refuses floats), recursively; drops None values."""
+    """floats -> Decimal (DynamoDB refuses floats), recursively; drops None values."""
     if isinstance(value, float):
         return Decimal(repr(round(value, 6)))
     if isinstance(value, dict):
@@ -139,6 +184,18 @@ def to_dynamodb(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_dynamodb(v) for v in value]
     return value
+
+
+def serialize(item: dict) -> dict:
+    """A plain item as the low-level client's typed attribute values."""
+    return {name: _serializer.serialize(value) for name, value in to_dynamodb(item).items()}
+
+
+def deserialize(item: dict) -> dict:
+    """Typed attribute values -> plain Python (numbers as Decimal, binary as bytes)."""
+    plain = {name: _deserializer.deserialize(value) for name, value in item.items()}
+    return {name: getattr(value, "value", value) if type(value).__name__ == "Binary" else value
+            for name, value in plain.items()}
 
 
 def version_key(version: str) -> tuple:
@@ -182,20 +239,18 @@ def object_item(object_key: str, *, batch: str, source: SourceObject, model: Mod
         item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: outcome.error, WARNINGS: []})
         if outcome.dicom is not None:
             item.update(outcome.dicom.item_fields())
-        outcome_name = OUTCOME_FAILED
     else:
         item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: sr_error})
-        outcome_name = outcome.label
-    return _stamped(item, outcome_name, timings_ms, scored_at)
+    return _stamped(item, timings_ms, scored_at)
 
 
 def unknown_event_item(message_id: str, error: str, model: ModelMetadata,
                        scored_at: str | None = None) -> dict[str, Any]:
     """A message that is no S3 notification, recorded once under its message id (never retried)."""
-    item = {KEY: f"sqs-message/{message_id}", BATCH: UNKNOWN_EVENT_BATCH, STATUS: STATUS_FAILED,
+    item = {KEY: f"{UNKNOWN_EVENT_KEY_PREFIX}{message_id}", BATCH: UNKNOWN_EVENT_BATCH, STATUS: STATUS_FAILED,
             REASON: "unknown_event", ERROR: error, ETAG: message_id,
             MODEL_VERSION: model.version, MODEL_SHA256: model.sha256}
-    return _stamped(item, OUTCOME_FAILED, {}, scored_at)
+    return _stamped(item, {}, scored_at)
 
 
 def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
@@ -221,10 +276,9 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
     return fields
 
 
-def _stamped(item: dict[str, Any], outcome: str, timings_ms: Mapping[str, float],
-             scored_at: str | None) -> dict[str, Any]:
-    scored_at = scored_at or utc_timestamp()
-    item.update({TIMINGS_MS: dict(timings_ms), SCORED_AT: scored_at, OUTCOME_DAY: outcome_day(outcome, scored_at)})
+def _stamped(item: dict[str, Any], timings_ms: Mapping[str, float], scored_at: str | None) -> dict[str, Any]:
+    # The index keys (attention_day) are set by the writer, which knows the positive label.
+    item.update({TIMINGS_MS: dict(timings_ms), SCORED_AT: scored_at or utc_timestamp()})
     return {name: value for name, value in item.items() if value is not None}
 
 
@@ -248,11 +302,16 @@ class ResultStore:
     idempotency, and the decision is made from the result itself.
     """
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, client, table_name: str, *, incoming_prefix: str = DEFAULT_INCOMING_PREFIX,
+                 positive_label: str = POSITIVE_LABEL):
+        self.client = client
+        self.table_name = table_name
+        self.incoming_prefix = incoming_prefix
+        self.positive_label = positive_label
 
     def current(self, object_key: str) -> dict | None:
-        return self.table.get_item(Key={KEY: object_key}, ConsistentRead=True).get("Item")
+        return get_result(self.client, self.table_name, object_key, incoming_prefix=self.incoming_prefix,
+                          consistent=True)
 
     @staticmethod
     def already_done(item: dict | None, *, version_id: str | None, etag: str | None,
@@ -279,7 +338,8 @@ class ResultStore:
         "duplicate" (an identical result landed first). Raises ConcurrentWrite when a
         different result landed first.
         """
-        item = dict(item, write_id=uuid.uuid4().hex)
+        item = with_index_keys(dict(item, write_id=uuid.uuid4().hex, **primary_key(item[KEY], self.incoming_prefix)),
+                               self.positive_label)
         rescored = bool(seen) and seen.get("model_sha256") != item.get("model_sha256")
         if rescored:
             item["previous"] = previous_score(seen)
@@ -289,17 +349,96 @@ class ResultStore:
         elif "write_id" in seen:
             condition = {"ConditionExpression": "#write_id = :seen",
                          "ExpressionAttributeNames": {"#write_id": "write_id"},
-                         "ExpressionAttributeValues": {":seen": seen["write_id"]}}
+                         "ExpressionAttributeValues": {":seen": {"S": seen["write_id"]}}}
         else:  # an item written by something else than this store
             condition = {"ConditionExpression": "attribute_not_exists(#write_id)",
                          "ExpressionAttributeNames": {"#write_id": "write_id"}}
         try:
-            self.table.put_item(Item=to_dynamodb(item), **condition)
-        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            landed = self.current(item[KEY])
+            # On a lost race DynamoDB hands back the item that won: no second read.
+            self.client.put_item(TableName=self.table_name, Item=serialize(item),
+                                 ReturnValuesOnConditionCheckFailure="ALL_OLD", **condition)
+        except self.client.exceptions.ConditionalCheckFailedException as exc:
+            landed = exc.response.get("Item")
+            landed = deserialize(landed) if landed else self.current(item[KEY])
             if self.already_done(landed, version_id=item.get("version_id"), etag=item.get("etag"),
                                  model_sha256=item.get("model_sha256", ""),
                                  model_version=item.get("model_version", "")):
                 return "duplicate"
-            raise ConcurrentWrite(f"item {key_digest(item[KEY])} changed while it was being scored")
+            raise ConcurrentWrite(f"item {key_digest(item[KEY])} changed while it was being scored") from None
         return "rescored" if rescored else "written"
+
+    def update(self, request: dict) -> None:
+        """One UpdateItem given with plain values (`Key`, `ExpressionAttributeValues`), e.g. counters."""
+        request = dict(request, Key=serialize(request["Key"]))
+        if "ExpressionAttributeValues" in request:
+            request["ExpressionAttributeValues"] = serialize(request["ExpressionAttributeValues"])
+        self.client.update_item(TableName=self.table_name, **request)
+
+
+# -- reads (the CLI, backfill, benchmarks): low-level client, Query and GetItem only -------------
+def _projection(fields: tuple[str, ...] | list[str] | None) -> dict[str, Any]:
+    if not fields:
+        return {}
+    names = {f"#p{index}": name for index, name in enumerate(fields)}
+    return {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}
+
+
+def _query(client, **arguments: Any) -> Iterator[dict]:
+    for page in client.get_paginator("query").paginate(**arguments):
+        for item in page["Items"]:
+            yield deserialize(item)
+
+
+def get_result(client, table: str, object_key: str, *, incoming_prefix: str = DEFAULT_INCOMING_PREFIX,
+               consistent: bool = False, fields: tuple[str, ...] | None = None) -> dict | None:
+    """One object's result (GetItem), or None."""
+    item = client.get_item(TableName=table, Key=serialize(primary_key(object_key, incoming_prefix)),
+                           ConsistentRead=consistent, **_projection(fields)).get("Item")
+    return deserialize(item) if item else None
+
+
+def batch_results(client, table: str, batch: str, *, fields: tuple[str, ...] | list[str] | None = None,
+                  key_between: tuple[str, str] | None = None, consistent: bool = False) -> Iterator[dict]:
+    """Every item of one batch partition (or those with an object key in `key_between`), in
+    object-key order: one paginated Query on the table."""
+    projection = _projection(fields)
+    condition = "#batch = :batch"
+    names = {"#batch": BATCH} | projection.pop("ExpressionAttributeNames", {})
+    values = {":batch": {"S": batch}}
+    if key_between:
+        condition += " AND #key BETWEEN :low AND :high"
+        names["#key"] = KEY
+        values |= {":low": {"S": key_between[0]}, ":high": {"S": key_between[1]}}
+    yield from _query(client, TableName=table, KeyConditionExpression=condition, ExpressionAttributeNames=names,
+                      ExpressionAttributeValues=values, ConsistentRead=consistent, **projection)
+
+
+def days_between(since: datetime, until: datetime) -> list[str]:
+    """UTC dates (YYYY-MM-DD) from since to until inclusive: the attention-index partitions to read."""
+    day, last = since.astimezone(timezone.utc).date(), until.astimezone(timezone.utc).date()
+    days = []
+    while day <= last:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    return days
+
+
+def attention_results(client, table: str, since: datetime, until: datetime) -> list[dict]:
+    """Positive, FAILED and warned results scored in [since, until], oldest first: one Query per
+    UTC day on `attention-index`. Items carry the listing fields (LISTING_FIELDS) and their keys."""
+    start, end = utc_timestamp(since), utc_timestamp(until)
+    items: list[dict] = []
+    for day in days_between(since, until):
+        items.extend(_query(
+            client, TableName=table, IndexName=ATTENTION_INDEX,
+            KeyConditionExpression="#day = :day AND #at BETWEEN :start AND :end",
+            ExpressionAttributeNames={"#day": ATTENTION_DAY, "#at": SCORED_AT},
+            ExpressionAttributeValues={":day": {"S": day}, ":start": {"S": start}, ":end": {"S": end}}))
+    return sorted(items, key=lambda item: (item.get(SCORED_AT, ""), item[KEY]))
+
+
+def study_results(client, table: str, study_uid: str) -> Iterator[dict]:
+    """The results of one DICOM study, in object-key order (`study-index`, listing fields)."""
+    yield from _query(client, TableName=table, IndexName=STUDY_INDEX,
+                      KeyConditionExpression="#study = :study", ExpressionAttributeNames={"#study": STUDY_UID},
+                      ExpressionAttributeValues={":study": {"S": study_uid}})

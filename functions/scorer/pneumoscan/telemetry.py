@@ -167,21 +167,19 @@ class BatchTally:
 
     # -- counter items ------------------------------------------------------------------------
     def counter_updates(self) -> list[dict[str, Any]]:
-        """One `Table.update_item` request per hour/model/batch of this invocation."""
+        """One UpdateItem request (plain values) per hour/model/batch of this invocation."""
         requests = []
         for (hour, model_version, batch), counts in sorted(self.groups.items()):
-            names = {"#partition": results.BATCH, "#hour": HOUR, "#model": MODEL, "#batch": SOURCE_BATCH}
-            values: dict[str, Any] = {":partition": stats_partition(hour[:10]), ":hour": hour,
-                                      ":model": model_version, ":batch": batch}
+            names = {"#hour": HOUR, "#model": MODEL, "#batch": SOURCE_BATCH}
+            values: dict[str, Any] = {":hour": hour, ":model": model_version, ":batch": batch}
             additions = []
             for index, (name, amount) in enumerate(sorted(counts.values.items())):
                 names[f"#c{index}"] = name
                 values[f":c{index}"] = results.to_dynamodb(amount)
                 additions.append(f"#c{index} :c{index}")
             requests.append({
-                "Key": {results.KEY: stats_key(hour, model_version, batch)},
-                "UpdateExpression": "SET #partition = :partition, #hour = :hour, #model = :model, #batch = :batch "
-                                    f"ADD {', '.join(additions)}",
+                "Key": {results.BATCH: stats_partition(hour[:10]), results.KEY: stats_key(hour, model_version, batch)},
+                "UpdateExpression": f"SET #hour = :hour, #model = :model, #batch = :batch ADD {', '.join(additions)}",
                 "ExpressionAttributeNames": names, "ExpressionAttributeValues": values})
         return requests
 
