@@ -1,5 +1,5 @@
 """DICOM through the local stack over HTTP: every transfer syntax through the real handler, the
-structured reports, and no patient data in any output.
+structured reports, `results --study`, and no patient data in any output.
 
 The patient-data test fills every PHI-bearing attribute of a real radiograph's header with
 marker strings and looks for them in the table, the worker log, everything the pipeline wrote
@@ -74,6 +74,14 @@ def test_ct_and_lateral_views_fail_with_their_reasons(dicom_batch):
     assert (items["phi/LAT0001.dicom"]["status"], items["phi/LAT0001.dicom"]["reason"]) == ("FAILED", "lateral_view")
 
 
+def test_results_study_lists_one_study(local_stack, dicom_batch):
+    _, items, _ = dicom_batch
+    listed = json.loads(_cli(local_stack, "results", "--study", PHI_STUDY_UID, "--format", "json").stdout)
+    expected = sorted(key for key, item in items.items() if item.get("study_uid") == PHI_STUDY_UID)
+    assert expected == ["phi/CT0001.DCM", "phi/IM0001", "phi/LAT0001.dicom"]  # refusals keep their study
+    assert sorted(item["object_key"].removeprefix(f"incoming/{BATCH}/") for item in listed) == expected
+
+
 def test_structured_report_is_written_in_the_study_and_validates(local_stack, dicom_batch, tmp_path):
     _, items, _ = dicom_batch
     item = items["phi/IM0001"]
@@ -119,6 +127,7 @@ def test_no_patient_data_in_table_log_s3_outputs_cli_or_report(local_stack, dico
     for output_format in ("table", "json", "csv"):
         outputs.append(_cli(local_stack, "results", "--batch", BATCH, "--format", output_format).stdout)
     phi_files = [str(path) for path in sorted((folder / "phi").iterdir())]
+    outputs.append(_cli(local_stack, "results", "--study", PHI_STUDY_UID).stdout)
     outputs.append(_cli(local_stack, "score", *phi_files, "--json").stdout)
     _cli(local_stack, "report", "--batch", BATCH, "-o", str(tmp_path / "batch.html"))
     _cli(local_stack, "report", *phi_files, "-o", str(tmp_path / "files.html"))
