@@ -118,3 +118,13 @@ def test_dciodvfy_finds_no_error(report, tmp_path):
     assert "ComprehensiveSR" in output, output
     errors = [line for line in output.splitlines() if line.startswith("Error")]
     assert not errors, output
+
+
+def test_every_warning_code_fits_in_a_code_meaning(source):
+    """A meaning longer than a Code Meaning allows (64 characters) must not cost the image its SR."""
+    from pneumoscan.scoring import WARNING_MEANINGS
+    warned = sr.Score(**{**SCORE.__dict__, "warnings": (*WARNING_MEANINGS, "some_future_warning" * 5)})
+    items = list(_content_items(_read(sr.report_bytes(source.dicom, warned))))
+    meanings = [item.ConceptCodeSequence[0].CodeMeaning for item in items
+                if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == "WARNING"]
+    assert len(meanings) == len(WARNING_MEANINGS) + 1 and all(len(meaning) <= 64 for meaning in meanings)

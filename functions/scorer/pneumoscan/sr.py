@@ -50,6 +50,7 @@ HOT_REGION = Code("HOT-REGION", SCHEME, "Region of highest class activation for 
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = codes.UCUM.NoUnits
+CODE_MEANING_MAX = 64
 
 
 class ReportNotPossible(ValueError):
@@ -93,7 +94,7 @@ def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
     evaluations = [hd.sr.QualitativeEvaluation(
         name=PNEUMONIA, value=codes.SCT.Present if score.positive else codes.SCT.Absent)]
     evaluations += [hd.sr.QualitativeEvaluation(
-        name=WARNING, value=Code(code.upper()[:16], SCHEME, WARNING_MEANINGS.get(code, code)))
+        name=WARNING, value=Code(code.upper()[:16], SCHEME, _code_meaning(WARNING_MEANINGS.get(code, code))))
         for code in score.warnings]
     groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -177,6 +178,11 @@ def _rectangle(region: tuple[float, float, float, float], facts: DicomFacts) -> 
     bottom = min(y + height, float(facts.rows or y + height))
     x, y = max(x, 0.0), max(y, 0.0)
     return np.array([[x, y], [right, y], [right, bottom], [x, bottom], [x, y]], dtype=np.float32)
+
+
+def _code_meaning(text: str) -> str:
+    """A Code Meaning is a LO value: at most 64 characters (a longer one would fail the whole SR)."""
+    return text if len(text) <= CODE_MEANING_MAX else text[:CODE_MEANING_MAX - 3].rstrip(" :,") + "..."
 
 
 def _uid(*parts: object) -> str:
