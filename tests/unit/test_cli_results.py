@@ -259,24 +259,31 @@ def _put(*items):
 
 
 def test_warned_results_are_shown_counted_and_filtered(target):
-    _put(_item("incoming/b3/noise.png", "b3", "PNEUMONIA", 0.99) | {"warnings": ["out_of_distribution"]},
-         _item("incoming/b3/photo.jpeg", "b3", "NORMAL", 0.31) | {"warnings": ["out_of_distribution"]},
-         _item("incoming/b3/xray.jpeg", "b3", "PNEUMONIA", 0.88) | {"warnings": []},
-         _item("incoming/b3/blank.png", "b3", reason="blank_image") | {"warnings": []})
+    def warned(item, codes):
+        return with_index_keys(item | {"warnings": codes})
+
+    _put(warned(_item("incoming/b3/noise.png", "b3", "PNEUMONIA", 0.99), ["out_of_distribution"]),
+         warned(_item("incoming/b3/photo.jpeg", "b3", "NORMAL", 0.31), ["out_of_distribution"]),
+         warned(_item("incoming/b3/xray.jpeg", "b3", "PNEUMONIA", 0.88), []),
+         warned(_item("incoming/b3/normal.jpeg", "b3", "NORMAL", 0.08), []),
+         warned(_item("incoming/b3/blank.png", "b3", reason="blank_image"), []))
 
     table = runner.invoke(app, ["results", "--batch", "b3"], env={"COLUMNS": "220"})
     assert table.exit_code == 0, table.output
     rows = {line.split()[1]: line for line in table.stdout.splitlines() if "incoming/b3/" in line}
     assert "out_of_distribution" in rows["incoming/b3/noise.png"] and "out_of_distribution" not in rows["incoming/b3/xray.jpeg"]
-    assert "4 result(s): 3 scored (2 PNEUMONIA, 2 warned), 1 failed" in table.output
+    assert "5 result(s): 4 scored (2 PNEUMONIA, 2 warned), 1 failed" in table.output
 
     warned = json.loads(runner.invoke(app, ["results", "--batch", "b3", "--warned", "--format", "json"]).stdout)
     assert [item["object_key"] for item in warned] == ["incoming/b3/noise.png", "incoming/b3/photo.jpeg"]
     assert all(item["warnings"] == ["out_of_distribution"] for item in warned)
 
+    # A warned NORMAL score is in the time index too (a plain NORMAL one is not).
     in_window = json.loads(runner.invoke(app, ["results", "--warned", "--since", "1h", "--format", "json"]).stdout)
-    assert "incoming/b3/noise.png" in [item["object_key"] for item in in_window]
-    assert all(item["warnings"] for item in in_window)
+    assert [item["object_key"] for item in in_window] == ["incoming/b3/noise.png", "incoming/b3/photo.jpeg"]
+    warned_normal = json.loads(runner.invoke(
+        app, ["results", "--warned", "--label", "normal", "--since", "1h", "--format", "json"]).stdout)
+    assert [item["object_key"] for item in warned_normal] == ["incoming/b3/photo.jpeg"]
 
     spreadsheet = list(csv.DictReader(io.StringIO(
         runner.invoke(app, ["results", "--batch", "b3", "--warned", "--format", "csv"]).stdout)))
