@@ -13,7 +13,7 @@ Two checks, on what scoring computes anyway, say when that score means nothing:
   percentile of the distances of training images held out of the fit (`training.ood`).
   Chosen by measurement on model 2026.11.25-3, cut at the 97th percentile each way: the
   plain covariance, Ledoit-Wolf, Ledoit-Wolf on log1p or standardised features, and PCA
-  whitening to 32 or 64 components all flagged 2.4-3.9 % of validation and every blank,
+  whitening to 32 or 64 components all flagged 2.4-3.7 % of validation and every blank,
   noise, texture, document, photo and upside-down image (PCA-32: 97 % of inverted X-rays);
   they differed on X-rays rotated by 90 degrees: Ledoit-Wolf 98-100 %, plain 97 %,
   PCA-64 70 %, PCA-32 52 %.
