@@ -303,3 +303,14 @@ def test_a_damaged_jpeg_baseline_frame_is_refused_not_smeared():
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(range(64))
     assert _refused(bytes(data)).reason in ("corrupt", "truncated")
+
+
+def test_a_header_without_photometric_samples_representation_or_bits_stored_is_read_as_viewers_do():
+    """Older exports and edited headers leave the pixel description out: MONOCHROME2, one unsigned sample."""
+    ds = radiograph(sixteen_bit(reference_pixels()), bits_stored=12)
+    for keyword in ("PhotometricInterpretation", "SamplesPerPixel", "PixelRepresentation", "BitsStored", "HighBit"):
+        del ds[keyword]
+    for data in (to_bytes(ds), bare_dataset_bytes(ds)):
+        result = dicom.decode(data)
+        assert result.mode == "MONOCHROME2"
+        assert np.array_equal(np.asarray(result.image), reference_pixels())

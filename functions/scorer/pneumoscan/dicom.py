@@ -231,6 +231,7 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     at full resolution (a 4k x 4k 16-bit image stays far below the function's memory).
     """
     dataset = read_dataset(data)
+    _complete_pixel_description(dataset)
     facts = facts_of(dataset)
     try:
         check_scorable(facts, dataset)
@@ -245,6 +246,21 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     # The source's own size: the hot region is reported in its pixel coordinates.
     return DecodedImage(image, width=facts.columns or image.width, height=facts.rows or image.height,
                         format=FORMAT, mode=facts.photometric or "unknown", dicom=facts)
+
+
+def _complete_pixel_description(dataset: Dataset) -> None:
+    """Fill in what older exports (ACR-NEMA style) and edited headers leave out, as viewers assume it:
+    one greyscale sample, MONOCHROME2, unsigned, all allocated bits stored."""
+    if "PixelData" not in dataset or "BitsAllocated" not in dataset:
+        return
+    defaults = {"SamplesPerPixel": 1, "PixelRepresentation": 0, "BitsStored": dataset.BitsAllocated}
+    for keyword, value in defaults.items():
+        if _int(dataset, keyword) is None:
+            setattr(dataset, keyword, value)
+    if _int(dataset, "HighBit") is None:
+        dataset.HighBit = int(dataset.BitsStored) - 1
+    if _text(dataset, "PhotometricInterpretation") is None and int(dataset.SamplesPerPixel) == 1:
+        dataset.PhotometricInterpretation = "MONOCHROME2"
 
 
 def _is_greyscale_jpeg_baseline(dataset: Dataset, facts: DicomFacts) -> bool:
