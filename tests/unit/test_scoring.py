@@ -113,3 +113,33 @@ def test_a_model_without_threshold_or_cam_is_refused(monkeypatch):
         model.metadata = dataclasses.replace(model.metadata, **{missing: None})
         with pytest.raises(error, match=missing):
             Scorer(model)
+
+
+def test_the_models_own_checks_refuse_blanks_before_any_heat_map_and_caption_warnings(model, xray, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from pneumoscan import overlay as overlays
+
+    titles = []
+    drawn = overlays.overlay_png
+    monkeypatch.setattr(overlays, "overlay_png", lambda *a, **k: titles.append(k["title"]) or drawn(*a, **k))
+    summarised = []
+    real_summarise = cam.summarise
+    monkeypatch.setattr(cam, "summarise", lambda *a, **k: summarised.append(1) or real_summarise(*a, **k))
+
+    def png(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), "L").save(buffer, "PNG")
+        return buffer.getvalue()
+
+    scorer = Scorer(model)  # the model's own checks: pneumoscan.ood
+    with pytest.raises(ImageRejected) as refused:
+        scorer.score(png(np.full((300, 300), 255)), overlay="all")
+    assert refused.value.reason == "blank_image" and not summarised and not titles
+
+    noise = scorer.score(png(np.random.default_rng(0).integers(0, 256, (300, 300))), overlay="all")
+    assert noise.warnings == ("out_of_distribution",) and titles[-1].endswith("WARNING: out_of_distribution")
+    plain = scorer.score(xray, overlay="all")
+    assert plain.warnings == () and "WARNING" not in titles[-1] and "(heat: evidence for" in titles[-1]

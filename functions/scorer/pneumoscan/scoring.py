@@ -193,30 +193,35 @@ class Scorer:
         probability = float(prediction.probability[0])
         label = metadata.label(probability)
         positive = metadata.is_positive(label)
-        heat_map, heat_map_error = None, None
-        with _timed(HEAT_MAP, timings, cpu):
-            try:
-                heat_map = self._heat_map(prediction, decoded, probability, label, positive,
-                                          wants_overlay(overlay, positive))
-            except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
-                heat_map_error = f"{type(exc).__name__}: {exc}"[:500]
+        # Checks before the heat map: a refused image costs no overlay, and the overlay's
+        # caption carries the warnings beside the score it shows.
         evidence = Evidence(decoded, pixels, prediction, probability, label, positive)
         # The header's warnings (a DICOM patient's age) come first, then the checks'.
         header_warnings = decoded.dicom.warnings() if decoded.dicom is not None else ()
         warnings = header_warnings + tuple(code for code in (check(evidence) for check in self.checks) if code)
+        heat_map, heat_map_error = None, None
+        with _timed(HEAT_MAP, timings, cpu):
+            try:
+                heat_map = self._heat_map(prediction, decoded, probability, label, positive,
+                                          wants_overlay(overlay, positive), warnings)
+            except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
+                heat_map_error = f"{type(exc).__name__}: {exc}"[:500]
         return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
                           model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
                           heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,
                           timings_ms=timings, cpu_ms=cpu)
 
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
-                  positive: bool, overlay: bool) -> HeatMap:
+                  positive: bool, overlay: bool, warnings: tuple[str, ...] = ()) -> HeatMap:
         heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], self.metadata.cam), positive)
         summary = cam.summarise(heat, (decoded.width, decoded.height))
         png = None
         if overlay:
-            title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
-                     f"(heat: evidence for {label})")
+            if warnings:  # short enough for a portrait overlay's width
+                title = f"P = {probability:.3f}   {label}   WARNING: {', '.join(warnings)}"
+            else:
+                title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
+                         f"(heat: evidence for {label})")
             png = overlays.overlay_png(decoded, heat, title=title, summary=summary)
         return HeatMap(heat, summary, png)
 
