@@ -127,7 +127,7 @@ proxy: $(INSTALLED) ## the shift proxy: retrain without each normal collection a
 	$(PY) -m training --data $(DATA)/chest_xray --hold-out-collection IM --run-dir runs/holdout-IM
 
 # Out-of-distribution statistics of the model in model/ (they belong to one network: refit
-# after every new model) and what they flag -> model/ood.npz, model.json `ood`, report/ood.json (~2 min).
+# after every new model) and what they flag -> model/ood.npy, model.json `ood`, report/ood.json (~2 min).
 .PHONY: ood
 ood: $(INSTALLED) ## refit the out-of-distribution statistics of model/ and measure them
 	$(PY) -m training.ood --data $(DATA) --model-dir model

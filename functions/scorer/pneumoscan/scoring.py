@@ -71,7 +71,7 @@ class Evidence:
 # report and written into the DICOM structured report.
 WARNING_MEANINGS = {
     "adult_patient": "Patient age outside the paediatric training population",
-    ood.OUT_OF_DISTRIBUTION: "Image far from the training distribution: the score may mean little",
+    ood.OUT_OF_DISTRIBUTION: "Image unlike the training data: the score may mean little",
 }
 
 # A warning check: returns a warning code (e.g. "out_of_distribution") or None.
