@@ -27,8 +27,10 @@ from rich.console import Console
 from rich.progress import track
 
 from pneumoscan import cam, results
+from pneumoscan import overlay as overlays
 from pneumoscan.model import ModelLoadError, ModelMetadata, default_model_dir
 from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
+from pneumoscan.images import DecodedImage
 from pneumoscan.scoring import WARNING_MEANINGS, ImageRejected, Scorer, decode_image
 
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
@@ -84,8 +86,10 @@ def entries_from_files(paths: list[Path], scorer: Scorer) -> Iterator[ReportEntr
                           warnings=scored.warnings)
 
 
-def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
-    """Result items of a batch plus their overlays and source images from the bucket."""
+def entries_from_stack(target: Target, batch: str, positive_label: str) -> list[ReportEntry]:
+    """Result items of a batch, their source images from the bucket, and each overlay drawn
+    here from the item's stored heat map (or, for an item that has none, the PNG the
+    function wrote when `OverlayImages` asked for one)."""
     items = list(batch_items(target, batch))
     if not items:
         raise TargetError(f"no results for batch {batch!r} in table {target.table}")
@@ -93,14 +97,18 @@ def entries_from_stack(target: Target, batch: str) -> list[ReportEntry]:
 
     def entry(item: dict[str, Any]) -> ReportEntry:
         summary = item.get(results.CAM) or {}
+        source = _source(s3, target.bucket, item)
+        # One decode at the overlay's size serves the thumbnail too.
+        decoded = decode_image(source, target_size=(overlays.OVERLAY_LONG_SIDE,) * 2) if source else None
         return ReportEntry(
             item[results.KEY], item.get(results.STATUS, "?"), _number(item.get(results.PROBABILITY)),
             item.get(results.LABEL), reason=item.get(results.REASON), error=item.get(results.ERROR),
             model_version=item.get(results.MODEL_VERSION),
             border_share=_number(summary.get("border_share")),
             outside_chest_share=_number(summary.get("outside_chest_share")),
-            thumbnail=_source_thumbnail(s3, target.bucket, item),
-            overlay=_overlay(s3, target.bucket, item), warnings=tuple(item.get(results.WARNINGS) or ()))
+            thumbnail=thumbnail(decoded.image) if decoded else None,
+            overlay=_overlay(s3, target.bucket, item, decoded, positive_label),
+            warnings=tuple(item.get(results.WARNINGS) or ()))
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         return list(track(pool.map(entry, items), total=len(items), description="Downloading", console=console))
@@ -116,18 +124,19 @@ def _fetch(s3: Any, bucket: str, key: str | None, version_id: str | None = None)
         return None
 
 
-def _overlay(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
+def _overlay(s3: Any, bucket: str, item: dict[str, Any], decoded: DecodedImage | None,
+             positive_label: str) -> bytes | None:
+    if decoded is not None and item.get(results.HEAT_MAP):
+        return as_jpeg(overlays.overlay_from_item(item, decoded, positive_label=positive_label))
     png = _fetch(s3, bucket, item.get(results.OVERLAY_KEY))
     return as_jpeg(png) if png else None
 
 
-def _source_thumbnail(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
+def _source(s3: Any, bucket: str, item: dict[str, Any]) -> bytes | None:
+    """The scored object version, or None for a failed item (missing, too large or no image)."""
     if item.get(results.STATUS) != STATUS_SCORED:
-        return None  # failed objects are missing, too large or not images: nothing to show
-    data = _fetch(s3, bucket, item[results.KEY], item.get(results.VERSION_ID))
-    if data is None:
         return None
-    return thumbnail(decode_image(data, target_size=(THUMBNAIL_SIDE, THUMBNAIL_SIDE)).image)
+    return _fetch(s3, bucket, item[results.KEY], item.get(results.VERSION_ID))
 
 
 def _number(value: Any) -> float | None:
@@ -361,7 +370,8 @@ def report(
         metadata = ModelMetadata.read(model_dir or default_model_dir())
         if batch:
             target = resolve_target(stack, endpoint_url, region, bucket, table)
-            entries, source = entries_from_stack(target, batch), f"batch {batch} ({target.source})"
+            entries = entries_from_stack(target, batch, metadata.positive_label)
+            source = f"batch {batch} ({target.source})"
         else:
             files = [found.path for found in collect_files(paths)]
             if not files:

@@ -55,11 +55,9 @@ class OutputFormat(str, Enum):
 
 # -- reading -------------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
-    """DynamoDB's Decimals as int/float and binary as hex, so JSON and CSV print them."""
+    """DynamoDB's Decimals as int/float, so JSON and CSV print numbers."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, (bytes, bytearray)):
-        return value.hex()
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, set)):
@@ -136,7 +134,8 @@ def _cell(value: Any) -> str:
 
 def print_results(items: list[dict[str, Any]], output: OutputFormat, console: Console | None = None) -> None:
     if output == OutputFormat.json:
-        json.dump(items, sys.stdout, indent=2, sort_keys=True)
+        # Binary attributes (the stored heat map) print as hex.
+        json.dump(items, sys.stdout, indent=2, sort_keys=True, default=lambda value: bytes(value).hex())
         sys.stdout.write("\n")
     elif output == OutputFormat.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -132,21 +132,20 @@ def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(tmp_path):
         assert stop_stack(stack) == 0
 
 
-def test_overlays_are_written_where_they_cannot_trigger_a_scoring(local_stack, uploaded_batch):
+def test_heat_maps_are_stored_in_the_items_and_nothing_else_is_written(local_stack, uploaded_batch):
     _, items, _, _ = uploaded_batch
     target = local_stack.target
-    s3, dynamodb, sqs = target.client("s3"), target.client("dynamodb"), target.client("sqs")
+    s3, sqs = target.client("s3"), target.client("sqs")
     for item in (item for item in items if item["status"] == "SCORED"):
-        assert not item["overlay_key"].startswith(target.incoming_prefix)
-        assert s3.head_object(Bucket=target.bucket, Key=item["overlay_key"])["ContentType"] == "image/png"
-        assert get_result(dynamodb, target.table, item["overlay_key"]) is None
+        assert "overlay_key" not in item and item["heat_map"] and item["cam"]["heat_peak"] > 0
+    assert s3.list_objects_v2(Bucket=target.bucket, Prefix="results/")["KeyCount"] == 0
     # The worker deletes a batch's messages just after its items are written: give it a moment.
     deadline, in_queue = time.monotonic() + 15, None
     while in_queue != ("0", "0") and time.monotonic() < deadline:
         attributes = sqs.get_queue_attributes(QueueUrl=target.queue_url, AttributeNames=["All"])["Attributes"]
         in_queue = (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"])
         time.sleep(0.2)
-    assert in_queue == ("0", "0"), "the overlays (or something else) put messages on the queue"
+    assert in_queue == ("0", "0"), "the pipeline (or something else) put messages on the queue"
 
 
 def test_stats_counts_the_batch_from_the_counter_items(local_stack, uploaded_batch):
@@ -169,7 +168,7 @@ def test_stats_counts_the_batch_from_the_counter_items(local_stack, uploaded_bat
     assert "13" in table.stdout
 
 
-def test_a_key_near_s3s_limit_is_scored_with_its_overlay(local_stack, tmp_path):
+def test_a_key_near_s3s_limit_is_scored_with_its_heat_map(local_stack, tmp_path):
     xray = real_xrays(per_class=1)[0]
     deep = tmp_path / ("a" * 250) / ("b" * 250) / ("c" * 250) / ("d" * 231)
     deep.mkdir(parents=True)
@@ -177,9 +176,9 @@ def test_a_key_near_s3s_limit_is_scored_with_its_overlay(local_stack, tmp_path):
     _cli(local_stack, "upload", str(tmp_path), "--batch", "long-keys", "--wait", "--timeout", "120")
     items = json.loads(_cli(local_stack, "results", "--batch", "long-keys", "--format", "json").stdout)
 
-    assert [len(item["object_key"].encode()) for item in items] == [1010]  # overlay key: 1031 in clear
-    assert items[0]["status"] == "SCORED" and len(items[0]["overlay_key"].encode()) <= 1024
-    local_stack.target.client("s3").head_object(Bucket=local_stack.target.bucket, Key=items[0]["overlay_key"])
+    assert [len(item["object_key"].encode()) for item in items] == [1010]
+    # The heat map is in the item (an overlay PNG's key near the limit: the unit tests, OverlayImages=all).
+    assert items[0]["status"] == "SCORED" and items[0]["heat_map"]
 
 
 def test_delete_then_reupload_of_the_same_bytes_is_scored_again_and_waited_for(local_stack, tmp_path):

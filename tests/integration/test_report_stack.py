@@ -1,4 +1,5 @@
-"""`pneumoscan report --batch` against the local stack over HTTP: overlays written by the real handler."""
+"""`pneumoscan report --batch` and `pneumoscan overlay` against the local stack over HTTP: overlays
+drawn from the heat maps the real handler stored in its items."""
 
 import base64
 import io
@@ -14,7 +15,7 @@ from .test_pipeline import _cli
 BATCH = "report-check"
 
 
-def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
+def test_batch_report_draws_the_overlays_from_the_items(local_stack, tmp_path):
     folder = tmp_path / "upload"
     folder.mkdir()
     for xray in real_xrays(per_class=2):
@@ -25,7 +26,7 @@ def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
     target = local_stack.target
     overlays = target.client("s3").list_objects_v2(
         Bucket=target.bucket, Prefix=results.overlay_key(f"incoming/{BATCH}/", "results/").removesuffix(".png"))
-    assert overlays["KeyCount"] == 4  # one per scored X-ray, none for the letter
+    assert overlays["KeyCount"] == 0  # the template's default writes no PNG: the items hold the heat maps
 
     page_path = tmp_path / "report.html"
     _cli(local_stack, "report", "--batch", BATCH, "-o", str(page_path))
@@ -44,3 +45,10 @@ def test_batch_report_shows_the_handlers_overlays(local_stack, tmp_path):
                 assert picture.width == overlay.OVERLAY_LONG_SIDE + overlay.LEGEND_WIDTH or \
                     picture.height == overlay.OVERLAY_LONG_SIDE + overlay.TITLE_HEIGHT
         assert 'data-count="failures"><b>1</b>' in page and "not_an_image" in page
+
+    key = f"incoming/{BATCH}/{real_xrays(per_class=2)[0].name}"
+    _cli(local_stack, "overlay", key, "-o", str(tmp_path / "one.png"))
+    with Image.open(tmp_path / "one.png") as picture:
+        assert picture.format == "PNG"
+        assert picture.width == overlay.OVERLAY_LONG_SIDE + overlay.LEGEND_WIDTH or \
+            picture.height == overlay.OVERLAY_LONG_SIDE + overlay.TITLE_HEIGHT

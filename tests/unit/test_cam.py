@@ -163,3 +163,23 @@ def test_the_bundled_models_cam_averages_to_its_score():
         prediction = model.predict(pixels)
         logit = float(cam.class_activation_map(prediction.feature_map[0], weights).mean())
         assert 1 / (1 + np.exp(-logit)) == pytest.approx(float(prediction.probability[0]), abs=0.02), xray.name
+
+
+def test_the_stored_heat_map_is_a_hundred_bytes_and_round_trips_within_a_level():
+    rng = np.random.default_rng(7)
+    heat = rng.gamma(2.0, 0.4, size=(14, 14)).astype(np.float32)
+    stored = cam.encode_heat(heat)
+    assert len(stored) == 2 + 14 * 14 // 2
+    restored = cam.decode_heat(stored, float(heat.max()))
+    assert restored.shape == (14, 14)
+    assert np.abs(restored - heat).max() <= heat.max() / cam.HEAT_LEVELS / 2 + 1e-6
+    peak_cell = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert restored[peak_cell] == pytest.approx(heat.max())  # the peak keeps the top level and its value
+
+
+def test_an_empty_or_odd_sized_heat_map_round_trips():
+    assert not cam.decode_heat(cam.encode_heat(np.zeros((3, 5), np.float32))).any()
+    odd = np.arange(1, 16, dtype=np.float32).reshape(3, 5)  # 15 cells, one of each level
+    assert np.allclose(cam.decode_heat(cam.encode_heat(odd), 15.0), odd)
+    with pytest.raises(ValueError):
+        cam.decode_heat(b"\x0e\x0e" + b"\x00" * 10)

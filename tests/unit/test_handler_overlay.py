@@ -1,9 +1,12 @@
-"""The handler's CAM overlay step on moto: a PNG under results/, recorded on the item, never rescored."""
+"""The handler's heat map on moto: stored in the item (drawn where it is looked at) and, when
+OverlayImages asks for it, a PNG under results/ recorded on the item and never rescored."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
@@ -11,6 +14,7 @@ from PIL import Image
 from image_cases import FULLRES_DIR
 from pneumoscan import cam, overlay, results
 from pneumoscan.model import default_model_dir as model_dir
+from pneumoscan.scoring import decode_image
 
 DATA = FULLRES_DIR
 pytestmark = pytest.mark.skipif(
@@ -21,13 +25,45 @@ XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"
 POSITIVE_XRAY = DATA / "PNEUMONIA" / "person1374_bacteria_3506.jpeg"  # P ~0.95 with the first model
 
 
+def _decoded(path: Path):
+    return decode_image(path.read_bytes(), target_size=(overlay.OVERLAY_LONG_SIDE,) * 2)
+
+
 def overlays(stack) -> list[str]:
     listing = stack.s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix=results.RESULTS_PREFIX)
     return [entry["Key"] for entry in listing.get("Contents", [])]
 
 
-def test_scored_image_gets_an_overlay_that_never_triggers_scoring(handler_stack):
+@pytest.fixture
+def overlays_written(handler_stack, monkeypatch):
+    """The stack with OverlayImages=all: every scored image also gets a PNG in S3."""
+    monkeypatch.setenv("OVERLAY_IMAGES", "all")
+    handler_stack.cold_start()
+    return handler_stack
+
+
+def test_by_default_the_heat_map_is_stored_in_the_item_and_no_png_is_written(handler_stack):
     stack = handler_stack
+    key = f"{stack.prefix}ward-7/chest film.jpeg"
+    stack.put(key, XRAY.read_bytes())
+    calls = []
+    stack.app.s3_client.meta.events.register("before-call.s3.PutObject", lambda **kwargs: calls.append(kwargs))
+
+    stack.deliver()
+
+    item = stack.item(key)
+    assert item["status"] == results.STATUS_SCORED and results.OVERLAY_KEY not in item
+    assert calls == [] and overlays(stack) == []
+    heat = cam.decode_heat(bytes(item[results.HEAT_MAP].value), float(item[results.CAM]["heat_peak"]))
+    assert heat.shape == (14, 14) and heat.max() == pytest.approx(float(item[results.CAM]["heat_peak"]))
+    # Drawn from the item where it is looked at: the same picture the function would have written.
+    drawn = Image.open(io.BytesIO(overlay.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
+    assert drawn.format == "PNG" and drawn.size == overlay.overlay_size((int(item["image_width"]),
+                                                                         int(item["image_height"])))
+
+
+def test_scored_image_gets_an_overlay_that_never_triggers_scoring(overlays_written):
+    stack = overlays_written
     key = f"{stack.prefix}ward-7/chest film.jpeg"
     stack.put(key, XRAY.read_bytes())
 
@@ -41,6 +77,12 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(handler_stack)
     assert stored["ContentType"] == "image/png"
     picture = Image.open(io.BytesIO(stored["Body"].read()))
     width, height = int(item["image_width"]), int(item["image_height"])
+    # The overlay drawn later from the item is the picture written here: 16 stored heat levels
+    # and a second palette quantisation make it close, not identical.
+    drawn = Image.open(io.BytesIO(overlay.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
+    assert drawn.size == picture.size
+    difference = np.abs(np.asarray(drawn.convert("RGB"), np.int16) - np.asarray(picture.convert("RGB"), np.int16))
+    assert float(difference.mean()) < 4.0
     assert picture.format == "PNG" and picture.size == overlay.overlay_size((width, height))
 
     box = {name: int(value) for name, value in item[results.HOT_REGION].items()}
@@ -67,8 +109,8 @@ def test_failed_image_gets_no_overlay(handler_stack):
     assert overlays(stack) == []
 
 
-def test_an_overlay_that_cannot_be_written_never_costs_the_score(handler_stack, monkeypatch):
-    stack = handler_stack
+def test_an_overlay_that_cannot_be_written_never_costs_the_score(overlays_written, monkeypatch):
+    stack = overlays_written
     key = f"{stack.prefix}ward-7/chest film.jpeg"
     stack.put(key, XRAY.read_bytes())
 
@@ -87,8 +129,8 @@ def test_an_overlay_that_cannot_be_written_never_costs_the_score(handler_stack, 
 
 
 @pytest.mark.parametrize("key_bytes", [1004, 1010, 1024])
-def test_a_key_near_s3s_limit_is_scored_with_an_overlay_key_that_fits(handler_stack, key_bytes):
-    stack = handler_stack
+def test_a_key_near_s3s_limit_is_scored_with_an_overlay_key_that_fits(overlays_written, key_bytes):
+    stack = overlays_written
     folder = f"{stack.prefix}long/"
     name = "ü" * ((key_bytes - len(folder.encode()) - len(".jpeg")) // 2)
     key = folder + name + "x" * ((key_bytes - len(folder.encode()) - len(".jpeg")) % 2) + ".jpeg"

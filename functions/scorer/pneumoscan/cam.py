@@ -119,3 +119,38 @@ def _hot_region(heat: np.ndarray, image_size: tuple[int, int]) -> HotRegion:
     x0, x1 = cols[0] * width // steps, -(-(cols[-1] + 1) * width // steps)
     y0, y1 = rows[0] * height // steps, -(-(rows[-1] + 1) * height // steps)
     return HotRegion(int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+
+
+# -- the heat map stored in a result item ----------------------------------------------------
+# The item keeps the heat on the model's feature grid (14 x 14 cells) at 16 levels of the
+# map's peak, two cells a byte, behind a two-byte header (rows, columns): 100 bytes instead
+# of a PNG in S3, and enough to draw the overlay wherever it is looked at (the overlay
+# stretches the grid bilinearly, so a level step of 1/15 of the peak does not show as a
+# band). The peak is stored beside it (`heat_peak`) so the colour bar keeps its scale.
+# 16 levels rather than 256 keep a typical item under DynamoDB's 1 KB write unit with room
+# for long keys and warnings.
+HEAT_LEVELS = 15
+
+
+def encode_heat(heat: np.ndarray) -> bytes:
+    """(h, w) non-negative heat -> bytes([h, w]) + its cells at 0-15 of the peak, two a byte, row by row."""
+    heat = np.asarray(heat, dtype=np.float32)
+    rows, cols = heat.shape
+    if not (0 < rows < 256 and 0 < cols < 256):
+        raise ValueError(f"a heat map of {rows}x{cols} cells does not fit the stored form")
+    peak = float(heat.max())
+    levels = np.zeros(heat.size, np.uint8) if peak <= 0 else np.clip(
+        np.round(heat.reshape(-1) * (HEAT_LEVELS / peak)), 0, HEAT_LEVELS).astype(np.uint8)
+    if levels.size % 2:
+        levels = np.append(levels, np.uint8(0))
+    return bytes((rows, cols)) + ((levels[0::2] << 4) | levels[1::2]).tobytes()
+
+
+def decode_heat(data: bytes, peak: float = 1.0) -> np.ndarray:
+    """The stored form back to (h, w) float heat whose maximum level is `peak`."""
+    if len(data) < 2 or len(data) != 2 + (data[0] * data[1] + 1) // 2:
+        raise ValueError(f"{len(data)} bytes are not a stored heat map")
+    rows, cols = data[0], data[1]
+    packed = np.frombuffer(data, np.uint8, offset=2)
+    levels = np.stack([packed >> 4, packed & 0x0F], axis=1).reshape(-1)[:rows * cols]
+    return levels.reshape(rows, cols).astype(np.float32) * np.float32(peak / HEAT_LEVELS)

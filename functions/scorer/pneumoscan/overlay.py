@@ -8,12 +8,15 @@ right and a caption above. The maths of the heat is `pneumoscan.cam`.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cam import CamSummary
+from . import results
+from .cam import CamSummary, HotRegion, decode_heat
 from .images import DecodedImage
 
 # Overlays are small enough to look at and cheap to encode; the X-ray part fits this box.
@@ -27,6 +30,31 @@ MAX_ALPHA = 0.6
 _COLOUR_ANCHORS = np.array([
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99),
     (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164)], dtype=np.float64)
+
+
+def caption(positive_label: str, probability: float, label: str, warnings: Sequence[str] = ()) -> str:
+    """The line above every overlay: the score and whose evidence the heat shows, or its warnings."""
+    if warnings:  # short enough for a portrait overlay's width
+        return f"P = {probability:.3f}   {label}   WARNING: {', '.join(warnings)}"
+    return f"P({positive_label.lower()}) = {probability:.3f}   {label}   (heat: evidence for {label})"
+
+
+def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positive_label: str) -> bytes:
+    """The overlay PNG of a stored result, drawn from the item's heat map over its decoded
+    source image (`scoring.decode_image`, at OVERLAY_LONG_SIDE or more): the same picture the
+    function would have put in S3, made where it is looked at. Raises ValueError when the
+    item has no heat map (failed, or scored by an older version that stored a PNG instead)."""
+    stored, summary_fields = item.get(results.HEAT_MAP), item.get(results.CAM) or {}
+    if not stored or "heat_peak" not in summary_fields:
+        raise ValueError("the result has no stored heat map")
+    heat = decode_heat(bytes(stored), float(summary_fields["heat_peak"]))
+    region = item.get(results.HOT_REGION)
+    summary = CamSummary(HotRegion(**{name: int(value) for name, value in region.items()}) if region else None,
+                         float(summary_fields.get("border_share", 0)),
+                         float(summary_fields.get("outside_chest_share", 0)))
+    title = caption(positive_label, float(item[results.PROBABILITY]), str(item[results.LABEL]),
+                    list(item.get(results.WARNINGS) or ()))
+    return overlay_png(decoded, heat, title=title, summary=summary)
 
 
 def overlay_png(decoded: DecodedImage, heat: np.ndarray, *, title: str, summary: CamSummary) -> bytes:

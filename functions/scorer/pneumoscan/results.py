@@ -90,7 +90,8 @@ IGNORED_METADATA = "ignored_metadata"  # EXIF/XMP that could not be used (the im
 OVERLAY_KEY = "overlay_key"
 OVERLAY_ERROR = "overlay_error"
 HOT_REGION = "hot_region"
-CAM = "cam"  # {border_share, outside_chest_share, outside_chest}
+CAM = "cam"  # {border_share, outside_chest_share, outside_chest, heat_peak}
+HEAT_MAP = "heat_map"  # the heat on the model's feature grid, one byte a cell (pneumoscan.cam.encode_heat)
 PREVIOUS = "previous"
 WRITE_ID = "write_id"
 
@@ -266,7 +267,9 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
         summary = score.heat_map.summary
         fields[CAM] = {"border_share": round(summary.border_share, 4),
                        "outside_chest_share": round(summary.outside_chest_share, 4),
-                       "outside_chest": summary.outside_chest}
+                       "outside_chest": summary.outside_chest,
+                       "heat_peak": float(f"{score.heat_map.peak:.4g}")}
+        fields[HEAT_MAP] = score.heat_map.stored()
         if summary.hot_region is not None:
             fields[HOT_REGION] = summary.hot_region.as_dict()
     if overlay_key:
@@ -309,9 +312,12 @@ class ResultStore:
         self.incoming_prefix = incoming_prefix
         self.positive_label = positive_label
 
-    def current(self, object_key: str) -> dict | None:
+    def current(self, object_key: str, *, consistent: bool = True) -> dict | None:
+        """The item of `object_key`, or None. The read before scoring may be eventually
+        consistent (half the read units): a result it misses makes the conditional write
+        fail, and DynamoDB hands back the item that is really there."""
         return get_result(self.client, self.table_name, object_key, incoming_prefix=self.incoming_prefix,
-                          consistent=True)
+                          consistent=consistent)
 
     @staticmethod
     def already_done(item: dict | None, *, version_id: str | None, etag: str | None,

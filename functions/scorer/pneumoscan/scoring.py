@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 from . import cam, formats, images, ood
-from . import overlay as overlays
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
 from .settings import OVERLAY_POLICIES
@@ -85,6 +84,14 @@ class HeatMap:
     heat: np.ndarray  # (h, w) non-negative evidence on the model's feature grid
     summary: cam.CamSummary  # hot region (image pixels), border and outside-chest shares
     overlay_png: bytes | None  # only when the overlay policy asked for one
+
+    @property
+    def peak(self) -> float:
+        return float(self.heat.max())
+
+    def stored(self) -> bytes:
+        """The compact form a result item keeps (cam.encode_heat): an overlay can be drawn from it later."""
+        return cam.encode_heat(self.heat)
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,12 +224,10 @@ class Scorer:
         summary = cam.summarise(heat, (decoded.width, decoded.height))
         png = None
         if overlay:
-            if warnings:  # short enough for a portrait overlay's width
-                title = f"P = {probability:.3f}   {label}   WARNING: {', '.join(warnings)}"
-            else:
-                title = (f"P({self.metadata.positive_label.lower()}) = {probability:.3f}   {label}   "
-                         f"(heat: evidence for {label})")
-            png = overlays.overlay_png(decoded, heat, title=title, summary=summary)
+            from . import overlay as overlays  # drawing (ImageDraw, fonts) is loaded only when a PNG is asked for
+
+            png = overlays.overlay_png(decoded, heat, summary=summary, title=overlays.caption(
+                self.metadata.positive_label, probability, label, warnings))
         return HeatMap(heat, summary, png)
 
 

@@ -46,7 +46,7 @@ class Settings:
     table_name: str | None = None  # required by the function, not by offline scoring
     incoming_prefix: str = results.DEFAULT_INCOMING_PREFIX
     results_prefix: str = results.RESULTS_PREFIX
-    overlay_images: str = "all"  # one of OVERLAY_POLICIES
+    overlay_images: str = "none"  # one of OVERLAY_POLICIES
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     inference_threads: int = 1
     log_keys_in_clear: bool = False
