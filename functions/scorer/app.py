@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pneumoscan import results, telemetry
-from pneumoscan.events import ObjectCreated, UnknownEvent, parse_message
+from pneumoscan.events import MISSING_OBJECT_CODES, ObjectCreated, UnknownEvent, parse_message
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, ImageScore, Scorer, check_size
 from pneumoscan.settings import RETRY_CONFIG, Settings
@@ -28,11 +28,12 @@ from pneumoscan.settings import RETRY_CONFIG, Settings
 if TYPE_CHECKING:  # pydicom is imported only when a DICOM object arrives
     from pneumoscan.dicom import DicomFacts
 
-MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NoSuchVersion", "NotFound"}
 
 settings = Settings.from_env()
-logger = Logger()
-tracer = Tracer()
+# One compact JSON line per image at INFO: CloudWatch Logs bills every byte ingested. The
+# time, the request and the trace are on Lambda's own START/REPORT lines of the invocation;
+# the stage timings are in the item and the latency metrics.
+logger = Logger(location=None, timestamp=None, xray_trace_id=None)
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -69,7 +70,6 @@ class Rejected(Exception):
         self.source = source
 
 
-@tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
     logger.set_correlation_id(record.message_id)
     logger.remove_keys(["object", "object_key"])
@@ -100,10 +100,10 @@ def _score_object(created: ObjectCreated) -> None:
         log_keys["object_key"] = created.key
     logger.append_keys(**log_keys)
 
-    seen = result_store.current(created.key)
+    seen = result_store.current(created.key, consistent=False)
     # An event naming its version is checked against the result before S3 is asked anything.
     # Without one (an unversioned bucket, or moto), the ETag alone cannot tell a redelivery
-    # from a re-upload of the same bytes: the version is read from HeadObject first.
+    # from a re-upload of the same bytes: the version is read from the GET's headers first.
     if created.version_id and _already_done(seen, created.version_id, created.etag):
         _report_duplicate()
         return
@@ -115,11 +115,14 @@ def _score_object(created: ObjectCreated) -> None:
     try:
         if not created.key.startswith(settings.incoming_prefix):
             raise Rejected("outside_prefix", f"only keys under {settings.incoming_prefix} are scored")
-        head, source = _head(created, source)
-        if not created.version_id and _already_done(seen, source.version_id, source.etag):
-            _report_duplicate()
-            return
-        data = _get(created, head, source)
+        body, source = _open(created, source)
+        try:
+            if not created.version_id and _already_done(seen, source.version_id, source.etag):
+                _report_duplicate()
+                return
+            data = _read(body, source)
+        finally:
+            body.close()  # when unread, the connection is dropped instead of downloading the rest
         timings["fetch"] = _elapsed_ms(start)
         try:
             outcome: ImageScore | results.Failure = scorer.score(data, overlay=settings.overlay_images)
@@ -162,42 +165,37 @@ class _Superseded(Exception):
     """A newer version of the object exists; its own event scores it."""
 
 
-def _head(created: ObjectCreated, source: results.SourceObject) -> tuple[dict, results.SourceObject]:
-    """What S3 holds under the key now (deletion, newer upload, size), before any download."""
+def _open(created: ObjectCreated, source: results.SourceObject) -> tuple[Any, results.SourceObject]:
+    """One GET of what S3 holds under the key now. Its headers decide before any of the body is
+    read (deletion, a newer upload, the size), so no HEAD is needed, and the facts recorded
+    (size, ETag, version) are those of the bytes that will be read."""
     try:
-        head = s3_client.head_object(Bucket=created.bucket, Key=created.key)
+        response = s3_client.get_object(Bucket=created.bucket, Key=created.key)
     except ClientError as exc:
         _reject_if_missing(exc, source)
         raise
-    current_version, current_etag = head.get("VersionId"), head["ETag"].strip('"')
+    current_version, current_etag = response.get("VersionId"), response["ETag"].strip('"')
     # The version where the event names one; otherwise the ETag (a later upload of other bytes).
     if created.version_id and current_version:
         superseded = current_version != created.version_id
     else:
         superseded = bool(created.etag) and current_etag != created.etag
     if superseded:
+        response["Body"].close()
         logger.info("a newer upload of the object exists; this event is superseded")
         metrics.add_metric(name="EventsSuperseded", unit=MetricUnit.Count, value=1)
         raise _Superseded()
-    return head, dataclasses.replace(source, size_bytes=head["ContentLength"], etag=current_etag,
-                                     version_id=current_version or created.version_id)
+    return response["Body"], dataclasses.replace(source, size_bytes=response["ContentLength"], etag=current_etag,
+                                                 version_id=current_version or created.version_id)
 
 
-def _get(created: ObjectCreated, head: dict, source: results.SourceObject) -> bytes:
-    """Exactly the object version that was headed, unless it is over the size cap."""
+def _read(body: Any, source: results.SourceObject) -> bytes:
+    """The object's bytes, unless its Content-Length is over the size cap: refused unread."""
     try:
-        check_size(head["ContentLength"], settings.max_object_bytes)
+        check_size(source.size_bytes, settings.max_object_bytes)
     except ImageRejected as exc:
         raise Rejected(exc.reason, exc.detail, source) from exc
-    # Pin the read to what was headed: a version, or the ETag where versioning is off.
-    current_version = head.get("VersionId")
-    pin = {"VersionId": current_version} if current_version else {"IfMatch": head["ETag"]}
-    try:
-        response = s3_client.get_object(Bucket=created.bucket, Key=created.key, **pin)
-    except ClientError as exc:
-        _reject_if_missing(exc, source)
-        raise
-    return response["Body"].read()
+    return body.read()
 
 
 def _reject_if_missing(exc: ClientError, source: results.SourceObject) -> None:
@@ -253,12 +251,14 @@ def _report(item: dict, outcome: ImageScore | results.Failure, written: str) -> 
         _report_duplicate()
         return
     tally.observe(item)
-    failed = isinstance(outcome, results.Failure)
-    facts = {"status": item[results.STATUS], "write": written, "timings_ms": item[results.TIMINGS_MS]}
-    if failed:
+    facts = {"status": item[results.STATUS], "write": written, "total_ms": item[results.TIMINGS_MS].get("total")}
+    if isinstance(outcome, results.Failure):
         logger.warning("image not scored", extra=dict(facts, reason=outcome.reason, error=outcome.error))
-    else:
-        logger.info("image scored", extra=dict(facts, probability=outcome.probability, label=outcome.label))
+        return
+    facts.update(label=outcome.label, probability=round(outcome.probability, 4))
+    if outcome.warnings:
+        facts["warnings"] = list(outcome.warnings)
+    logger.info("image scored", extra=facts)
 
 
 def _record_unknown_event(record: SQSRecord, exc: UnknownEvent) -> None:
@@ -270,8 +270,6 @@ def _record_unknown_event(record: SQSRecord, exc: UnknownEvent) -> None:
     result_store.save(item, result_store.current(item[results.KEY]))
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     tally.reset()

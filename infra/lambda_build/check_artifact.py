@@ -19,7 +19,10 @@ from pathlib import Path
 
 ELF_MACHINES = {"aarch64": 183, "x86_64": 62}
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
-FORBIDDEN_PATHS = ("__pycache__", "model/reference")
+FORBIDDEN_PATHS = ("model/reference",)
+# .pyc of the runtime's CPython, hash-based and unchecked (flags 0b01): see the Makefile.
+PYC_SUFFIX = ".cpython-313.pyc"
+PYC_UNCHECKED_HASH = 0b01
 # cp313 wheels, stable-ABI wheels from any CPython 3 up to 3.13, or pure Python.
 WHEEL_TAG = r"(cp313-cp313|cp3(\d+)-abi3)-manylinux[\w.]*_{arch}|py\d*-none-any"
 
@@ -84,6 +87,20 @@ def bundling_problems(root: Path) -> list[str]:
         relative = path.relative_to(root).as_posix()
         if any(part in relative for part in FORBIDDEN_PATHS):
             problems.append(f"{relative} should not be bundled")
+    return problems + pyc_problems(root)
+
+
+def pyc_problems(root: Path) -> list[str]:
+    """Every module the handler imports at init is precompiled for the runtime's CPython, in a
+    form the read-only /var/task keeps valid; no .pyc of another interpreter is bundled."""
+    problems = []
+    for pyc in root.rglob("*.pyc"):
+        flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+        if not pyc.name.endswith(PYC_SUFFIX) or flags != PYC_UNCHECKED_HASH:
+            problems.append(f"{pyc.relative_to(root)}: not an unchecked-hash .pyc for CPython 3.13")
+    for source in [root / "app.py", *(root / "pneumoscan").glob("*.py")]:
+        if source.is_file() and not (source.parent / "__pycache__" / f"{source.stem}{PYC_SUFFIX}").is_file():
+            problems.append(f"{source.relative_to(root)} has no .pyc: every cold start would compile it")
     return problems
 
 

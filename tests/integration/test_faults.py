@@ -62,7 +62,7 @@ def _dynamodb(app):
     ("dynamodb", "PutItem", DYNAMODB_THROTTLING),
     ("dynamodb", "GetItem", DYNAMODB_5XX),
     ("s3", "GetObject", S3_5XX),
-    ("s3", "HeadObject", S3_SLOW_DOWN),
+    ("s3", "GetObject", S3_SLOW_DOWN),
 ])
 def test_a_brief_fault_is_absorbed_by_the_clients_retries(handler_stack, service, operation, error):
     stack = handler_stack
@@ -82,7 +82,7 @@ def test_a_brief_fault_is_absorbed_by_the_clients_retries(handler_stack, service
     ("dynamodb", "PutItem", DYNAMODB_5XX, False),
     ("dynamodb", "GetItem", DYNAMODB_5XX, False),
     ("s3", "GetObject", S3_5XX, False),
-    ("s3", "HeadObject", S3_SLOW_DOWN, False),
+    ("s3", "GetObject", S3_SLOW_DOWN, False),
     ("s3", "GetObject", None, True),  # a read slower than the client's read timeout, every attempt
 ])
 def test_a_lasting_fault_fails_only_its_record_which_is_scored_once_it_clears(

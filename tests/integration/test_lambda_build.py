@@ -53,6 +53,8 @@ def test_sam_build_produces_a_checked_arm64_artifact_under_120_mb(sam_build):
     artifact = build_dir / "ScorerFunction"
     assert "Build Succeeded" in output and f"artifact {artifact}:" in output  # the Makefile ran the check
     assert "PROBLEM" not in output
+    assert (artifact / "pneumoscan" / "__pycache__" / "scoring.cpython-313.pyc").is_file()
+    assert not (artifact / "aws_xray_sdk").exists()
     size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
     assert size < 120e6
     metadata = json.loads((artifact / "model" / "model.json").read_text())
@@ -88,8 +90,10 @@ def test_the_trimmed_artifact_scores_an_xray_with_only_the_runtime_beside_it(tmp
     probe = f"""
 import sys
 sys.path[:0] = [{str(artifact)!r}, {str(runtime)!r}]
-import aws_xray_sdk.core, numpy, PIL, app
+import numpy, PIL, app
 assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith({str(artifact)!r})
+# No X-Ray SDK is loaded: Lambda's active tracing records the invocations without it.
+assert "aws_xray_sdk" not in sys.modules
 scored = app.scorer.score(open({str(XRAY)!r}, "rb").read(), overlay="all")
 print(scored.probability, scored.image.width, scored.image.height, len(scored.overlay_png))
 # DICOM (pruned highdicom, stripped codecs): every transfer syntax decodes and gets its SR.

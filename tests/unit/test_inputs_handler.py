@@ -79,10 +79,15 @@ def test_an_object_over_the_size_cap_is_refused_from_its_content_length(handler_
     stack = handler_stack
     monkeypatch.setenv("MAX_OBJECT_BYTES", str(100_000))
     handler = stack.cold_start()
-    fetched = []
+    read = []
     real_get_object = handler.s3_client.get_object
-    monkeypatch.setattr(handler.s3_client, "get_object",
-                        lambda **kwargs: fetched.append(kwargs["Key"]) or real_get_object(**kwargs))
+
+    def get_object(**kwargs):
+        response = real_get_object(**kwargs)
+        real_read = response["Body"].read
+        response["Body"].read = lambda *args: read.append(kwargs["Key"]) or real_read(*args)
+        return response
+    monkeypatch.setattr(handler.s3_client, "get_object", get_object)
     big = _key(stack, "big.jpeg")
     stack.put(big, reference_bytes())  # ~450 KB
 
@@ -91,7 +96,7 @@ def test_an_object_over_the_size_cap_is_refused_from_its_content_length(handler_
     item = stack.item(big)
     assert item["status"] == "FAILED" and item["reason"] == "object_too_large"
     assert int(item["size_bytes"]) == len(reference_bytes())
-    assert big not in fetched
+    assert big not in read  # refused from the GET's Content-Length, the body closed unread
     _assert_nothing_left_queued(stack)
 
 

@@ -67,7 +67,8 @@ def test_first_write_then_duplicate_is_detected(store):
 
 def test_a_racing_identical_result_counts_as_duplicate(store):
     store.save(scored(), None)
-    # A second worker read "nothing there" before the first one wrote.
+    # A second worker read "nothing there" before the first one wrote (or its eventually
+    # consistent read missed the write): the conditional write refuses, the item stays.
     assert store.save(scored(), None) == "duplicate"
 
 
@@ -153,3 +154,4 @@ def test_a_typical_item_fits_one_write_unit(store):
                None)
     item = store.current("incoming/ward-7/2026-11-25/patient-000123-view-pa.jpeg")
     assert dynamodb_item_bytes(item) <= 1024
+

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from urllib.parse import quote_plus, unquote_plus
 
 S3_TEST_EVENT = "s3:TestEvent"
+# S3's error codes for an object, or an object version, that is no longer there.
+MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
 
 
 class UnknownEvent(ValueError):
