@@ -10,12 +10,12 @@ from PIL import Image
 from benchmarks import prices, report
 from benchmarks.common import load_samples, summarize
 
-ONE_IMAGE_CALLS = {"s3:HeadObject": 1, "s3:GetObject": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 1}
+ONE_IMAGE_CALLS = {"s3:GetObject": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 1}
 
 
 def _cost(**overrides):
     arguments = dict(handler_cpu_ms=10.0, handler_wait_ms=5.0, memory_mb=prices.LAMBDA_FULL_VCPU_MB,
-                     batch_size=10, aws_calls_per_image=ONE_IMAGE_CALLS, item_bytes=800, indexes_written=2)
+                     batch_size=10, aws_calls_per_image=ONE_IMAGE_CALLS, item_bytes=800, index_writes_per_image=2)
     return prices.cost_per_million(**(arguments | overrides))
 
 
@@ -51,14 +51,30 @@ def test_cost_below_full_vcpu_stretches_only_cpu_time():
                                                         abs=0.001)
 
 
-def test_cost_counts_index_copies_and_puts_at_the_put_rate():
+def test_cost_counts_index_entries_and_puts_at_the_put_rate():
     cost = _cost()
-    # An item under 1 KB written to the table and both indexes: 3 WRU.
-    assert cost["dynamodb_wru_per_write"] == 3
+    # An item under 1 KB written to the table (1 WRU) and to two index entries (1 WRU each).
+    assert cost["dynamodb_wru_per_write"] == 1
+    assert cost["lines_usd"]["dynamodb_writes"] == pytest.approx(3 * 0.625)
+    # A sparse index holding a third of the items costs a third of an entry per image.
+    assert _cost(index_writes_per_image=1 / 3)["lines_usd"]["dynamodb_writes"] == pytest.approx(
+        (1 + 1 / 3) * 0.625, abs=1e-3)
     with_overlay = _cost(aws_calls_per_image=ONE_IMAGE_CALLS | {"s3:PutObject": 1})
     assert with_overlay["lines_usd"]["s3_requests"] - cost["lines_usd"]["s3_requests"] == pytest.approx(5.0)
-    big_item = _cost(item_bytes=1500)
-    assert big_item["dynamodb_wru_per_write"] == 6
+    assert _cost(item_bytes=1500)["dynamodb_wru_per_write"] == 2
+    assert _cost(consistent_reads=False)["lines_usd"]["dynamodb_reads"] == pytest.approx(0.0625)
+
+
+def test_logs_kms_and_xray_lines_follow_bytes_and_rate():
+    quiet, chatty = _cost(log_bytes_per_image=0), _cost(log_bytes_per_image=1024 ** 3 / 1e6)
+    # One GB of handler output per million images is $0.50 more.
+    assert chatty["lines_usd"]["cloudwatch_logs"] - quiet["lines_usd"]["cloudwatch_logs"] == pytest.approx(0.5)
+    # At one invocation a second every invocation is traced: $5 per million traces, 10 images each.
+    assert _cost(images_per_s=10)["lines_usd"]["xray"] == pytest.approx(0.5)
+    busy = _cost(images_per_s=1000)
+    assert busy["xray_traced_share"] == pytest.approx((1 + 0.05 * 99) / 100)
+    # KMS data keys are reused for 5 minutes: the faster the images come, the less KMS per image.
+    assert busy["lines_usd"]["kms"] < _cost(images_per_s=10)["lines_usd"]["kms"] < 0.05
 
 
 def test_samples_alternate_labels_in_a_stable_order(tmp_path):
