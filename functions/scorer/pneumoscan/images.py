@@ -129,8 +129,10 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
                 if target_size is not None:
                     image.draft(_DIRECT_MODES.get(source_mode, "RGB"), target_size)
             else:
-                _verify_png(data)
+                _verify_png_chunks(data)
             image.load()
+            if source_format == "PNG" and _bottom_rows_blank(image):
+                _verify_png_rows(data)
     except ImageRejected:
         raise
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
@@ -262,14 +264,27 @@ def _strict_jpeg(data: bytes, **options) -> np.ndarray:
         raise ImageRejected(reason, f"JPEG data is damaged ({message})") from exc
 
 
-def _verify_png(data: bytes) -> None:
-    """Walk the chunks to IEND, checking every CRC (Pillow skips the IDAT ones), and check
-    that the image data inflates to every row the header declares.
+def _verify_png_chunks(data: bytes) -> None:
+    """Walk the chunks to IEND, checking every CRC (Pillow skips the IDAT ones)."""
+    for _ in _png_chunks(data):
+        pass
 
-    Pillow stops at the end of the zlib stream and leaves the rows it never got black, so
-    a short stream sealed with valid CRCs and an IEND would be scored as a mostly black
-    image. The inflate runs in bounded buffers and only counts bytes.
-    """
+
+def _bottom_rows_blank(image: Image.Image) -> bool:
+    """Whether the last or the second-last row, as decoded, is all zero bytes: what Pillow
+    leaves where a PNG's compressed data ended early (it stops at the end of the zlib stream
+    and keeps no count of the rows it got); an interlaced image's last pass fills only every
+    other row. Only then is the stream inflated again to count its rows, so the common case
+    costs two rows' worth of bytes, not a second inflate."""
+    width, height = image.size
+    return any(not image.crop((0, row, width, row + 1)).tobytes().strip(b"\0")
+               for row in range(max(0, height - 2), height))
+
+
+def _verify_png_rows(data: bytes) -> None:
+    """Check that the image data inflates to every row the header declares: a short stream
+    sealed with valid CRCs and an IEND would otherwise be scored as a mostly black image.
+    The inflate runs in bounded buffers and only counts bytes."""
     inflater, inflated, layout = zlib.decompressobj(), 0, None
     for chunk_type, payload in _png_chunks(data):
         if chunk_type == b"IHDR":
