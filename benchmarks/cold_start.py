@@ -75,8 +75,9 @@ def probe() -> dict:
 
 
 def _peak_rss_mb() -> float:
-    # Imported only now: the clock has stopped, and the Lambda-like path lacks the repo root.
-    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    # Imported only now: the clock has stopped, and the Lambda-like path lacks the repo's packages.
+    root = Path(__file__).resolve().parent.parent
+    sys.path += [str(root), str(root / "infra")]
     from benchmarks.common import peak_rss_mb
     return peak_rss_mb()
 
