@@ -23,7 +23,7 @@ TARGET_NAMES = {
     "decode_plus_preprocess_p50_ms": "decode + preprocess p50, 1-2 MP JPEG",
     "cold_start_ms": "cold start (imports + model load + handler init), p50",
     "cost_per_million_usd": "cost per million JPEG/PNG images, all-in (USD)",
-    "billed_ms_per_image": "billed handler ms per image at the template's memory (30 % below 72.8)",
+    "billed_ms_per_image": "billed handler ms per image at the template's memory (30 % below 108.0, same machine)",
 }
 
 
@@ -329,7 +329,7 @@ def readme_section(results: dict) -> str:
         rows.append(["handler CPU per image, warm, one core (network excluded)",
                      f"{_ms(batch['cpu'])} ms: decode + preprocess {_ms(stage['decode_plus_preprocess'])}, "
                      f"inference {_ms(stage['inference'])}"
-                     + (f", CAM overlay {_ms(stage['cam_overlay'])}" if "cam_overlay" in stage else "")])
+                     + (f", heat map {_ms(stage['cam_overlay'])}" if "cam_overlay" in stage else "")])
         rows.append([f"whole handler per image against the local stack ({batch['batch_size']} per invocation)",
                      f"{_ms(batch['wall'])} ms"])
     cold = results.get("cold_start")
