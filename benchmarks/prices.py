@@ -132,8 +132,10 @@ def cost_per_million(*, handler_cpu_ms: float, handler_wait_ms: float, memory_mb
         "sqs": SQS_PER_REQUEST * million * (1 + 2 / batch_size),
         "s3_requests": (s3_get_tier * S3_GET_PER_REQUEST + s3_put_tier * S3_PUT_PER_REQUEST) * million,
         "dynamodb_reads": calls["dynamodb:GetItem"] * read_units * DYNAMODB_PER_READ_REQUEST_UNIT * million,
-        "dynamodb_writes": (calls["dynamodb:PutItem"] * write_units + index_writes_per_image)
-        * DYNAMODB_PER_WRITE_REQUEST_UNIT * million,
+        # The result items, their index entries, and the hourly counter items added to once per
+        # invocation (UpdateItem, each under 1 KB: one WRU).
+        "dynamodb_writes": (calls["dynamodb:PutItem"] * write_units + index_writes_per_image
+                            + calls["dynamodb:UpdateItem"]) * DYNAMODB_PER_WRITE_REQUEST_UNIT * million,
         "kms": kms_per_image * KMS_PER_REQUEST * million,
         "cloudwatch_logs": log_bytes / 1024 ** 3 * LOGS_PER_GB * million,
         "xray": xray_traced_share(invocations_per_s) / batch_size * XRAY_PER_TRACE * million,

@@ -62,6 +62,9 @@ def test_cost_counts_index_entries_and_puts_at_the_put_rate():
     with_overlay = _cost(aws_calls_per_image=ONE_IMAGE_CALLS | {"s3:PutObject": 1})
     assert with_overlay["lines_usd"]["s3_requests"] - cost["lines_usd"]["s3_requests"] == pytest.approx(5.0)
     assert _cost(item_bytes=1500)["dynamodb_wru_per_write"] == 2
+    # One counter UpdateItem per invocation of 10 images: a tenth of a WRU per image.
+    counters = _cost(aws_calls_per_image=ONE_IMAGE_CALLS | {"dynamodb:UpdateItem": 0.1})
+    assert counters["lines_usd"]["dynamodb_writes"] - cost["lines_usd"]["dynamodb_writes"] == pytest.approx(0.0625)
     assert _cost(consistent_reads=False)["lines_usd"]["dynamodb_reads"] == pytest.approx(0.0625)
 
 
