@@ -10,7 +10,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumoscan.model import PneumoniaModel
-from pneumoscan.results import get_result
+from pneumoscan.results import (
+    DEFAULT_INCOMING_PREFIX,
+    OVERLAY_FOLDER,
+    RESULTS_PREFIX,
+    STRUCTURED_REPORT_FOLDER,
+    get_result,
+)
 from pneumoscan_cli.main import app
 
 from .conftest import real_xrays, start_stack, stop_stack
@@ -138,7 +144,10 @@ def test_heat_maps_are_stored_in_the_items_and_nothing_else_is_written(local_sta
     s3, sqs = target.client("s3"), target.client("sqs")
     for item in (item for item in items if item["status"] == "SCORED"):
         assert "overlay_key" not in item and item["heat_map"] and item["cam"]["heat_peak"] > 0
-    assert s3.list_objects_v2(Bucket=target.bucket, Prefix="results/")["KeyCount"] == 0
+    # Other tests share the stack (DICOM uploads write structured reports): look only at this batch's.
+    for folder in (OVERLAY_FOLDER, STRUCTURED_REPORT_FOLDER):
+        prefix = f"{RESULTS_PREFIX}{folder}{DEFAULT_INCOMING_PREFIX}{BATCH}/"
+        assert s3.list_objects_v2(Bucket=target.bucket, Prefix=prefix)["KeyCount"] == 0, prefix
     # The worker deletes a batch's messages just after its items are written: give it a moment.
     deadline, in_queue = time.monotonic() + 15, None
     while in_queue != ("0", "0") and time.monotonic() < deadline:
@@ -164,7 +173,8 @@ def test_stats_counts_the_batch_from_the_counter_items(local_stack, uploaded_bat
         sum(item["probability"] for item in items if item["status"] == "SCORED") / 12, abs=1e-4)
     assert row["handler_ms_p50"] is not None and row["end_to_end_s_p95"] is not None
 
-    table = _cli(local_stack, "stats", "--since", "2h")
+    # Other tests share the stack: the day's table counts their images too.
+    table = _cli(local_stack, "stats", "--since", "2h", "--batch", BATCH)
     assert "13" in table.stdout
 
 
