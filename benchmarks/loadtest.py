@@ -154,6 +154,19 @@ def _queue_depth(target: Target, queue_url: str | None) -> int:
     return sum(int(value) for value in attributes["Attributes"].values())
 
 
+def _settled_queue_depths(target: Target, settle_s: float = 30.0) -> dict[str, int]:
+    """Queue and DLQ depth once the last batch's messages are deleted: a worker deletes them
+    only after the invocation's stats counters, so the depth right after the last item is
+    written still counts that in-flight batch."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        depths = {"queue": _queue_depth(target, target.queue_url),
+                  "dlq": _queue_depth(target, target.dead_letter_queue_url)}
+        if depths["queue"] == 0 or time.monotonic() > deadline:
+            return depths
+        time.sleep(POLL_INTERVAL_S)
+
+
 def run(images: int, workers: int, data_dir: Path, upload_threads: int, deadline_s: float,
         rate: float | None = None) -> dict:
     samples = load_samples(data_dir)
@@ -199,8 +212,7 @@ def run(images: int, workers: int, data_dir: Path, upload_threads: int, deadline
                         future.result()  # an upload that raised is a failed run, not a lost image
                 progress.update(uploading, completed=len(uploaded))
             rss_mb = stack.workers_peak_rss_mb()
-            depths = {"queue": _queue_depth(target, target.queue_url),
-                      "dlq": _queue_depth(target, target.dead_letter_queue_url)}
+            depths = _settled_queue_depths(target)
         finally:
             stack.stop()
         writes, skipped = handler_writes(stack.worker_log, list(uploaded))
