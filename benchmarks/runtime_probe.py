@@ -65,7 +65,8 @@ def _keras(runtime: str, path: Path, threads: int):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    import training.architecture  # noqa: F401 - registers the model's custom layers with Keras
+    import training.architecture  # noqa: F401 - these two register the model's custom layers with Keras
+    import training.ensemble  # noqa: F401
     model = keras.models.load_model(path, compile=False)
     input_dtype = model.inputs[0].dtype
 
