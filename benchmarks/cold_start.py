@@ -24,7 +24,7 @@ STEPS = (
     ("pillow", "PIL.Image"),
     ("litert", "ai_edge_litert.interpreter"),
     ("pneumoscan", "pneumoscan.images,pneumoscan.model"),
-    ("boto3", "boto3"),
+    ("botocore", "botocore.session"),
     ("powertools", "aws_lambda_powertools"),
 )
 # The handler's environment as template.yaml Globals set it; no AWS call is made at init.
@@ -104,7 +104,7 @@ def run(repeats: int = 10) -> dict:
         result["note"] += f"; {LAMBDA_PACKAGES.relative_to(REPO_ROOT)} missing, so the dev venv's packages were used"
         return result
     with tempfile.TemporaryDirectory(prefix="pneumoscan-task-") as folder:
-        # /var/task as the zip lays it out: the handler, pneumoscan and the packages; boto3
+        # /var/task as the zip lays it out: the handler, pneumoscan and the packages; botocore
         # comes precompiled from the runtime. Nothing may write .pyc between runs.
         task = Path(folder) / "task"
         shutil.copytree(LAMBDA_PACKAGES / "task", task)

@@ -149,7 +149,7 @@ def _cold_start(results: dict) -> list[str]:
     rows.append(["peak RSS after init, MB"] + [layout["peak_rss_mb_after_init"] for layout in layouts.values()])
     lines += _table(header, rows)
     return lines + [f"{cold['repeats']} fresh processes per layout, pinned to one core; the Lambda's package set "
-                    f"for this CPU (function requirements in the task folder, boto3 precompiled as in the "
+                    f"for this CPU (function requirements in the task folder, botocore precompiled as in the "
                     f"runtime); target figure: {LAYOUT_NAMES.get(cold['reported'], cold['reported'])}. "
                     f"A bare interpreter start (`python -S -c pass`, not counted) takes "
                     f"{_ms(cold['interpreter_start_ms'])} ms. {cold['note']}.", ""]

@@ -11,7 +11,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-import boto3
+import botocore.session
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -37,8 +37,12 @@ logger = Logger(location=None, timestamp=None, xray_trace_id=None)
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
-s3_client = boto3.client("s3", config=RETRY_CONFIG)
-dynamodb_client = boto3.client("dynamodb", config=RETRY_CONFIG)
+# botocore's clients, not boto3's: boto3 would import s3transfer (and with it multiprocessing and
+# concurrent.futures) at every cold start for transfer methods the handler never calls.
+# The region, credentials and AWS_ENDPOINT_URL come from the environment as they would for boto3.
+_aws = botocore.session.get_session()
+s3_client = _aws.create_client("s3", config=RETRY_CONFIG)
+dynamodb_client = _aws.create_client("dynamodb", config=RETRY_CONFIG)
 
 
 def _load_scorer() -> Scorer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote_plus
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -27,7 +27,7 @@ INCOMING_PREFIX = os.environ.get("INCOMING_PREFIX", "incoming/")
 IMAGES_BUCKET = os.environ["IMAGES_BUCKET"]
 REGION = os.environ.get("AWS_REGION", "us-east-1")
 # A throttled or failed send is retried here first, then by Batch Operations (TemporaryFailure).
-sqs = boto3.client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+sqs = botocore.session.get_session().create_client("sqs", config=Config(retries={"mode": "standard", "max_attempts": 5}))
 
 
 def task_result(task: dict) -> dict:

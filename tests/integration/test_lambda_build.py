@@ -94,6 +94,8 @@ import numpy, PIL, app
 assert numpy.__file__.startswith({str(artifact)!r}) and PIL.__file__.startswith({str(artifact)!r})
 # No X-Ray SDK is loaded: Lambda's active tracing records the invocations without it.
 assert "aws_xray_sdk" not in sys.modules
+# Nor boto3: the handler's clients are botocore's (boto3 would bring s3transfer and multiprocessing).
+assert "boto3" not in sys.modules and "s3transfer" not in sys.modules
 scored = app.scorer.score(open({str(XRAY)!r}, "rb").read(), overlay="all")
 print(scored.probability, scored.image.width, scored.image.height, len(scored.overlay_png))
 # DICOM (pruned highdicom, stripped codecs): every transfer syntax decodes and gets its SR.

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from . import attribute_values
 
 if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT (or pydicom)
     from .dicom import DicomFacts
@@ -108,9 +108,6 @@ UNKNOWN_EVENT_BATCH = "_unknown_event"
 
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
 PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -189,14 +186,12 @@ def to_dynamodb(value: Any) -> Any:
 
 def serialize(item: dict) -> dict:
     """A plain item as the low-level client's typed attribute values."""
-    return {name: _serializer.serialize(value) for name, value in to_dynamodb(item).items()}
+    return {name: attribute_values.serialize(value) for name, value in to_dynamodb(item).items()}
 
 
 def deserialize(item: dict) -> dict:
     """Typed attribute values -> plain Python (numbers as Decimal, binary as bytes)."""
-    plain = {name: _deserializer.deserialize(value) for name, value in item.items()}
-    return {name: getattr(value, "value", value) if type(value).__name__ == "Binary" else value
-            for name, value in plain.items()}
+    return {name: attribute_values.deserialize(value) for name, value in item.items()}
 
 
 def version_key(version: str) -> tuple:
