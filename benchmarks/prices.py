@@ -28,6 +28,9 @@ LAMBDA_PER_REQUEST = 0.20 / 1e6
 LAMBDA_FULL_VCPU_MB = 1769
 # SQS standard queue, per request (each 64 KB chunk of payload is one request).
 SQS_PER_REQUEST = 0.40 / 1e6
+# ReceiveMessage returns and DeleteMessageBatch takes at most 10 messages: Lambda's poller
+# gathers a larger batch from several receives and deletes it in several calls.
+SQS_MESSAGES_PER_CALL = 10
 # S3 Standard requests.
 S3_GET_PER_REQUEST = 0.0004 / 1000
 S3_PUT_PER_REQUEST = 0.005 / 1000
@@ -128,8 +131,8 @@ def cost_per_million(*, handler_cpu_ms: float, handler_wait_ms: float, memory_mb
         "lambda_compute": billed_ms / 1e3 * memory_mb / 1024 * LAMBDA_ARM64_PER_GB_SECOND * million,
         "lambda_requests": LAMBDA_PER_REQUEST * million / batch_size,
         # The S3 notification's SendMessage, then the poller's ReceiveMessage and
-        # DeleteMessageBatch once per batch.
-        "sqs": SQS_PER_REQUEST * million * (1 + 2 / batch_size),
+        # DeleteMessageBatch calls, 10 messages at most each.
+        "sqs": SQS_PER_REQUEST * million * (1 + 2 * math.ceil(batch_size / SQS_MESSAGES_PER_CALL) / batch_size),
         "s3_requests": (s3_get_tier * S3_GET_PER_REQUEST + s3_put_tier * S3_PUT_PER_REQUEST) * million,
         "dynamodb_reads": calls["dynamodb:GetItem"] * read_units * DYNAMODB_PER_READ_REQUEST_UNIT * million,
         # The result items, their index entries, and the hourly counter items added to once per

@@ -68,6 +68,14 @@ def test_cost_counts_index_entries_and_puts_at_the_put_rate():
     assert _cost(consistent_reads=False)["lines_usd"]["dynamodb_reads"] == pytest.approx(0.0625)
 
 
+def test_sqs_receives_and_deletes_take_ten_messages_at_most_whatever_the_batch_size():
+    # SendMessage per image; ReceiveMessage and DeleteMessageBatch per 10 messages of a batch.
+    assert _cost(batch_size=10)["lines_usd"]["sqs"] == pytest.approx(0.40 * 1.2)
+    assert _cost(batch_size=100)["lines_usd"]["sqs"] == pytest.approx(0.40 * 1.2)
+    assert _cost(batch_size=1)["lines_usd"]["sqs"] == pytest.approx(0.40 * 3)
+    assert _cost(batch_size=15)["lines_usd"]["sqs"] == pytest.approx(0.40 * (1 + 4 / 15), abs=1e-4)
+
+
 def test_logs_kms_and_xray_lines_follow_bytes_and_rate():
     quiet, chatty = _cost(log_bytes_per_image=0), _cost(log_bytes_per_image=1024 ** 3 / 1e6)
     # One GB of handler output per million images is $0.50 more.
