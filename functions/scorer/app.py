@@ -31,9 +31,10 @@ if TYPE_CHECKING:  # pydicom is imported only when a DICOM object arrives
 
 settings = Settings.from_env()
 # One compact JSON line per image at INFO: CloudWatch Logs bills every byte ingested. The
-# time, the request and the trace are on Lambda's own START/REPORT lines of the invocation;
-# the stage timings are in the item and the latency metrics.
+# time, the request and the trace are on Lambda's own START/REPORT lines of the invocation,
+# the service is the log group's; the stage timings are in the item and the latency metrics.
 logger = Logger(location=None, timestamp=None, xray_trace_id=None)
+logger.remove_keys(["service"])
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 

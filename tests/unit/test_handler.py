@@ -353,7 +353,7 @@ def test_an_unknown_message_is_recorded_failed_not_retried(handler_stack):
         results.STATUS_FAILED, "unknown_event", results.UNKNOWN_EVENT_BATCH)
 
 
-def test_logs_show_a_key_digest_never_the_key(handler_stack, monkeypatch):
+def test_logs_show_a_key_digest_never_the_key_in_one_compact_line_per_image(handler_stack, monkeypatch):
     stack = handler_stack
     log = io.StringIO()
     monkeypatch.setattr(stack.app.logger.registered_handler, "stream", log)
@@ -367,6 +367,12 @@ def test_logs_show_a_key_digest_never_the_key(handler_stack, monkeypatch):
     assert '"message":"image scored"' in logs and '"reason":"not_an_image"' in logs
     assert results.key_digest(key) in logs
     assert "qzxw" not in logs
+    [line] = [json.loads(text) for text in logs.splitlines() if results.key_digest(key) in text]
+    # One compact line per image: the outcome and what ties it to its object and message; the
+    # time, request, trace and service come once per invocation (Lambda's lines, the log group).
+    assert set(line) == {"level", "message", "correlation_id", "object", "status", "write", "total_ms", "label",
+                         "probability"}
+    assert (line["message"], line["status"], line["write"]) == ("image scored", "SCORED", "written")
 
 
 def cold_start(model_directory: Path) -> subprocess.CompletedProcess:

@@ -96,6 +96,21 @@ def test_emit_writes_one_line_per_model_and_per_warning_code_and_counts_on_the_h
     assert own["TotalLatency"] == [120.0, 700.0, 120.0, 120.0]
 
 
+def test_emf_values_are_rounded_to_what_the_dashboard_reads(capsys, monkeypatch):
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Pneumoscan")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "pneumoscan")
+    tally = telemetry.BatchTally(positive_label="PNEUMONIA")
+    tally.observe(item(probability=0.12399042397737503, total_ms=21.5449))
+    handler_metrics = EphemeralMetrics()
+
+    tally.emit(handler_metrics, EphemeralMetrics, MetricUnit)
+    handler_metrics.flush_metrics()
+
+    documents = emf_lines(capsys.readouterr().out)
+    assert next(doc["Probability"] for doc in documents if "Probability" in doc) == [0.124]
+    assert next(doc["TotalLatency"] for doc in documents if "TotalLatency" in doc) == [21.5]
+
+
 def test_an_invocation_that_wrote_nothing_emits_nothing(capsys):
     telemetry.BatchTally(positive_label="PNEUMONIA").emit(EphemeralMetrics(), EphemeralMetrics, MetricUnit)
     assert emf_lines(capsys.readouterr().out) == []
