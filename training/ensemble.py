@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from pneumoscan.model import FlipAverage, probability_logit
+
 from .architecture import FEATURE_MAP_LAYER, LOGIT_LAYER, PROBABILITY_LAYER
 
 
@@ -59,3 +61,34 @@ def flip_averaged(model: keras.Model) -> keras.Model:
     probability = layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
     return keras.Model(inputs, {PROBABILITY_LAYER: probability, FEATURE_MAP_LAYER: feature_map},
                        name="pneumoscan_flip_averaged")
+
+
+# A band holding every probability: the mirrored pass runs on every image.
+EVERY_IMAGE = (0.0, 1.0)
+# How much wider than needed on the fitted images the band is made: images from other
+# sources disagree with their mirror images more than the ones it was fitted on.
+FLIP_BAND_SLACK = 2.0
+
+
+def fit_flip_band(single: np.ndarray, averaged: np.ndarray, threshold: float,
+                  slack: float = FLIP_BAND_SLACK) -> tuple[FlipAverage, dict]:
+    """The single-pass probabilities around `threshold` for which averaging with the mirror
+    image is run: every fitted image whose label the averaging changed lies inside, `slack`
+    times over in logits (and at least the median shift averaging makes, should none change)."""
+    centre = float(probability_logit(np.array([threshold]))[0])
+    z_single, z_averaged = probability_logit(single), probability_logit(averaged)
+    shift = np.abs(z_single - z_averaged)
+    changed = (single >= threshold) != (averaged >= threshold)
+    reach = float(np.abs(z_single - centre)[changed].max()) if changed.any() else 0.0
+    margin = slack * max(reach, float(np.median(shift)))
+    band = (float(1 / (1 + np.exp(-(centre - margin)))), float(1 / (1 + np.exp(-(centre + margin)))))
+    record = {"band": list(band), "margin_logit": round(margin, 4), "slack": slack,
+              "fitted_on_images": int(len(single)), "labels_changed_by_averaging": int(changed.sum()),
+              "farthest_changed_logit_distance": round(reach, 4),
+              "logit_shift": {"p50": round(float(np.median(shift)), 4),
+                              "p99": round(float(np.percentile(shift, 99)), 4), "max": round(float(shift.max()), 4)},
+              "averaged_share_of_fit_images": float(np.mean((single >= band[0]) & (single <= band[1])))}
+    note = (f"the mirror image is scored too when the single-pass probability is within {band[0]:.4f}..{band[1]:.4f}: "
+            f"{slack}x the logit distance from the threshold of the farthest of {int(changed.sum())} images "
+            f"(of {len(single)} validation and training images) whose label averaging changed")
+    return FlipAverage(band, note=note), record

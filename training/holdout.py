@@ -24,6 +24,7 @@ from pneumoscan_eval.datasets import LabelledFile
 
 from .architecture import PROBABILITY_LAYER
 from .data import collection, dataset_files, load_images
+from .ensemble import fit_flip_band
 from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, train_model
 
 RESULT_FILE = "holdout.json"
@@ -72,8 +73,29 @@ def score_model(model: keras.Model, images: np.ndarray, flip_average: bool = Fal
     scores = _scores(model, images)
     if not flip_average:
         return scores
-    mean = (_logit(scores) + _logit(_scores(model, images, flip=True))) / 2
-    return 1.0 / (1.0 + np.exp(-mean))
+    return _averaged(scores, _scores(model, images, flip=True))
+
+
+def _averaged(direct: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(_logit(direct) + _logit(mirrored)) / 2))
+
+
+def flip_band_rows(val_labels: np.ndarray, val_single: np.ndarray, val_averaged: np.ndarray,
+                   held_labels: np.ndarray, held_single: np.ndarray, held_averaged: np.ndarray) -> dict:
+    """Per rule: the held-out specificity when only images in the flip band (fitted on the
+    validation, as the export fits it) get the mirrored pass, as the scorer does."""
+    rows = {}
+    for floor in SENSITIVITY_FLOORS:
+        threshold = metrics.threshold_for_sensitivity(val_labels, val_averaged, floor)
+        flip, _ = fit_flip_band(val_single, val_averaged, threshold)
+        inside = flip.applies(held_single)
+        scores = np.where(inside, held_averaged, held_single)
+        rows[rule_name(floor)] = {
+            "held_out_specificity_flip_band": metrics.confusion(held_labels, scores, threshold).specificity,
+            "held_out_flip_band_share": float(inside.mean()),
+            "held_out_label_agreement_with_every_image_averaged": float(np.mean(
+                (scores >= threshold) == (held_averaged >= threshold)))}
+    return rows
 
 
 def proxy_metrics(val_labels: np.ndarray, val_scores: np.ndarray, held_labels: np.ndarray,
@@ -124,9 +146,13 @@ def run_holdout(config: TrainConfig, data_dir: Path, run_dir: Path, held_out: st
     by_path = {}
     result = {"held_out_collection": held_out, "config": config.as_dict(), "epochs": len(history),
               "training_seconds": round(training_seconds, 1), "train": train.class_counts()}
+    model.save(run_dir / "trained.keras")
+    single = {"val": _scores(model, val.images), "held": _scores(model, held.images)}
+    averaged = {name: _averaged(scores, _scores(model, images, flip=True))
+                for (name, scores), images in zip(single.items(), (val.images, held.images))}
     for flip_average in (False, True):
-        val_scores = score_model(model, val.images, flip_average)
-        held_scores = score_model(model, held.images, flip_average)
+        chosen = averaged if flip_average else single
+        val_scores, held_scores = chosen["val"], chosen["held"]
         by_path = dict(zip(val.paths + held.paths, np.r_[val_scores, held_scores]))
         official_paths = [str(f.path) for f in split.official_val]
         official_scores = np.array([by_path[p] for p in official_paths])
@@ -134,6 +160,9 @@ def run_holdout(config: TrainConfig, data_dir: Path, run_dir: Path, held_out: st
         key = "flip_average" if flip_average else "single"
         result[key] = proxy_metrics(val.labels, val_scores, held.labels, held_scores,
                                     official_labels, official_scores)
+    for rule, row in flip_band_rows(val.labels, single["val"], averaged["val"], held.labels, single["held"],
+                                    averaged["held"]).items():
+        result["flip_average"]["rules"][rule].update(row)
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
 

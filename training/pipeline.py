@@ -18,15 +18,15 @@ import numpy as np
 
 from pneumoscan_eval import metrics
 from pneumoscan_eval.datasets import FULLRES_SET, LABELS, LabelledFile, list_labelled
-from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, InputSpec,
-                              ModelMetadata, PneumoniaModel)
+from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, FlipAverage,
+                              InputSpec, ModelMetadata, PneumoniaModel)
 
 from .architecture import LOGIT_LAYER
 from .augment import AugmentConfig
 from .calibration import fit_platt, fold_into_dense
 from .data import ImageSet, collection, dataset_files, load_images, patient_id
 from .export import convert_float, convert_int8, representative_images
-from .ensemble import average_logits, flip_averaged
+from .ensemble import EVERY_IMAGE, average_logits, fit_flip_band, flip_averaged
 from .holdout import read_proxy
 from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_model
 
@@ -45,7 +45,9 @@ MAX_AUC_GAP = 0.005
 MIN_LABEL_AGREEMENT = 0.99
 CALIBRATION_IMAGES = 300
 MAX_TFLITE_BYTES = 1_000_000
-TRAINED_MODEL = "trained.keras"  # in the run folder: the model before calibration, for ensembling
+TRAINED_MODEL = "trained.keras"
+# Training images added to validation for fitting the flip-averaging band.
+FLIP_BAND_TRAIN_IMAGES = 1000  # in the run folder: the model before calibration, for ensembling
 
 
 class ParityError(RuntimeError):
@@ -229,14 +231,17 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     """Calibrate, export int8, check parity, pick the threshold, write model/ and the report."""
     from .report import write_model_card, write_report
 
-    if options.flip_average:
-        model = flip_averaged(model)
-    logit_model = keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output)
+    # The int8 graph runs one pass; with flip averaging the scorer adds the mirrored pass where
+    # it can change the label (FlipAverage), so calibration and parity use the averaged model.
+    reference = flip_averaged(model) if options.flip_average else model
+    logit_model = keras.Model(reference.inputs, reference.get_layer(LOGIT_LAYER).output)
     val_pixels = val.images.astype(np.float32)
     logits = logit_model.predict(val_pixels, batch_size=64, verbose=0).ravel()
     platt_a, platt_b = fit_platt(logits, val.labels)
     fold_into_dense(model.get_layer(LOGIT_LAYER), platt_a, platt_b)
-    keras_scores = model.predict(val_pixels, batch_size=64, verbose=0)["probability"].ravel()
+    if options.flip_average:
+        reference = flip_averaged(model)  # rebuilt: it copies the head, now calibrated
+    keras_scores = reference.predict(val_pixels, batch_size=64, verbose=0)["probability"].ravel()
 
     stage = options.run_dir / "export"
     shutil.rmtree(stage, ignore_errors=True)
@@ -258,10 +263,33 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         labels=LABELS,
     )
     metadata.write(stage)  # enough for LiteRT to load the int8 model and score val with it
+    flip_record = None
+    if options.flip_average:
+        # The threshold is chosen with every image averaged; then the band where averaging can
+        # change the label is fitted on validation and a sample of training images.
+        rng = np.random.default_rng(config.seed + 1)
+        sample = train.images[rng.choice(len(train.images), min(FLIP_BAND_TRAIN_IMAGES, len(train.images)),
+                                         replace=False)]
+        band_images = np.concatenate([val.images, sample])
+        single_scores = predict_int8(PneumoniaModel(stage), band_images)
+        metadata = dataclasses.replace(metadata, flip_average=FlipAverage(EVERY_IMAGE))
+        metadata.write(stage)
+        averaged_scores = predict_int8(PneumoniaModel(stage), band_images)
+        threshold = metrics.threshold_for_sensitivity(val.labels, averaged_scores[:len(val.images)],
+                                                      options.min_sensitivity)
+        flip, flip_record = fit_flip_band(single_scores, averaged_scores, threshold)
+        metadata = dataclasses.replace(metadata, flip_average=flip)
+        metadata.write(stage)
     int8_model = PneumoniaModel(stage)
     int8_scores = predict_int8(int8_model, val.images)
-
-    threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, options.min_sensitivity)
+    if flip_record is None:
+        threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, options.min_sensitivity)
+    else:
+        every_image = averaged_scores[:len(val.images)]
+        flip_record["val"] = {
+            "averaged_share": float(np.mean(int8_model.metadata.flip_average.applies(single_scores[:len(val.images)]))),
+            "label_agreement_with_every_image_averaged": float(np.mean((int8_scores >= threshold)
+                                                                       == (every_image >= threshold)))}
     parity = check_parity(val.labels, keras_scores, int8_scores, threshold)
     print("parity:", json.dumps(parity), flush=True)
     if options.enforce_parity and not parity["passed"]:
@@ -303,6 +331,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         metrics={"val": val_summary,
                  "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
                  "parity": parity,
+                 "flip_average": flip_record,
                  "collection_hold_out": [read_proxy(path, options.min_sensitivity, options.flip_average)
                                          for path in options.proxy_results]},
         trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -329,7 +358,8 @@ def promote(source: Path, model_dir: Path, version: str | None = None,
 
     Experiments export with their own version labels; the release gets the next
     YYYY.MM.DD-N (or `version`). Only the version changes, and with `proxy_results` the
-    recorded collection hold-out figures (hold-out runs may finish after the export):
+    recorded collection hold-out figures of the collections they hold out (hold-out runs may
+    finish after the export):
     model.json, metrics.json and the card are re-written, the `.tflite` and every figure
     are copied as they are.
     """
@@ -341,10 +371,13 @@ def promote(source: Path, model_dir: Path, version: str | None = None,
         metadata = ModelMetadata.read(stage)
         recorded = dict(metadata.metrics)
         if proxy_results:
-            recorded["collection_hold_out"] = [
-                read_proxy(path, metadata.training.get("threshold_min_sensitivity", MIN_SENSITIVITY),
-                           bool(metadata.training.get("test_time_flip_average")))
-                for path in proxy_results]
+            measured = [read_proxy(path, metadata.training.get("threshold_min_sensitivity", MIN_SENSITIVITY),
+                                   bool(metadata.training.get("test_time_flip_average")))
+                        for path in proxy_results]
+            # A collection measured again replaces its row; the others stay as recorded.
+            again = {row["held_out_collection"] for row in measured}
+            recorded["collection_hold_out"] = [row for row in recorded.get("collection_hold_out", [])
+                                               if row["held_out_collection"] not in again] + measured
         metadata = dataclasses.replace(metadata, version=version or next_version(model_dir, dt.date.today()),
                                        promoted_from=str(source), metrics=recorded)
         metadata.write(stage)

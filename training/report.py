@@ -156,7 +156,7 @@ how to reproduce: `make train` ([training/README.md](../training/README.md)).
 |---|---|---|---|---|---|---|---|
 | {val['n']} | {val['auc']:.4f} | {metadata['threshold']:.4f} | {_pct(val['sensitivity'])} | {_pct(val['specificity'])} | {_pct(val['accuracy'])} | {_pct(val['precision'])} | {val['ece']:.3f} |
 
-Threshold rule: {metadata['threshold_rule']}.{_flip_line(training)}
+Threshold rule: {metadata['threshold_rule']}.{_flip_line(training, metadata['metrics'].get('flip_average'))}
 
 Per collection (the NORMAL2 normals are a later acquisition batch):
 
@@ -204,11 +204,21 @@ def _acquisition_line(augment: dict) -> str:
     return ", and of acquisition: " + ", ".join(chosen) if chosen else ""
 
 
-def _flip_line(training: dict) -> str:
+def _flip_line(training: dict, flip: dict | None) -> str:
     if not training.get("test_time_flip_average"):
         return ""
-    return (" The exported model averages the logits of the image and its mirror image "
-            "(two passes inside one model; the CAM feature map is the aligned mean).")
+    line = (" Scores average the logits of the image and its mirror image where that can change the label:"
+            " the int8 graph runs once, and a second, mirrored pass is added when the first probability"
+            " falls in a band around the threshold (`flip_average` in model.json; the CAM feature map is"
+            " the aligned mean).")
+    if flip:
+        line += (f" Band {flip['band'][0]:.4f}..{flip['band'][1]:.4f}: {flip['slack']}x, in logits, the distance"
+                 f" from the threshold of the farthest of the {flip['labels_changed_by_averaging']} images (of"
+                 f" {flip['fitted_on_images']} validation and training images) whose label averaging changed;"
+                 f" {_pct(flip['val']['averaged_share'])} of"
+                 " validation images get the second pass, and their labels agree with averaging every image on"
+                 f" {_pct(flip['val']['label_agreement_with_every_image_averaged'])}.")
+    return line
 
 
 def _hold_out_section(rows: list[dict]) -> str:

@@ -80,3 +80,52 @@ def test_a_hold_out_run_is_recorded_at_the_shipped_rule_and_shown_on_the_card(tm
     section = _hold_out_section([row])
     assert "| NORMAL2 | 5 | 4 |" in section and "50.0 %" in section
     assert "not measured" in _hold_out_section([])
+
+
+def test_flip_band_rows_score_the_held_out_collection_as_the_scorer_would():
+    from training.holdout import flip_band_rows
+
+    rng = np.random.default_rng(5)
+    val_labels = np.r_[np.zeros(200, int), np.ones(400, int)]
+    val_logit = np.r_[rng.normal(-3, 2, 200), rng.normal(4, 2, 400)]
+    val_mirror = val_logit + rng.normal(0, 1.0, 600)
+    held_labels = np.zeros(300, int)
+    held_logit = rng.normal(-1, 2.5, 300)
+    held_mirror = held_logit + rng.normal(0, 1.0, 300)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    val_single, held_single = sigmoid(val_logit), sigmoid(held_logit)
+    val_averaged, held_averaged = sigmoid((val_logit + val_mirror) / 2), sigmoid((held_logit + held_mirror) / 2)
+
+    rows = flip_band_rows(val_labels, val_single, val_averaged, held_labels, held_single, held_averaged)
+    assert set(rows) == {rule_name(floor) for floor in SENSITIVITY_FLOORS}
+    row = rows[rule_name(0.96)]
+    assert 0 < row["held_out_flip_band_share"] < 1
+    assert 0.9 <= row["held_out_label_agreement_with_every_image_averaged"] <= 1.0
+    assert 0.0 <= row["held_out_specificity_flip_band"] <= 1.0
+
+
+def test_promote_replaces_the_row_of_a_collection_measured_again_and_keeps_the_others(tmp_path):
+    import json
+    import shutil
+
+    from pneumoscan.model import ModelMetadata, default_model_dir
+    from training.holdout import RESULT_FILE
+    from training.pipeline import promote
+
+    source = tmp_path / "export"
+    shutil.copytree(default_model_dir(), source)
+    before = {row["held_out_collection"]: row for row in ModelMetadata.read(source).metrics["collection_hold_out"]}
+    assert {"NORMAL2", "IM"} <= set(before)
+    labels = np.r_[np.zeros(50, int), np.ones(50, int)]
+    scores = np.linspace(0.01, 0.99, 100)
+    block = proxy_metrics(labels, scores, np.zeros(20, int), np.full(20, 0.2), labels[:4], scores[:4])
+    run = tmp_path / "holdout"
+    run.mkdir()
+    (run / RESULT_FILE).write_text(json.dumps({"held_out_collection": "NORMAL2", "epochs": 1, "training_seconds": 1.0,
+                                               "single": block, "flip_average": block}))
+
+    promote(source, tmp_path / "model", version="9.9.9-1", proxy_results=(run / RESULT_FILE,))
+    after = {row["held_out_collection"]: row for row in ModelMetadata.read(tmp_path / "model").metrics["collection_hold_out"]}
+    assert after["IM"] == before["IM"]
+    assert after["NORMAL2"]["run"] == str(run) and after["NORMAL2"]["held_out_specificity"] == 1.0
+    assert json.loads((tmp_path / "model" / "report" / "metrics.json").read_text())["model"]["version"] == "9.9.9-1"

@@ -22,7 +22,8 @@ def smoke_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smoke")
     options = RunOptions(data_dir=DATA / TRAINING_SET, model_dir=root / "model", run_dir=root / "run",
-                         limit_per_class=10, enforce_parity=False, version="0.0.0-smoke")
+                         limit_per_class=10, enforce_parity=False, version="0.0.0-smoke",
+                         flip_average=True)
     result = run(TrainConfig(epochs=1, batch_size=8), options)
     return options, result
 
@@ -36,6 +37,11 @@ def test_model_json_follows_the_contract(smoke_run):
                                  "decode": "pneumoscan.images"}
     assert metadata["labels"] == ["NORMAL", "PNEUMONIA"]
     assert 0.0 < metadata["threshold"] < 1.0 and metadata["threshold_rule"]
+    low, high = metadata["flip_average"]["band"]
+    assert low <= metadata["threshold"] <= high
+    flip = metadata["metrics"]["flip_average"]
+    assert flip["val"]["label_agreement_with_every_image_averaged"] == 1.0
+    assert flip["fitted_on_images"] == 20 + 20  # validation + the training sample (all 20 here)
     assert len(metadata["cam"]["weights"]) == 256
     assert metadata["training"]["train"]["images"] == {"NORMAL": 10, "PNEUMONIA": 10}
     assert (options.model_dir / metadata["file"]).stat().st_size <= 1_000_000

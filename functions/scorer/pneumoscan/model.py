@@ -102,6 +102,42 @@ class CamWeights:
 
 
 @dataclass(frozen=True)
+class FlipAverage:
+    """Test-time flip averaging where it can change the label.
+
+    The network is run once; when that probability falls inside `band`, it is run again on
+    the mirror image and the two logits are averaged (the mirrored feature map mirrored back
+    and averaged too, so the heat map stays aligned). The band is fitted at export so that
+    outside it the averaged score lies on the same side of the threshold as the single one:
+    the labels are those of averaging every image, for the cost of one pass on most.
+    A band of (0, 1) averages every image.
+    """
+
+    band: tuple[float, float]  # probabilities of the positive label, inclusive
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        low, high = self.band
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"flip_average band {self.band!r} is not an ordered pair of probabilities")
+
+    def applies(self, probabilities: np.ndarray) -> np.ndarray:
+        low, high = self.band
+        return (probabilities >= low) & (probabilities <= high)
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> FlipAverage:
+        low, high = section["band"]
+        return cls((float(low), float(high)), str(section.get("note", "")))
+
+    def as_dict(self) -> dict[str, Any]:
+        section: dict[str, Any] = {"band": [float(self.band[0]), float(self.band[1])]}
+        if self.note:
+            section["note"] = self.note
+        return section
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """model.json as a type. `labels` is ordered (negative, positive): the model's one
     output is the probability of the positive label."""
@@ -114,6 +150,7 @@ class ModelMetadata:
     labels: tuple[str, str]
     threshold: float | None = None  # None only while training has not calibrated it yet
     cam: CamWeights | None = None
+    flip_average: FlipAverage | None = None  # None: one pass per image
     # The out-of-distribution statistics fitted on this network's features (`pneumoscan.ood`):
     # their file beside the model, its sha256, the threshold and the model they belong to.
     ood: Mapping[str, Any] | None = None
@@ -161,6 +198,7 @@ class ModelMetadata:
             input=InputSpec.from_dict(raw["input"]), labels=(str(negative), str(positive)),
             threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
             cam=CamWeights.from_dict(raw["cam"]) if "cam" in raw else None,
+            flip_average=FlipAverage.from_dict(raw["flip_average"]) if raw.get("flip_average") else None,
             ood=dict(raw["ood"]) if raw.get("ood") else None,
             size_bytes=raw.get("size_bytes"), outputs=dict(raw.get("outputs", {})),
             threshold_rule=raw.get("threshold_rule"), training=dict(raw.get("training") or {}),
@@ -176,6 +214,7 @@ class ModelMetadata:
                                "labels": list(self.labels), "threshold": self.threshold,
                                "threshold_rule": self.threshold_rule,
                                "cam": self.cam.as_dict() if self.cam is not None else None,
+                               "flip_average": self.flip_average.as_dict() if self.flip_average else None,
                                "training": dict(self.training), "metrics": dict(self.metrics),
                                "trained_at": self.trained_at, "commit": self.commit,
                                "promoted_from": self.promoted_from,
@@ -200,6 +239,7 @@ class ModelMetadata:
 class Prediction:
     probability: np.ndarray  # (N,) float32, probability of the positive label
     feature_map: np.ndarray  # (N, h, w, k) float32, last convolutional block
+    flip_averaged: np.ndarray  # (N,) bool: the mirror image was run too and averaged in
 
 
 class PneumoniaModel:
@@ -254,20 +294,35 @@ class PneumoniaModel:
         return self.metadata.label(probability)
 
     def predict(self, images: np.ndarray) -> Prediction:
-        """Run a uint8 batch of shape (N, height, width, channels)."""
+        """Run a uint8 batch of shape (N, height, width, channels); model.json's
+        `flip_average` decides which images also get a mirrored pass."""
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[np.newaxis]
         if images.shape[1:] != self.input_shape:
             raise ValueError(f"expected images of shape {self.input_shape}, got {images.shape[1:]}")
+        probability, feature_map = self._run(images)
+        flip = self.metadata.flip_average
+        averaged = flip.applies(probability) if flip else np.zeros(len(images), dtype=bool)
+        if averaged.any():
+            mirrored_probability, mirrored_map = self._run(images[averaged][:, :, ::-1])
+            # The head is linear in the pooled feature map: the mean of the two logits is the
+            # logit of the mean feature map, which is what the heat map and OOD check read.
+            logit = (probability_logit(probability[averaged]) + probability_logit(mirrored_probability)) / 2
+            probability = probability.copy()
+            probability[averaged] = 1.0 / (1.0 + np.exp(-logit))
+            feature_map = feature_map.copy()
+            feature_map[averaged] = (feature_map[averaged] + mirrored_map[:, :, ::-1]) / 2
+        return Prediction(probability, feature_map, averaged)
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if images.shape[0] != self._batch_size:
             self._interpreter.resize_tensor_input(self._input["index"], list(images.shape))
             self._interpreter.allocate_tensors()
             self._batch_size = images.shape[0]
-        self._interpreter.set_tensor(self._input["index"], images)
+        self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(images))
         self._interpreter.invoke()
-        probability = self._read(PROBABILITY_OUTPUT).reshape(images.shape[0])
-        return Prediction(probability, self._read(FEATURE_MAP_OUTPUT))
+        return self._read(PROBABILITY_OUTPUT).reshape(images.shape[0]), self._read(FEATURE_MAP_OUTPUT)
 
     def _read(self, name: str) -> np.ndarray:
         detail = self._outputs[name]
@@ -276,3 +331,10 @@ class PneumoniaModel:
         if scale:
             return (values.astype(np.float32) - zero_point) * scale
         return values.astype(np.float32, copy=False)
+
+
+def probability_logit(probability: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64."""
+    # float64 and clipped: a float32 probability of exactly 0 or 1 has no finite logit.
+    p = np.clip(probability.astype(np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)

@@ -10,7 +10,9 @@ benchmarks. The steps, in order:
              one decode step: the format is recognised from the bytes' signature (JPEG and
              PNG by `pneumoscan.images`, DICOM by `pneumoscan.dicom`, which also refuses
              what is no frontal chest radiograph and keeps the header's identifiers).
-3. model     `PneumoniaModel.predict`: probability of the positive label + feature map.
+3. model     `PneumoniaModel.predict`: probability of the positive label + feature map;
+             near the threshold the mirror image is run too and averaged in (model.json's
+             `flip_average` band).
 4. label     `ModelMetadata.label`: the threshold from model.json.
 5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares and
              hot region; `pneumoscan.overlay` draws it as a PNG when the overlay policy
@@ -108,6 +110,7 @@ class ImageScore:
     heat_map: HeatMap | None  # None only when it failed: see heat_map_error
     heat_map_error: str | None
     warnings: tuple[str, ...]  # the DICOM header's codes, then those of the checks that fired, in order
+    flip_averaged: bool  # near the threshold: the mirror image was scored too and averaged in
     timings_ms: Mapping[str, float]  # wall time per stage
     cpu_ms: Mapping[str, float]  # CPU time per stage
 
@@ -216,7 +219,7 @@ class Scorer:
         return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
                           model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
                           heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,
-                          timings_ms=timings, cpu_ms=cpu)
+                          flip_averaged=bool(prediction.flip_averaged[0]), timings_ms=timings, cpu_ms=cpu)
 
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
                   positive: bool, overlay: bool, warnings: tuple[str, ...] = ()) -> HeatMap:
