@@ -9,6 +9,7 @@ container does at cold start; its clients can be swapped by a test afterwards.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from collections.abc import Iterator
@@ -37,8 +38,15 @@ def import_handler() -> ModuleType:
     """A cold start: the module (its clients, its model) is created anew from the environment."""
     if str(FUNCTION_DIR) not in sys.path:
         sys.path.insert(0, str(FUNCTION_DIR))
-    sys.modules.pop(HANDLER_MODULE, None)
+    end_containers()
     return importlib.import_module(HANDLER_MODULE)
+
+
+def end_containers() -> None:
+    """The handler's init freezes what it made for the container's lifetime (gc.freeze): in
+    this one process, which imports it again and again, that lifetime ends here."""
+    sys.modules.pop(HANDLER_MODULE, None)
+    gc.unfreeze()
 
 
 @dataclass
@@ -162,4 +170,4 @@ def handler_stack(monkeypatch) -> Iterator[HandlerStack]:
         stack = HandlerStack(settings, session, queue_url, dead_letter_queue_url, queue_arn)
         stack.cold_start()
         yield stack
-    sys.modules.pop(HANDLER_MODULE, None)
+    end_containers()

@@ -7,8 +7,11 @@ transient AWS error fails only its record and SQS redelivers it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.session
@@ -38,12 +41,21 @@ logger.remove_keys(["service"])
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
-# botocore's clients, not boto3's: boto3 would import s3transfer (and with it multiprocessing and
-# concurrent.futures) at every cold start for transfer methods the handler never calls.
-# The region, credentials and AWS_ENDPOINT_URL come from the environment as they would for boto3.
-_aws = botocore.session.get_session()
-s3_client = _aws.create_client("s3", config=RETRY_CONFIG)
-dynamodb_client = _aws.create_client("dynamodb", config=RETRY_CONFIG)
+
+@contextlib.contextmanager
+def _kept_for_the_container() -> Iterator[None]:
+    """For the init's long-lived objects: the cyclic garbage collector is paused while they
+    are made, then everything tracked so far (the imported modules too, all of which live as
+    long as the container) is frozen out of its reach, so no collection walks it again, at
+    the init or later. On an error the collector only resumes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.freeze()
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _load_scorer() -> Scorer:
@@ -57,7 +69,16 @@ def _load_scorer() -> Scorer:
         raise
 
 
-scorer = _load_scorer()
+# The clients add ~40k objects (botocore's parsed service models) to the ~85k of the imports:
+# a full collection while they are made walks all of them and finds next to nothing to free.
+with _kept_for_the_container():
+    # botocore's clients, not boto3's: boto3 would import s3transfer (and with it multiprocessing and
+    # concurrent.futures) at every cold start for transfer methods the handler never calls.
+    # The region, credentials and AWS_ENDPOINT_URL come from the environment as they would for boto3.
+    _aws = botocore.session.get_session()
+    s3_client = _aws.create_client("s3", config=RETRY_CONFIG)
+    dynamodb_client = _aws.create_client("dynamodb", config=RETRY_CONFIG)
+    scorer = _load_scorer()
 model = scorer.model
 # What this invocation scored: counted per result, emitted once per batch of records.
 tally = telemetry.BatchTally(positive_label=model.metadata.positive_label)
