@@ -84,7 +84,7 @@ def stop_stack(stack: RunningStack) -> int:
 @contextmanager
 def running_stack(state_dir: Path) -> Iterator[RunningStack]:
     """`local up` for the length of the block, stopped unless a test already stopped it."""
-    # Failed messages come back after 1 s instead of the 360 s visibility timeout.
+    # Failed messages come back after 1 s instead of the queue's visibility timeout (720 s).
     stack = start_stack(state_dir, "--retry-after", "1")
     try:
         yield stack

@@ -143,6 +143,22 @@ def test_queue_redrive_and_timeouts(template, resources):
     assert queue["KmsMasterKeyId"] == dlq["KmsMasterKeyId"] == {"Ref": "DataKey"}
 
 
+# The slowest input per image at the template's memory: a 4096 x 4096 JPEG 2000 lossless DICOM,
+# 2.2 s of one x86 core to score, stretched by 1769/1024 (0.58 vCPU at 1024 MB), with room for a
+# slower core and the first DICOM import.
+SLOWEST_IMAGE_S = 5
+
+
+def test_the_function_timeout_holds_a_full_batch_of_the_slowest_images(template, resources):
+    parameters = template["Parameters"]
+    batch_size = parameters["BatchSize"]["Default"]
+    assert template["Globals"]["Function"]["Timeout"] >= batch_size * SLOWEST_IMAGE_S
+    # Lambda refuses a batch over 10 messages without a batching window.
+    assert batch_size <= 10 or parameters["MaximumBatchingWindowInSeconds"]["Default"] >= 1
+    # A record retried once (back after the visibility timeout) does not look like a stall.
+    assert resources["ScoringQueue"]["Properties"]["VisibilityTimeout"] < parameters["QueueAgeAlarmSeconds"]["Default"]
+
+
 def test_function_is_python313_arm64_built_by_makefile_with_partial_batch_responses(template, resources):
     function = resources["ScorerFunction"]
     globals_ = template["Globals"]["Function"]
