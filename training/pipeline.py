@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -358,12 +359,13 @@ def promote(source: Path, model_dir: Path, version: str | None = None,
 
     Experiments export with their own version labels; the release gets the next
     YYYY.MM.DD-N (or `version`). Only the version changes, and with `proxy_results` the
-    recorded collection hold-out figures of the collections they hold out (hold-out runs may
+    recorded collection hold-out figures, added to those of other runs (hold-out runs may
     finish after the export):
     model.json, metrics.json and the card are re-written, the `.tflite` and every figure
     are copied as they are.
     """
     from .report import METRICS_FILE, REPORT_DIR, write_model_card
+    from .shortcut_check import CARD_FILE, update_model_card
 
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "model"
@@ -374,22 +376,37 @@ def promote(source: Path, model_dir: Path, version: str | None = None,
             measured = [read_proxy(path, metadata.training.get("threshold_min_sensitivity", MIN_SENSITIVITY),
                                    bool(metadata.training.get("test_time_flip_average")))
                         for path in proxy_results]
-            # A collection measured again replaces its row; the others stay as recorded.
-            again = {row["held_out_collection"] for row in measured}
+            # A run read again replaces its row; rows of other runs stay (a repeated hold-out of
+            # the same collection shows the run-to-run spread).
+            again = {row["run"] for row in measured}
             recorded["collection_hold_out"] = [row for row in recorded.get("collection_hold_out", [])
-                                               if row["held_out_collection"] not in again] + measured
+                                               if row["run"] not in again] + measured
+        # Re-publishing the release in place (new hold-out rows) keeps where it came from.
+        origin = metadata.promoted_from if Path(source).resolve() == Path(model_dir).resolve() else str(source)
         metadata = dataclasses.replace(metadata, version=version or next_version(model_dir, dt.date.today()),
-                                       promoted_from=str(source), metrics=recorded)
+                                       promoted_from=origin, metrics=recorded)
         metadata.write(stage)
         report_file = stage / REPORT_DIR / METRICS_FILE
         report = json.loads(report_file.read_text())
         report["model"]["version"] = metadata.version
         report["collection_hold_out"] = recorded.get("collection_hold_out", [])
         report_file.write_text(json.dumps(report, indent=2) + "\n")
+        card = stage / CARD_FILE
+        measured_sections = _measured_sections(card.read_text()) if card.is_file() else []
         write_model_card(stage, metadata.to_dict())
+        # The sections `make ood` and `make shortcut` measured on this very network stay true.
+        for start, section, end in measured_sections:
+            update_model_card(card, section, start=start, end=end)
         _publish(stage, model_dir)
     PneumoniaModel(model_dir)
     return metadata.to_dict()
+
+
+def _measured_sections(card: str) -> list[tuple[str, str, str]]:
+    """(start marker, whole section, end marker) of each `<!-- name -->` ... `<!-- /name -->` block."""
+    return [(f"<!-- {name} -->", match.group(0), f"<!-- /{name} -->")
+            for match in re.finditer(r"<!-- ([a-z-]+) -->.*?<!-- /\1 -->", card, flags=re.DOTALL)
+            for name in [match.group(1)]]
 
 
 def _publish(stage: Path, model_dir: Path) -> None:

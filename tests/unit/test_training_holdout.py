@@ -104,7 +104,7 @@ def test_flip_band_rows_score_the_held_out_collection_as_the_scorer_would():
     assert 0.0 <= row["held_out_specificity_flip_band"] <= 1.0
 
 
-def test_promote_replaces_the_row_of_a_collection_measured_again_and_keeps_the_others(tmp_path):
+def test_promote_adds_a_hold_out_run_and_keeps_the_rows_of_other_runs(tmp_path):
     import json
     import shutil
 
@@ -114,8 +114,8 @@ def test_promote_replaces_the_row_of_a_collection_measured_again_and_keeps_the_o
 
     source = tmp_path / "export"
     shutil.copytree(default_model_dir(), source)
-    before = {row["held_out_collection"]: row for row in ModelMetadata.read(source).metrics["collection_hold_out"]}
-    assert {"NORMAL2", "IM"} <= set(before)
+    before = ModelMetadata.read(source).metrics["collection_hold_out"]
+    assert {"NORMAL2", "IM"} <= {row["held_out_collection"] for row in before}
     labels = np.r_[np.zeros(50, int), np.ones(50, int)]
     scores = np.linspace(0.01, 0.99, 100)
     block = proxy_metrics(labels, scores, np.zeros(20, int), np.full(20, 0.2), labels[:4], scores[:4])
@@ -125,7 +125,19 @@ def test_promote_replaces_the_row_of_a_collection_measured_again_and_keeps_the_o
                                                "single": block, "flip_average": block}))
 
     promote(source, tmp_path / "model", version="9.9.9-1", proxy_results=(run / RESULT_FILE,))
-    after = {row["held_out_collection"]: row for row in ModelMetadata.read(tmp_path / "model").metrics["collection_hold_out"]}
-    assert after["IM"] == before["IM"]
-    assert after["NORMAL2"]["run"] == str(run) and after["NORMAL2"]["held_out_specificity"] == 1.0
-    assert json.loads((tmp_path / "model" / "report" / "metrics.json").read_text())["model"]["version"] == "9.9.9-1"
+    promote(tmp_path / "model", tmp_path / "again", version="9.9.9-2", proxy_results=(run / RESULT_FILE,))
+    promote(tmp_path / "again", tmp_path / "again", version="9.9.9-2")  # in place: nothing but the card rewritten
+    after = ModelMetadata.read(tmp_path / "again").metrics["collection_hold_out"]
+    assert after[:len(before)] == before  # other runs' rows, as recorded
+    assert len(after) == len(before) + 1  # the run read twice has one row
+    assert after[-1]["run"] == str(run) and after[-1]["held_out_specificity"] == 1.0
+    assert json.loads((tmp_path / "again" / "report" / "metrics.json").read_text())["model"]["version"] == "9.9.9-2"
+    # What `make ood` and `make shortcut` wrote into the card survives the card being rewritten.
+    from training import ood, shortcut_check
+    card = (tmp_path / "again" / "MODEL_CARD.md").read_text()
+    original = (default_model_dir() / "MODEL_CARD.md").read_text()
+    for start, end in ((ood.CARD_START, ood.CARD_END), (shortcut_check.CARD_START, shortcut_check.CARD_END)):
+        assert card.count(start) == 1
+        assert card.split(start)[1].split(end)[0] == original.split(start)[1].split(end)[0]
+    assert "# Model card: pneumoscan-cnn 9.9.9-2" in card
+    assert ModelMetadata.read(tmp_path / "again").promoted_from == str(tmp_path / "model")
