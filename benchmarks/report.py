@@ -196,6 +196,13 @@ def _decoding(results: dict) -> list[str]:
     megapixels = section["megapixels"]
     lines += _table(["variant", "decode p50", "preprocess p50", "total p50", "total p95", "total p50, 1-2 MP",
                      "speed-up", "max abs diff of P vs full", "label flips vs full"], rows)
+    inference = section.get("inference")
+    if inference:
+        lines += [f"Inference on the shipped variant's inputs, same pass (`PneumoniaModel.predict`, the mirrored "
+                  f"pass included for the {100 * inference['flip_averaged_share']:.1f} % in the flip band): p50 "
+                  f"{_ms(inference)}, p95 {_ms(inference, 'p95_ms')} ms; the targets' inference figure. The "
+                  "stage table's inference row is the same call timed between the local moto server's "
+                  "requests, whose work on the other vCPU slows this one on this VM.", ""]
     return lines + [f"{section['images']} images, {megapixels['min']}-{megapixels['max']} MP (median "
                     f"{megapixels['median']}); ms, median of {section['repeats_per_image']} repeats per image. "
                     f"Fastest variant that flips no label: **{section['fastest_without_label_flip']}**; "
