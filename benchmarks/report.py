@@ -123,11 +123,7 @@ def _stages(results: dict) -> list[str]:
     lines += _table(["stage", "p50", "p95"], rows)
     calls = handler["batch"]["aws_calls_per_image"]
     statuses = ", ".join(f"{count} {status}" for status, count in stages.get("item_statuses", {}).items())
-    averaged = stages.get("inference_flip_averaged_share")
-    flip_note = ("" if averaged is None else
-                 f"Inference includes the mirrored pass where model.json's flip_average band asks for it "
-                 f"({100 * averaged:.1f} % of these images). ")
-    lines += [f"Items written: {statuses}. {flip_note}"
+    lines += [f"Items written: {statuses}. "
               f"AWS calls per image by the handler: {', '.join(f'{k} {v:g}' for k, v in calls.items())}. "
               f"Stages are timed separately after the handler pass (median of {stages['repeats_per_image']} "
               "repeats per image); the S3 and DynamoDB rows are local HTTP to moto, not AWS latency.", ""]

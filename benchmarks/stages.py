@@ -131,7 +131,6 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
                       "cam_overlay": scoring.HEAT_MAP}
     durations: dict[str, list[float]] = {name: [] for name in ("s3_get", *scoring_stages, "dynamodb_write")}
     item_bytes, handler_timings, statuses, items = [], [], Counter(), []
-    flip_averaged = 0
     for sample in samples:
         key = _key(stack, BATCHES[0], sample)
         stored = dynamodb.get_item(TableName=stack["table"],
@@ -158,7 +157,6 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
             for name, stage in scoring_stages.items():
                 runs[name].append(scored.timings_ms[stage] / 1e3)
             timed("dynamodb_write", lambda: dynamodb.put_item(TableName=stack["table"], Item=stored))
-        flip_averaged += scored.flip_averaged
         for stage, values in runs.items():
             if values:
                 durations[stage].append(float(np.median(values)))
@@ -166,7 +164,6 @@ def time_stages(stack: dict, samples: list[Sample], repeats: int, s3, dynamodb) 
     recorded = {stage: summarize(np.array([t[stage] for t in handler_timings if stage in t], dtype=float) / 1e3)
                 for stage in sorted({name for t in handler_timings for name in t})}
     return {"stages": stages, "repeats_per_image": repeats,
-            "inference_flip_averaged_share": round(flip_averaged / max(1, len(samples)), 4),
             "handler_recorded_timings_ms": recorded, "item_statuses": dict(statuses),
             "dynamodb_item_bytes": {"p50": int(np.median(item_bytes)), "max": int(max(item_bytes))},
             "dynamodb_index_writes_per_item": _index_writes_per_item(dynamodb, stack["table"], items)}

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from pneumoscan.model import FlipAverage, probability_logit
+from pneumoscan.model import FlipAverage, logit_probability, probability_logit
 
 from .architecture import FEATURE_MAP_LAYER, LOGIT_LAYER, PROBABILITY_LAYER
 
@@ -81,7 +81,7 @@ def fit_flip_band(single: np.ndarray, averaged: np.ndarray, threshold: float,
     changed = (single >= threshold) != (averaged >= threshold)
     reach = float(np.abs(z_single - centre)[changed].max()) if changed.any() else 0.0
     margin = slack * max(reach, float(np.median(shift)))
-    band = (float(1 / (1 + np.exp(-(centre - margin)))), float(1 / (1 + np.exp(-(centre + margin)))))
+    band = (float(logit_probability(centre - margin)), float(logit_probability(centre + margin)))
     record = {"band": list(band), "margin_logit": round(margin, 4), "slack": slack,
               "fitted_on_images": int(len(single)), "labels_changed_by_averaging": int(changed.sum()),
               "farthest_changed_logit_distance": round(reach, 4),

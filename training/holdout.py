@@ -21,6 +21,7 @@ import numpy as np
 
 from pneumoscan_eval import metrics
 from pneumoscan_eval.datasets import LabelledFile
+from pneumoscan.model import mean_logit_probability
 
 from .architecture import PROBABILITY_LAYER
 from .data import collection, dataset_files, load_images
@@ -63,21 +64,12 @@ def _scores(model: keras.Model, images: np.ndarray, flip: bool = False) -> np.nd
     return model.predict(pixels, batch_size=64, verbose=0)[PROBABILITY_LAYER].ravel()
 
 
-def _logit(probability: np.ndarray) -> np.ndarray:
-    clipped = np.clip(probability, 1e-7, 1 - 1e-7)
-    return np.log(clipped / (1 - clipped))
-
-
 def score_model(model: keras.Model, images: np.ndarray, flip_average: bool = False) -> np.ndarray:
     """P(pneumonia); with `flip_average`, the mean logit of the image and its mirror image."""
     scores = _scores(model, images)
     if not flip_average:
         return scores
-    return _averaged(scores, _scores(model, images, flip=True))
-
-
-def _averaged(direct: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(_logit(direct) + _logit(mirrored)) / 2))
+    return mean_logit_probability(scores, _scores(model, images, flip=True))
 
 
 def flip_band_rows(val_labels: np.ndarray, val_single: np.ndarray, val_averaged: np.ndarray,
@@ -148,7 +140,7 @@ def run_holdout(config: TrainConfig, data_dir: Path, run_dir: Path, held_out: st
               "training_seconds": round(training_seconds, 1), "train": train.class_counts()}
     model.save(run_dir / "trained.keras")
     single = {"val": _scores(model, val.images), "held": _scores(model, held.images)}
-    averaged = {name: _averaged(scores, _scores(model, images, flip=True))
+    averaged = {name: mean_logit_probability(scores, _scores(model, images, flip=True))
                 for (name, scores), images in zip(single.items(), (val.images, held.images))}
     for flip_average in (False, True):
         chosen = averaged if flip_average else single

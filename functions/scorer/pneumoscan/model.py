@@ -308,9 +308,8 @@ class PneumoniaModel:
             mirrored_probability, mirrored_map = self._run(images[averaged][:, :, ::-1])
             # The head is linear in the pooled feature map: the mean of the two logits is the
             # logit of the mean feature map, which is what the heat map and OOD check read.
-            logit = (probability_logit(probability[averaged]) + probability_logit(mirrored_probability)) / 2
             probability = probability.copy()
-            probability[averaged] = 1.0 / (1.0 + np.exp(-logit))
+            probability[averaged] = mean_logit_probability(probability[averaged], mirrored_probability)
             feature_map = feature_map.copy()
             feature_map[averaged] = (feature_map[averaged] + mirrored_map[:, :, ::-1]) / 2
         return Prediction(probability, feature_map, averaged)
@@ -336,5 +335,15 @@ class PneumoniaModel:
 def probability_logit(probability: np.ndarray) -> np.ndarray:
     """log(p / (1 - p)) in float64."""
     # float64 and clipped: a float32 probability of exactly 0 or 1 has no finite logit.
-    p = np.clip(probability.astype(np.float64), 1e-12, 1 - 1e-12)
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-12, 1 - 1e-12)
     return np.log(p) - np.log1p(-p)
+
+
+def logit_probability(logit: np.ndarray) -> np.ndarray:
+    """The probability of a logit (the sigmoid)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logit, dtype=np.float64)))
+
+
+def mean_logit_probability(direct: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """The probability of the mean of two probabilities' logits: flip averaging's score."""
+    return logit_probability((probability_logit(direct) + probability_logit(mirrored)) / 2)

@@ -110,7 +110,6 @@ class ImageScore:
     heat_map: HeatMap | None  # None only when it failed: see heat_map_error
     heat_map_error: str | None
     warnings: tuple[str, ...]  # the DICOM header's codes, then those of the checks that fired, in order
-    flip_averaged: bool  # near the threshold: the mirror image was scored too and averaged in
     timings_ms: Mapping[str, float]  # wall time per stage
     cpu_ms: Mapping[str, float]  # CPU time per stage
 
@@ -219,7 +218,7 @@ class Scorer:
         return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
                           model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
                           heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,
-                          flip_averaged=bool(prediction.flip_averaged[0]), timings_ms=timings, cpu_ms=cpu)
+                          timings_ms=timings, cpu_ms=cpu)
 
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
                   positive: bool, overlay: bool, warnings: tuple[str, ...] = ()) -> HeatMap:
