@@ -81,7 +81,9 @@ def fit_flip_band(single: np.ndarray, averaged: np.ndarray, threshold: float,
     changed = (single >= threshold) != (averaged >= threshold)
     reach = float(np.abs(z_single - centre)[changed].max()) if changed.any() else 0.0
     margin = slack * max(reach, float(np.median(shift)))
-    band = (float(logit_probability(centre - margin)), float(logit_probability(centre + margin)))
+    # min/max: the round trip through logits may miss the threshold itself by a rounding error.
+    band = (min(threshold, float(logit_probability(centre - margin))),
+            max(threshold, float(logit_probability(centre + margin))))
     record = {"band": list(band), "margin_logit": round(margin, 4), "slack": slack,
               "fitted_on_images": int(len(single)), "labels_changed_by_averaging": int(changed.sum()),
               "farthest_changed_logit_distance": round(reach, 4),

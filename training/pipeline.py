@@ -87,6 +87,12 @@ def predict_int8(model: PneumoniaModel, images: np.ndarray, batch_size: int = 32
                            for start in range(0, len(images), batch_size)])
 
 
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: float) -> float:
+    """The threshold rule, rounded as model.json stores it, so that every figure recorded and
+    the flip band fitted around it are those of the stored threshold."""
+    return round(metrics.threshold_for_sensitivity(labels, scores, min_sensitivity), 6)
+
+
 def check_parity(labels: np.ndarray, keras_scores: np.ndarray, int8_scores: np.ndarray,
                  threshold: float) -> dict:
     """AUC gap and label agreement at the shipped threshold; raises ParityError when off."""
@@ -276,15 +282,14 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         metadata = dataclasses.replace(metadata, flip_average=FlipAverage(EVERY_IMAGE))
         metadata.write(stage)
         averaged_scores = predict_int8(PneumoniaModel(stage), band_images)
-        threshold = metrics.threshold_for_sensitivity(val.labels, averaged_scores[:len(val.images)],
-                                                      options.min_sensitivity)
+        threshold = choose_threshold(val.labels, averaged_scores[:len(val.images)], options.min_sensitivity)
         flip, flip_record = fit_flip_band(single_scores, averaged_scores, threshold)
         metadata = dataclasses.replace(metadata, flip_average=flip)
         metadata.write(stage)
     int8_model = PneumoniaModel(stage)
     int8_scores = predict_int8(int8_model, val.images)
     if flip_record is None:
-        threshold = metrics.threshold_for_sensitivity(val.labels, int8_scores, options.min_sensitivity)
+        threshold = choose_threshold(val.labels, int8_scores, options.min_sensitivity)
     else:
         every_image = averaged_scores[:len(val.images)]
         flip_record["val"] = {
@@ -309,7 +314,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
                                                      threshold)
     metadata = dataclasses.replace(
         metadata,
-        threshold=round(threshold, 6),
+        threshold=threshold,
         threshold_rule=threshold_rule(options.min_sensitivity),
         cam=CamWeights(dense_kernel.ravel().astype(np.float32), float(dense_bias[0]),
                        note="logit map = sum_k weights[k] * feature_map[..., k] + bias; its spatial mean "

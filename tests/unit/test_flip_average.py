@@ -106,3 +106,19 @@ def test_without_label_changes_the_band_is_the_median_shift_wide():
     shifts = np.abs(np.log(single / (1 - single)) - np.log(averaged / (1 - averaged)))
     assert record["margin_logit"] == pytest.approx(np.median(shifts), abs=1e-4)
     assert not flip.applies(single).any()
+
+
+def test_the_band_holds_the_threshold_as_model_json_stores_it_even_when_averaging_moves_nothing():
+    from pneumoscan_eval import metrics
+    from training.ensemble import fit_flip_band
+    from training.pipeline import choose_threshold
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(50, int), np.ones(50, int)]
+    scores = np.r_[rng.uniform(0.2, 0.4, 50), rng.uniform(0.3, 0.5, 50)].astype(np.float32)
+    threshold = choose_threshold(labels, scores, 0.9)
+    assert threshold == round(threshold, 6)
+    assert threshold == pytest.approx(metrics.threshold_for_sensitivity(labels, scores, 0.9), abs=5e-7)
+    flip, _ = fit_flip_band(scores, scores, threshold)  # no shift: a band of zero width
+    low, high = flip.band
+    assert low <= threshold <= high
