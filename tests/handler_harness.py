@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 import pytest
+from aws_lambda_powertools.metrics import Metrics
 from moto import mock_aws
 
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
@@ -39,6 +40,10 @@ def import_handler() -> ModuleType:
     if str(FUNCTION_DIR) not in sys.path:
         sys.path.insert(0, str(FUNCTION_DIR))
     end_containers()
+    # Powertools keeps a Metrics' metric set at class level, one per process: in Lambda a process
+    # is a container, here two containers can run at once (the racing-writer tests), and one's
+    # flush would empty the set under the other's.
+    Metrics._metrics, Metrics._dimensions, Metrics._metadata = {}, {}, {}
     return importlib.import_module(HANDLER_MODULE)
 
 

@@ -172,6 +172,8 @@ def test_one_message_raced_by_two_workers_yields_one_item(handler_stack):
     keys = _upload(stack, "raced.jpeg")
     messages = stack.receive_raw()
     containers = [stack.cold_start(), stack.cold_start()]
+    # Two containers, as two processes would be: neither's metrics flush empties the other's.
+    assert containers[0].metrics.metric_set is not containers[1].metrics.metric_set
     workers = [stack.worker(container.lambda_handler) for container in containers]
     both_read = threading.Barrier(2, timeout=30)
     for container in containers:
