@@ -129,8 +129,9 @@ images from other hospitals without a local evaluation (`pneumoscan evaluate DIR
   per-image standardisation inside the model, five conv blocks, global average pooling,
   one dense unit. Outputs `probability` (float32) and `feature_map` (last conv block) for
   class activation maps (weights in `model.json` under `cam`).
-- Full-integer int8 LiteRT model, {metadata['size_bytes']:,} bytes, sha256 `{metadata['sha256'][:16]}...`;
-  the final sigmoid runs in float so near-certain scores stay distinct.
+- int8 LiteRT model, {metadata['size_bytes']:,} bytes, sha256 `{metadata['sha256'][:16]}...`: convolutions
+  and dense head in int8; the per-image standardisation runs in float (exact, and inside XNNPACK's
+  graph) and so does the final sigmoid, so near-certain scores stay distinct.
 - Input: decode and resize with `pneumoscan.images` (Pillow, reduced JPEG decode, bilinear
   stretch to 224x224, no aspect preservation), exactly as the Lambda does.
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from model_graph import assert_fast_layout
 from pneumoscan_eval import metrics
 from pneumoscan_eval.datasets import FULLRES_SET, TRAINING_SET, default_data_dir
 from pneumoscan.images import load_model_input
@@ -45,6 +46,7 @@ def test_model_json_follows_the_contract(smoke_run):
     assert len(metadata["cam"]["weights"]) == 256
     assert metadata["training"]["train"]["images"] == {"NORMAL": 10, "PNEUMONIA": 10}
     assert (options.model_dir / metadata["file"]).stat().st_size <= 1_000_000
+    assert_fast_layout(options.model_dir / metadata["file"])
     for name in ("roc", "pr", "confusion", "calibration", "training_curves"):
         assert (options.model_dir / "report" / f"{name}.png").stat().st_size > 1000
     assert json.loads((options.model_dir / "report" / "metrics.json").read_text())["history"]
