@@ -33,7 +33,8 @@ OVERLAY_ENV = "OVERLAY_IMAGES"
 PRICED_MEMORY_MB = (512, 1024, 1769)
 # Headroom over the measured peak RSS before a memory size counts as safe.
 RSS_HEADROOM = 1.5
-TARGETS = {"inference_p50_ms": 1.0, "decode_plus_preprocess_p50_ms": 4.0, "cold_start_ms": 300.0,
+# Inference: the model's budget per image on one core; the rest: the serverless path's goals.
+TARGETS = {"inference_p50_ms": 5.0, "decode_plus_preprocess_p50_ms": 4.0, "cold_start_ms": 300.0,
            "cost_per_million_usd": 2.50, "billed_ms_per_image": None}
 # The billed handler time per image at the template's memory before the cost work, measured on
 # the machine of the run that set it (`--only stages` at commit 2ca744a, 2026-11-26 13:59 UTC,
