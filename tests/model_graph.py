@@ -27,6 +27,7 @@ def graph_layout(tflite: Path) -> GraphLayout:
     interpreter = Interpreter(model_path=str(tflite), num_threads=1)
     interpreter.allocate_tensors()
     dtypes = {tensor["index"]: tensor["dtype"] for tensor in interpreter.get_tensor_details()}
+    # The Python interpreter lists its nodes only through this private call.
     ops = [(op["op_name"], dtypes.get(op["outputs"][0])) for op in interpreter._get_ops_details()]
     (image,) = interpreter.get_input_details()
     return GraphLayout(input_dtype=image["dtype"], input_quantization=tuple(image["quantization"]),
@@ -36,7 +37,7 @@ def graph_layout(tflite: Path) -> GraphLayout:
 
 def assert_fast_layout(tflite: Path) -> None:
     """Raw uint8 pixels in; the per-image standardisation in float (exact, and in XNNPACK:
-    in int8 its broadcast ops fell back to reference kernels, ~40 % of the inference); the
+    in int8 its broadcast ops fell back to reference kernels, ~37 % of the inference); the
     trunk and head int8; the whole graph one XNNPACK partition."""
     layout = graph_layout(tflite)
     assert layout.input_dtype is np.uint8 and layout.input_quantization == (0.0, 0)

@@ -4,7 +4,7 @@ The convolutional trunk and the dense head are int8 (weights and activations, ca
 on train images). Two ends stay in float:
 - the per-image standardisation: in int8 its mean, squared differences and scaling of
   every pixel run as broadcast int8 ops that XNNPACK does not take, on the interpreter's
-  reference kernels, which cost about 40 % of the whole inference; in float XNNPACK runs
+  reference kernels, which cost about 37 % of the whole inference; in float XNNPACK runs
   them in the same delegated graph as the trunk, and the statistics are exact;
 - the final sigmoid: an int8 sigmoid output has only 256 levels and collapses
   near-certain scores into ties, which costs AUC.
