@@ -64,14 +64,6 @@ def _scores(model: keras.Model, images: np.ndarray, flip: bool = False) -> np.nd
     return model.predict(pixels, batch_size=64, verbose=0)[PROBABILITY_LAYER].ravel()
 
 
-def score_model(model: keras.Model, images: np.ndarray, flip_average: bool = False) -> np.ndarray:
-    """P(pneumonia); with `flip_average`, the mean logit of the image and its mirror image."""
-    scores = _scores(model, images)
-    if not flip_average:
-        return scores
-    return mean_logit_probability(scores, _scores(model, images, flip=True))
-
-
 def flip_band_rows(val_labels: np.ndarray, val_single: np.ndarray, val_averaged: np.ndarray,
                    held_labels: np.ndarray, held_single: np.ndarray, held_averaged: np.ndarray) -> dict:
     """Per rule: the held-out specificity when only images in the flip band (fitted on the

@@ -46,9 +46,9 @@ MAX_AUC_GAP = 0.005
 MIN_LABEL_AGREEMENT = 0.99
 CALIBRATION_IMAGES = 300
 MAX_TFLITE_BYTES = 1_000_000
-TRAINED_MODEL = "trained.keras"
+TRAINED_MODEL = "trained.keras"  # in the run folder: the model before calibration, for ensembling
 # Training images added to validation for fitting the flip-averaging band.
-FLIP_BAND_TRAIN_IMAGES = 1000  # in the run folder: the model before calibration, for ensembling
+FLIP_BAND_TRAIN_IMAGES = 1000
 
 
 class ParityError(RuntimeError):
