@@ -102,8 +102,9 @@ test: $(INSTALLED) $(CHECKOV) chromium dicom3tools ## lint, then every test (ins
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
-lint: $(INSTALLED) ## ruff, configured in pyproject.toml
+lint: $(INSTALLED) ## ruff (configured in pyproject.toml) and the docs' relative links
 	$(VENV)/bin/ruff check .
+	$(PY) infra/check_docs.py
 
 # The edit-run loop: no local stack, no training, no artifact build (about 6 minutes on 2 busy cores).
 unit: $(INSTALLED) ## the unit tests only, no integration or slow ones

@@ -271,12 +271,12 @@ def main() -> None:
     args.markdown.write_text(report.render(results))
     print(f"[bench] wrote {args.out} and {args.markdown}")
     if output_dir == BENCH_DIR:
-        readme = REPO_ROOT / "README.md"
+        costs_page = REPO_ROOT / "docs" / "costs.md"
         try:
-            readme.write_text(report.embed_in_readme(readme.read_text(), report.readme_section(results)))
-            print(f"[bench] updated the Costs section of {readme.name}")
+            costs_page.write_text(report.embed_section(costs_page.read_text(), report.costs_section(results)))
+            print(f"[bench] updated the measured section of {costs_page.relative_to(REPO_ROOT)}")
         except (OSError, ValueError) as exc:
-            print(f"[bench] README not updated: {exc}")
+            print(f"[bench] {costs_page.relative_to(REPO_ROOT)} not updated: {exc}")
 
 
 if __name__ == "__main__":

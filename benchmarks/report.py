@@ -1,4 +1,4 @@
-"""results.json -> RESULTS.md, the tables the README embeds."""
+"""results.json -> RESULTS.md, and the short version docs/costs.md embeds."""
 
 from __future__ import annotations
 
@@ -318,16 +318,16 @@ def _cost(results: dict) -> list[str]:
                     ""]
 
 
-README_MARKER = "<!-- BENCHMARK SECTION"
+SECTION_MARKER = "<!-- BENCHMARK SECTION"
 
 
-def readme_section(results: dict) -> str:
-    """The short version for the README's Costs section; the full tables stay in RESULTS.md."""
+def costs_section(results: dict) -> str:
+    """The short version for docs/costs.md; the full tables stay in RESULTS.md."""
     meta, machine = results["meta"], results["meta"]["machine"]
     lines = [f"Measured by `make bench` ({meta['started_at'][:16].replace('T', ' ')} UTC, {machine['cpu']} "
              f"{machine['architecture']}, model `{meta.get('model', {}).get('version', '?')}`, "
              f"{meta['images']} full-resolution originals); all tables and how each figure is taken: "
-             "[benchmarks/RESULTS.md](benchmarks/RESULTS.md). The Lambda runs on arm64, whose per-core "
+             "[benchmarks/RESULTS.md](../benchmarks/RESULTS.md). The Lambda runs on arm64, whose per-core "
              "speed differs from this machine's.", ""] + _targets(results)[2:]
     rows = []
     stages = results.get("stages")
@@ -369,10 +369,10 @@ def readme_section(results: dict) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-def embed_in_readme(readme: str, section: str) -> str:
+def embed_section(page: str, section: str) -> str:
     """Replace what follows the BENCHMARK SECTION comment, up to the next heading, with `section`."""
-    start = readme.index(README_MARKER)
-    body = readme.index("-->", start) + len("-->")
-    end = readme.find("\n## ", body)
-    end = len(readme) if end < 0 else end + 1
-    return readme[:body] + "\n\n" + section + "\n" + readme[end:]
+    start = page.index(SECTION_MARKER)
+    body = page.index("-->", start) + len("-->")
+    end = page.find("\n## ", body)
+    end = len(page) if end < 0 else end + 1
+    return page[:body] + "\n\n" + section + "\n" + page[end:]

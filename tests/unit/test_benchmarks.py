@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import prices, report
-from benchmarks.common import load_samples, summarize
+from benchmarks.common import REPO_ROOT, load_samples, summarize
 
 ONE_IMAGE_CALLS = {"s3:GetObject": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 1}
 
@@ -116,14 +117,20 @@ def test_report_says_what_was_not_measured_and_why():
     assert "**missed by 100%**" in markdown
 
 
-def test_readme_costs_section_is_replaced_up_to_the_next_heading_and_only_there():
-    readme = ("# pneumoscan\n\n## Costs\n\n<!-- BENCHMARK SECTION: generated -->\n\n_old figures_\n\n"
-              "## The model\n\nkept\n")
-    once = report.embed_in_readme(readme, "| new | table |\n")
+def test_costs_section_is_replaced_up_to_the_next_heading_and_only_there():
+    page = ("# Costs and performance\n\n## What `make bench` measured\n\n<!-- BENCHMARK SECTION: generated -->\n\n"
+            "_old figures_\n\n## Where the cost goes\n\nkept\n")
+    once = report.embed_section(page, "| new | table |\n")
     assert "_old figures_" not in once
-    assert once.index("| new | table |") < once.index("## The model")
-    assert once.endswith("## The model\n\nkept\n")
-    assert report.embed_in_readme(once, "| new | table |\n") == once
+    assert once.index("| new | table |") < once.index("## Where the cost goes")
+    assert once.endswith("## Where the cost goes\n\nkept\n")
+    assert report.embed_section(once, "| new | table |\n") == once
+
+
+def test_costs_page_holds_the_section_of_the_recorded_run():
+    recorded = json.loads((REPO_ROOT / "benchmarks" / "results.json").read_text())
+    page = (REPO_ROOT / "docs" / "costs.md").read_text()
+    assert report.embed_section(page, report.costs_section(recorded)) == page
 
 
 def test_backfill_benchmark_streams_the_generated_listing_through_the_real_command(tmp_path):
