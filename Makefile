@@ -114,11 +114,12 @@ unit: $(INSTALLED) ## the unit tests only, no integration or slow ones
 # other runs; a NORMAL2 hold-out run of the same recipe, 86 % of the images, took 15.2 min on quiet
 # ones); resumes runs/latest.
 .PHONY: train
-train: $(INSTALLED) ## train and export the model into model/, then make ood and make shortcut
+train: $(INSTALLED) ## train and export the model into model/, then make ood, shortcut and robustness
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest \
 		$(if $(PROXY_RESULTS),--proxy $(PROXY_RESULTS))
 	$(MAKE) --no-print-directory ood
 	$(MAKE) --no-print-directory shortcut
+	$(MAKE) --no-print-directory robustness
 
 # The shift proxy for the current recipe: retrain without each normal collection and score it
 # (runs/holdout-*/holdout.json, ~2 x 15 min on 2 idle cores); `make train` afterwards records them.
@@ -139,3 +140,10 @@ ood: $(INSTALLED) ## refit the out-of-distribution statistics of model/ and meas
 .PHONY: shortcut
 shortcut: $(INSTALLED) ## where the model looks (CAM heat in the border / outside the chest)
 	$(PY) -m training.shortcut_check --data $(DATA) --model-dir model
+
+# Does the score move when only the frame changes (occlusion, crop, markers, zoom, shift, strips)?
+# Scored through Scorer.score on validation and the NIH half -> model/report/robustness.json and
+# the card (~2 min on one busy core; ROBUSTNESS_ARGS="--limit 100" for a quick look).
+.PHONY: robustness
+robustness: $(INSTALLED) ## how the model's figures move when only the frame of the image changes
+	$(PY) -m training.robustness --data $(DATA) --model-dir model $(ROBUSTNESS_ARGS)

@@ -178,6 +178,8 @@ Figures: [ROC](report/roc.png), [PR](report/pr.png), [confusion](report/confusio
 [calibration](report/calibration.png), [training curves](report/training_curves.png);
 numbers in [report/metrics.json](report/metrics.json).
 
+{_robustness_section(model_dir, metadata)}
+
 ## Limitations and the known distribution shift
 Validation images come from the same collection as training, so validation figures are
 optimistic. The previous release (2026.11.25-3, validation AUC 0.997) measured outside the team
@@ -192,6 +194,13 @@ come from the dataset's graders, not from a clinical reference standard. The mod
 is a proxy for the blind shift, not a measurement of it.
 """
     (model_dir / "MODEL_CARD.md").write_text(card)
+
+
+def _robustness_section(model_dir: Path, metadata: dict) -> str:
+    """`make robustness`'s section when report/robustness.json measured this very model."""
+    from .robustness import measured_section
+
+    return measured_section(model_dir, metadata["sha256"])
 
 
 def _acquisition_line(augment: dict) -> str:
