@@ -34,6 +34,11 @@ AUGMENT_PRESETS = {
     "acquisition": AugmentConfig(histogram_match_probability=0.5, local_gamma_probability=0.5,
                                  resample_probability=0.4, jpeg_probability=0.4,
                                  border_probability=0.25, marker_probability=0.25),
+    # "acquisition" with more of the frame randomised, for lung crops: strips up to 15 % deep on
+    # any edge and burned-in blocks, so what the crop's margin shows of the frame carries no label.
+    "lung-context": AugmentConfig(histogram_match_probability=0.5, local_gamma_probability=0.5,
+                                  resample_probability=0.4, jpeg_probability=0.4,
+                                  border_probability=0.45, border_max_fraction=0.15, marker_probability=0.35),
     "none": AugmentConfig(rotation_degrees=0.0, zoom=0.0, translation=0.0, gamma=(1.0, 1.0),
                           contrast=(1.0, 1.0), brightness=0.0, blur_probability=0.0,
                           sharpen_probability=0.0, noise_std=0.0, flip=False),
@@ -77,6 +82,14 @@ def main(argv: list[str] | None = None) -> None:
                              "default on, chosen by the hold-out proxy)")
     parser.add_argument("--proxy", type=Path, nargs="+", default=[], metavar="HOLDOUT_JSON",
                         help="holdout.json of this recipe's --hold-out-collection runs, recorded in the metrics")
+    parser.add_argument("--segmenter", type=Path, default=None, metavar="DIR",
+                        help="a lung segmenter's folder (python -m training.segmenter): train on and export "
+                             "lung crops (default: the whole image)")
+    parser.add_argument("--hold-out-block", type=float, default=0.0, metavar="FRACTION",
+                        help="leave the lowest-numbered FRACTION of each collection's patients out of training "
+                             "and validation, and score the export on them")
+    parser.add_argument("--box-jitter", type=float, default=defaults.box_jitter,
+                        help="lung crops: each crop edge moves by up to this share of the box (default %(default)s)")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="use only N images per class and split (smoke tests)")
     parser.add_argument("--no-reference", action="store_true",
@@ -91,12 +104,13 @@ def main(argv: list[str] | None = None) -> None:
                                  val_fraction=args.val_fraction, dropout=args.dropout,
                                  label_smoothing=args.label_smoothing,
                                  widths=tuple(int(w) for w in args.widths.split(",")),
-                                 augment=AUGMENT_PRESETS[args.augment])
+                                 augment=AUGMENT_PRESETS[args.augment], box_jitter=args.box_jitter)
     options = RunOptions(data_dir=args.data, model_dir=args.model_dir, run_dir=args.run_dir,
                          limit_per_class=args.limit_per_class,
                          reference_models=not args.no_reference, version=args.version,
                          enforce_parity=not args.no_parity_gate, min_sensitivity=args.min_sensitivity,
-                         flip_average=args.flip_average, proxy_results=tuple(args.proxy))
+                         flip_average=args.flip_average, proxy_results=tuple(args.proxy),
+                         segmenter_dir=args.segmenter, hold_out_block=args.hold_out_block)
     if args.hold_out_collection:
         result = run_holdout(config, args.data, args.run_dir, args.hold_out_collection)
         print(summary_line(result))

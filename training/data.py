@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
 from pneumoscan.images import ImageRejected, load_model_input
+from pneumoscan.lungs import LungSegmenter, crop_input
 
 # person1024_bacteria_2955.jpeg, person447_virus_921_1.jpeg -> pneumonia patient 1024
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
@@ -34,6 +35,38 @@ def patient_id(path: Path | str) -> str:
         return f"normal{int(match.group(1))}"
     # Unknown naming: the file is its own group (cannot leak into a second group).
     return f"file:{name}"
+
+
+def patient_number(path: Path | str) -> int | None:
+    """The number in a file name's patient id (person1024 -> 1024, normal115 -> 115)."""
+    match = re.search(r"(\d+)$", patient_id(path))
+    return int(match.group(1)) if match and not patient_id(path).startswith("file:") else None
+
+
+def split_patient_block(files: list[LabelledFile], fraction: float
+                        ) -> tuple[list[LabelledFile], list[LabelledFile]]:
+    """(kept, block): the lowest-numbered `fraction` of patients of each class and collection.
+
+    The official test split holds patients numbered below every training patient (an earlier
+    block of each collection), so a block of the lowest numbers left here is the closest
+    stand-in for it: a random patient split keeps every block on both sides and cannot see
+    what changes from one block of patients to the next.
+    """
+    strata: dict[tuple[int, str], set[int]] = defaultdict(set)
+    for item in files:
+        number = patient_number(item.path)
+        if number is not None:
+            strata[(item.label, collection(item.path))].add(number)
+    cut = {key: sorted(numbers)[max(0, round(len(numbers) * fraction) - 1)] if fraction > 0 else -1
+           for key, numbers in strata.items()}
+    # A patient id in the block of any stratum (the two normal collections share numbers)
+    # goes wholly to the block, so no patient is on both sides.
+    in_block = {patient_id(item.path) for item in files
+                if (number := patient_number(item.path)) is not None and fraction > 0
+                and number <= cut[(item.label, collection(item.path))]}
+    kept = [item for item in files if patient_id(item.path) not in in_block]
+    block = [item for item in files if patient_id(item.path) in in_block]
+    return kept, block
 
 
 def collection(path: Path | str) -> str:
@@ -79,6 +112,9 @@ class ImageSet:
     images: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    # Lung crops as (left, top, right, bottom) fractions of each image, when training reads
+    # jittered crops of `images` rather than the images themselves.
+    boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,3 +149,32 @@ def dataset_files(data_dir: Path | str, val_fraction: float, seed: int
     for item in official_val:
         (train if patient_id(item.path) in train_patients else val).append(item)
     return train, val
+
+
+@dataclass
+class LungCrops:
+    """Each image's lung field and the classifier input cut from it."""
+
+    crops: ImageSet  # what the classifier reads (boxes: the crop of each original image)
+    found: np.ndarray  # (N,) bool: the segmenter's mask passed its sanity checks
+    areas: np.ndarray  # (N,) mask share of the image
+
+    def summary(self) -> dict:
+        boxes = self.crops.boxes
+        return {"n": int(len(self.found)), "found_share": float(self.found.mean()) if len(self.found) else None,
+                "mask_area_median": float(np.median(self.areas)) if len(self.areas) else None,
+                "crop_median": [round(float(v), 3) for v in np.median(boxes, axis=0)] if len(boxes) else None}
+
+
+def lung_crops(images: ImageSet, segmenter: LungSegmenter, description: str = "lung fields") -> LungCrops:
+    """Every image through the scorer's own segmenter and crop (`pneumoscan.lungs`)."""
+    crops = np.empty_like(images.images)
+    boxes = np.empty((len(images), 4), np.float32)
+    found = np.empty(len(images), bool)
+    areas = np.empty(len(images), np.float32)
+    for index, pixels in enumerate(tqdm(images.images, desc=description, unit="img", leave=False)):
+        field = segmenter.find(pixels)
+        crops[index] = crop_input(pixels, field.crop)
+        boxes[index] = (field.crop.left, field.crop.top, field.crop.right, field.crop.bottom)
+        found[index], areas[index] = field.found, field.area
+    return LungCrops(ImageSet(crops, images.labels, images.paths, boxes), found, areas)

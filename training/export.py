@@ -31,9 +31,14 @@ INPUT_NAME = "image"
 FLOAT_OPS = ["MEAN", "SQUARED_DIFFERENCE", "SUB", "MAXIMUM", "RSQRT", "MUL", "LOGISTIC"]
 
 
+# The classifier's signature outputs, by the Keras model's output names.
+CLASSIFIER_OUTPUTS = {PROBABILITY_OUTPUT: PROBABILITY_LAYER, FEATURE_MAP_OUTPUT: FEATURE_MAP_LAYER}
+
+
 def _export_saved_model(model: keras.Model, directory: Path, height: int, width: int,
-                        channels: int, input_dtype: tf.DType) -> None:
-    """A SavedModel whose serving signature returns exactly the contract's output names.
+                        channels: int, input_dtype: tf.DType, outputs: dict[str, str]) -> None:
+    """A SavedModel whose serving signature returns exactly the contract's output names
+    (`outputs`: signature name -> the Keras model's output name).
 
     The signature takes pixel values in [0, 255] as `input_dtype` and casts them to float.
     """
@@ -41,9 +46,8 @@ def _export_saved_model(model: keras.Model, directory: Path, height: int, width:
     archive.track(model)
 
     def serve(image):
-        outputs = model(tf.cast(image, tf.float32), training=False)
-        return {PROBABILITY_OUTPUT: outputs[PROBABILITY_LAYER],
-                FEATURE_MAP_OUTPUT: outputs[FEATURE_MAP_LAYER]}
+        result = model(tf.cast(image, tf.float32), training=False)
+        return {name: result[layer] for name, layer in outputs.items()}
 
     archive.add_endpoint(
         name="serve", fn=serve,
@@ -57,7 +61,8 @@ def representative_images(images: np.ndarray, count: int, seed: int) -> np.ndarr
     return images[rng.choice(len(images), size=min(count, len(images)), replace=False)]
 
 
-def convert_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
+def convert_int8(model: keras.Model, calibration: np.ndarray,
+                 outputs: dict[str, str] = CLASSIFIER_OUTPUTS) -> bytes:
     height, width, channels = calibration.shape[1:]
 
     def dataset() -> Iterator[list[np.ndarray]]:
@@ -65,7 +70,7 @@ def convert_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
             yield [image[np.newaxis].astype(np.uint8)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        _export_saved_model(model, Path(tmp), height, width, channels, tf.uint8)
+        _export_saved_model(model, Path(tmp), height, width, channels, tf.uint8, outputs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
@@ -78,9 +83,10 @@ def convert_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
         return bytes(debugger.get_nondebug_quantized_model())
 
 
-def convert_float(model: keras.Model, height: int, width: int, channels: int) -> bytes:
+def convert_float(model: keras.Model, height: int, width: int, channels: int,
+                  outputs: dict[str, str] = CLASSIFIER_OUTPUTS) -> bytes:
     """The float32 reference `.tflite` (same signature, float input) for benchmarks."""
     with tempfile.TemporaryDirectory() as tmp:
-        _export_saved_model(model, Path(tmp), height, width, channels, tf.float32)
+        _export_saved_model(model, Path(tmp), height, width, channels, tf.float32, outputs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         return converter.convert()

@@ -19,14 +19,16 @@ import numpy as np
 
 from pneumoscan_eval import metrics
 from pneumoscan_eval.datasets import FULLRES_SET, LABELS, LabelledFile, list_labelled
+from pneumoscan.lungs import LungSegmenter
 from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, FlipAverage,
                               InputSpec, ModelMetadata, PneumoniaModel)
 
 from .architecture import LOGIT_LAYER
 from .augment import AugmentConfig
 from .calibration import fit_platt, fold_into_dense
-from .data import ImageSet, collection, dataset_files, load_images, patient_id
+from .data import ImageSet, collection, dataset_files, load_images, lung_crops, patient_id, split_patient_block
 from .export import convert_float, convert_int8, representative_images
+from .segmenter import read_spec
 from .ensemble import EVERY_IMAGE, average_logits, fit_flip_band, flip_averaged
 from .holdout import read_proxy
 from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_model
@@ -71,6 +73,12 @@ class RunOptions:
     flip_average: bool = False
     # holdout.json files of this recipe's collection hold-out runs, recorded in the metrics.
     proxy_results: tuple[Path, ...] = ()
+    # A folder with the lung segmenter (`python -m training.segmenter`): the network is
+    # trained on, and exported to read, the lung crop of each image. None: the whole image.
+    segmenter_dir: Path | None = None
+    # Leave the lowest-numbered share of each collection's patients out of training and
+    # validation and score the exported model on them (the patient-block hold-out).
+    hold_out_block: float = 0.0
 
 
 def _limit(files: list[LabelledFile], per_class: int, seed: int) -> list[LabelledFile]:
@@ -176,25 +184,59 @@ def fullres_check(model: PneumoniaModel, data_dir: Path, val: ImageSet, val_scor
             "mean_abs_probability_diff": float(np.mean(np.abs(scores - copies)))}
 
 
-def load_split(config: TrainConfig, options: RunOptions) -> tuple[ImageSet, ImageSet, list, list]:
+@dataclass
+class Split:
+    """What one run reads: classifier inputs (lung crops where a segmenter is given)."""
+
+    train: ImageSet  # the classifier's inputs of the training images
+    val: ImageSet
+    train_files: list[LabelledFile]
+    val_files: list[LabelledFile]
+    # The whole stretched images, as the scorer (and so the int8 model) is given them; the
+    # training sources carry each image's crop box, which training jitters.
+    train_sources: ImageSet
+    val_sources: ImageSet
+    block: ImageSet | None = None  # the patient-block hold-out, never trained or validated on
+    block_sources: ImageSet | None = None
+    block_files: list[LabelledFile] = dataclasses.field(default_factory=list)
+    lung_field: dict | None = None  # the segmenter's sanity figures per set
+
+
+def load_split(config: TrainConfig, options: RunOptions) -> Split:
     train_files, val_files = dataset_files(options.data_dir, config.val_fraction, config.split_seed)
+    block_files: list[LabelledFile] = []
+    if options.hold_out_block:
+        train_files, train_block = split_patient_block(train_files, options.hold_out_block)
+        val_files, val_block = split_patient_block(val_files, options.hold_out_block)
+        block_files = train_block + val_block
     if options.limit_per_class:
         train_files = _limit(train_files, options.limit_per_class, config.split_seed)
         val_files = _limit(val_files, options.limit_per_class, config.split_seed)
+        block_files = _limit(block_files, options.limit_per_class, config.split_seed) if block_files else []
     train = load_images(train_files, HEIGHT, WIDTH, CHANNELS, "decoding train")
     val = load_images(val_files, HEIGHT, WIDTH, CHANNELS, "decoding val")
-    print(f"train {train.class_counts()}  val {val.class_counts()}", flush=True)
-    return train, val, train_files, val_files
+    block = load_images(block_files, HEIGHT, WIDTH, CHANNELS, "decoding block") if block_files else None
+    print(f"train {train.class_counts()}  val {val.class_counts()}"
+          + (f"  block {block.class_counts()}" if block else ""), flush=True)
+    if options.segmenter_dir is None:
+        return Split(train, val, train_files, val_files, train, val, block, block, block_files)
+    segmenter = LungSegmenter(options.segmenter_dir, read_spec(options.segmenter_dir))
+    crops = {name: lung_crops(images, segmenter, f"lung fields {name}")
+             for name, images in (("train", train), ("val", val), ("block", block)) if images is not None}
+    sources = dataclasses.replace(train, boxes=crops["train"].crops.boxes)
+    summary = {name: crop.summary() for name, crop in crops.items()}
+    print("lung fields:", json.dumps(summary), flush=True)
+    return Split(crops["train"].crops, crops["val"].crops, train_files, val_files, sources, val,
+                 crops["block"].crops if block is not None else None, block, block_files, summary)
 
 
 def run(config: TrainConfig, options: RunOptions) -> dict:
     """Train, then `finalize`. The trained (uncalibrated) model stays in the run folder."""
     started = time.monotonic()
-    train, val, train_files, val_files = load_split(config, options)
-    model, history = train_model(train, val, config, options.run_dir)
+    split = load_split(config, options)
+    model, history = train_model(split.train_sources, split.val, config, options.run_dir)
     model.save(options.run_dir / TRAINED_MODEL)
-    return finalize(model, train, val, train_files, val_files, history, config, options,
-                    training_seconds=time.monotonic() - started)
+    return finalize(model, split, history, config, options, training_seconds=time.monotonic() - started)
 
 
 def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
@@ -210,13 +252,13 @@ def run_ensemble(run_dirs: list[Path], options: RunOptions) -> dict:
                                           for key, value in configs[0]["augment"].items()})
     config.split_seed, config.val_fraction = next(iter(splits))
     started = time.monotonic()
-    train, val, train_files, val_files = load_split(config, options)
+    split = load_split(config, options)
     members = [keras.saving.load_model(run_dir / TRAINED_MODEL) for run_dir in run_dirs]
     # One run: re-export it as it is (another threshold rule, flip averaging) without training.
     model = members[0] if len(members) == 1 else average_logits(members)
     history = read_history(run_dirs[0] / "history.csv")
     seconds = sum(_training_seconds(run_dir) for run_dir in run_dirs) + time.monotonic() - started
-    return finalize(model, train, val, train_files, val_files, history, config, options,
+    return finalize(model, split, history, config, options,
                     training_seconds=seconds,
                     ensemble=[{"run": str(run_dir), "config": c} for run_dir, c in zip(run_dirs, configs)])
 
@@ -232,11 +274,15 @@ def _training_seconds(run_dir: Path) -> float:
         return 0.0
 
 
-def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: list, val_files: list,
-             history: list[dict], config: TrainConfig, options: RunOptions, *,
+def finalize(model: keras.Model, split: Split, history: list[dict], config: TrainConfig, options: RunOptions, *,
              training_seconds: float, ensemble: list[dict] | None = None) -> dict:
     """Calibrate, export int8, check parity, pick the threshold, write model/ and the report."""
     from .report import write_model_card, write_report
+
+    train, val, train_files, val_files = split.train, split.val, split.train_files, split.val_files
+    # The int8 model scores the scorer's inputs (the whole stretched image: it crops the lungs
+    # itself); the Keras network reads the crops directly.
+    val_inputs = split.val_sources.images
 
     # The int8 graph runs one pass; with flip averaging the scorer adds the mirrored pass where
     # it can change the label (FlipAverage), so calibration and parity use the averaged model.
@@ -257,6 +303,10 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
     if len(tflite) > MAX_TFLITE_BYTES:
         raise RuntimeError(f"int8 model is {len(tflite)} bytes, above the {MAX_TFLITE_BYTES} limit")
     (stage / TFLITE_FILE).write_bytes(tflite)
+    lung_field = None
+    if options.segmenter_dir is not None:
+        lung_field = read_spec(options.segmenter_dir)
+        shutil.copy2(options.segmenter_dir / lung_field.file, stage / lung_field.file)
     dense_kernel, dense_bias = model.get_layer(LOGIT_LAYER).get_weights()
     metadata = ModelMetadata(
         name=MODEL_NAME,
@@ -268,6 +318,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         outputs={PROBABILITY_OUTPUT: "float32 (N,1) P(pneumonia)",
                  FEATURE_MAP_OUTPUT: f"(N,14,14,{dense_kernel.shape[0]}) float32, last conv block (after ReLU)"},
         labels=LABELS,
+        lung_field=lung_field,
     )
     metadata.write(stage)  # enough for LiteRT to load the int8 model and score val with it
     flip_record = None
@@ -275,9 +326,9 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         # The threshold is chosen with every image averaged; then the band where averaging can
         # change the label is fitted on validation and a sample of training images.
         rng = np.random.default_rng(config.seed + 1)
-        sample = train.images[rng.choice(len(train.images), min(FLIP_BAND_TRAIN_IMAGES, len(train.images)),
-                                         replace=False)]
-        band_images = np.concatenate([val.images, sample])
+        sources = split.train_sources.images
+        sample = sources[rng.choice(len(sources), min(FLIP_BAND_TRAIN_IMAGES, len(sources)), replace=False)]
+        band_images = np.concatenate([val_inputs, sample])
         single_scores = predict_int8(PneumoniaModel(stage), band_images)
         metadata = dataclasses.replace(metadata, flip_average=FlipAverage(EVERY_IMAGE))
         metadata.write(stage)
@@ -287,7 +338,7 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
         metadata = dataclasses.replace(metadata, flip_average=flip)
         metadata.write(stage)
     int8_model = PneumoniaModel(stage)
-    int8_scores = predict_int8(int8_model, val.images)
+    int8_scores = predict_int8(int8_model, val_inputs)
     if flip_record is None:
         threshold = choose_threshold(val.labels, int8_scores, options.min_sensitivity)
     else:
@@ -312,6 +363,13 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
             val.labels[official], int8_scores[official], threshold).as_dict()
     val_summary["fullres_originals"] = fullres_check(int8_model, options.data_dir, val, int8_scores,
                                                      threshold)
+    block_summary = None
+    if split.block_sources is not None:
+        block_scores = predict_int8(int8_model, split.block_sources.images)
+        block_summary = metrics.summarize(split.block.labels, block_scores, threshold).as_dict()
+        block_summary["fraction"] = options.hold_out_block
+        block_summary["by_collection"] = subgroup_metrics(split.block, block_scores, threshold)
+        block_summary["patients"] = describe_split(split.block_files)
     metadata = dataclasses.replace(
         metadata,
         threshold=threshold,
@@ -333,11 +391,14 @@ def finalize(model: keras.Model, train: ImageSet, val: ImageSet, train_files: li
             "ensemble": ensemble,
             "threshold_min_sensitivity": options.min_sensitivity,
             "test_time_flip_average": options.flip_average,
+            "lung_field": split.lung_field,
+            "patient_block_hold_out": options.hold_out_block or None,
         },
         metrics={"val": val_summary,
                  "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
                  "parity": parity,
                  "flip_average": flip_record,
+                 "patient_block_hold_out": block_summary,
                  "collection_hold_out": [read_proxy(path, options.min_sensitivity, options.flip_average)
                                          for path in options.proxy_results]},
         trained_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

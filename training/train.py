@@ -33,6 +33,9 @@ class TrainConfig:
     val_fraction: float = 0.15
     split_seed: int = 1337  # which patients go to validation; ensemble members must share it
     seed: int = 1337  # weights, shuffling, augmentation
+    # Lung crops: each edge of the crop moves by up to this share of its size, every epoch
+    # anew, so the frame around the lungs never sits at one place in the input.
+    box_jitter: float = 0.06
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def as_dict(self) -> dict:
@@ -47,16 +50,36 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {label: float(len(labels) / (2 * count)) for label, count in enumerate(counts)}
 
 
+def jittered_crops(images: tf.Tensor, boxes: tf.Tensor, jitter: float, seed: tf.Tensor) -> tf.Tensor:
+    """Crop each image at its (left, top, right, bottom) box, every edge moved at random by
+    up to `jitter` of the box's size, stretched to the image's size: the scorer's crop
+    (`pneumoscan.lungs.crop_input`) with its framing varied."""
+    size = tf.tile(boxes[:, 2:] - boxes[:, :2], [1, 2])
+    moved = boxes + tf.random.stateless_uniform(tf.shape(boxes), seed, -jitter, jitter) * size
+    moved = tf.clip_by_value(moved, 0.0, 1.0)
+    left, top, right, bottom = tf.unstack(moved, axis=1)
+    count = tf.shape(images)[0]
+    return tf.image.crop_and_resize(images, tf.stack([top, left, bottom, right], axis=1),
+                                    tf.range(count), tf.shape(images)[1:3])
+
+
 def training_dataset(train: ImageSet, config: TrainConfig) -> tf.data.Dataset:
     geometry = geometry_layers(config.augment, config.seed)
     seeds = tf.data.Dataset.random(seed=config.seed).batch(2)
 
     def augment(batch, seed):
-        images, labels = batch
-        images = geometry(tf.cast(images, tf.float32), training=True)
-        return intensity(images, config.augment, tf.cast(seed, tf.int32)), labels
+        images, labels, *boxes = batch
+        images = tf.cast(images, tf.float32)
+        seed = tf.cast(seed, tf.int32)
+        if boxes:
+            images = jittered_crops(images, boxes[0], config.box_jitter, tf.random.experimental.stateless_fold_in(seed, 7))
+        images = geometry(images, training=True)
+        return intensity(images, config.augment, seed), labels
 
-    pairs = (tf.data.Dataset.from_tensor_slices((train.images, train.labels.astype(np.float32)))
+    tensors = (train.images, train.labels.astype(np.float32))
+    if train.boxes is not None:
+        tensors += (train.boxes.astype(np.float32),)
+    pairs = (tf.data.Dataset.from_tensor_slices(tensors)
              .shuffle(len(train), seed=config.seed, reshuffle_each_iteration=True)
              .batch(config.batch_size))
     return tf.data.Dataset.zip(pairs, seeds).map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

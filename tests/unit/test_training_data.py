@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan_eval.datasets import TRAINING_SET, LabelledFile, LayoutError, default_data_dir, list_labelled
-from training.data import collection, dataset_files, patient_id, split_by_patient
+from training.data import collection, dataset_files, patient_id, split_by_patient, split_patient_block
 
 DATA = default_data_dir() / TRAINING_SET
 
@@ -82,3 +82,36 @@ def test_listing_layouts(tmp_path):
     assert [(f.split, f.label) for f in list_labelled(tmp_path / "plain")] == [(None, 1)]
     with pytest.raises(LayoutError):
         list_labelled(tmp_path / "kaggle" / "train" / "NORMAL")
+
+
+def _files(names: list[str], label: int) -> list[LabelledFile]:
+    return [LabelledFile(Path(name), label, "train") for name in names]
+
+
+def test_patient_block_is_the_lowest_numbers_of_each_collection():
+    normals = _files([f"IM-{n:04d}-0001.jpeg" for n in range(115, 135)]
+                     + [f"NORMAL2-IM-{n:04d}-0001.jpeg" for n in range(383, 403)], 0)
+    pneumonias = _files([f"person{n}_bacteria_{n + 7}.jpeg" for n in range(1, 21)]
+                        + ["person1_virus_6.jpeg"], 1)
+    kept, block = split_patient_block(normals + pneumonias, 0.2)
+    assert sorted(f.path.name for f in block) == sorted(
+        [f"IM-{n:04d}-0001.jpeg" for n in range(115, 119)] + [f"NORMAL2-IM-{n:04d}-0001.jpeg" for n in range(383, 387)]
+        + [f"person{n}_bacteria_{n + 7}.jpeg" for n in range(1, 5)] + ["person1_virus_6.jpeg"])
+    # Every image of a patient goes with the patient, and nothing is lost.
+    assert {patient_id(f.path) for f in kept}.isdisjoint({patient_id(f.path) for f in block})
+    assert len(kept) + len(block) == len(normals + pneumonias)
+
+
+def test_no_block_keeps_everything():
+    files = _files(["IM-0115-0001.jpeg", "IM-0117-0001.jpeg"], 0)
+    assert split_patient_block(files, 0.0) == (files, [])
+
+
+def test_real_patient_block_shares_no_patient_with_the_rest():
+    data = default_data_dir() / TRAINING_SET
+    if not data.is_dir():
+        pytest.skip(f"no training data at {data}")
+    train, val = dataset_files(data, 0.15, 1337)
+    kept, block = split_patient_block(train + val, 0.15)
+    assert block and {patient_id(f.path) for f in kept}.isdisjoint({patient_id(f.path) for f in block})
+    assert {collection(f.path) for f in block} == {"IM", "NORMAL2", "person"}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .lungs import Box
 from .model import CamUnavailable, CamWeights
 
 # The hot region: cells at or above this share of the peak, connected to the peak.
@@ -82,15 +83,34 @@ def upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(stretched.resize(size, Image.Resampling.BILINEAR))
 
 
-def summarise(heat: np.ndarray, image_size: tuple[int, int]) -> CamSummary:
-    """Hot region (image pixels), border and outside-chest shares of a heat map."""
+def place(heat: np.ndarray, crop: Box) -> np.ndarray:
+    """Heat of a crop (the network read `crop` of the image) -> heat over the whole image, on
+    a grid of the same shape, bilinearly sampled, zero where the crop did not reach."""
+    rows, cols = heat.shape
+    u = (np.arange(cols) + 0.5) / cols
+    v = (np.arange(rows) + 0.5) / rows
+    inside = (((v >= crop.top) & (v <= crop.bottom))[:, None] & ((u >= crop.left) & (u <= crop.right))[None, :])
+    x = np.clip((u - crop.left) / crop.width * cols - 0.5, 0, cols - 1)
+    y = np.clip((v - crop.top) / crop.height * rows - 0.5, 0, rows - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, cols - 1), np.minimum(y0 + 1, rows - 1)
+    wx, wy = (x - x0)[None, :], (y - y0)[:, None]
+    sampled = ((heat[y0][:, x0] * (1 - wx) + heat[y0][:, x1] * wx) * (1 - wy)
+               + (heat[y1][:, x0] * (1 - wx) + heat[y1][:, x1] * wx) * wy)
+    return np.where(inside, sampled, 0.0).astype(np.float32)
+
+
+def summarise(heat: np.ndarray, image_size: tuple[int, int], chest: Box | None = None) -> CamSummary:
+    """Hot region (image pixels), border and outside-chest shares of a heat map. `chest` is
+    the lung field where one was found, else CHEST_BOX stands for it."""
     grid = upsample(heat, (ANALYSIS_GRID, ANALYSIS_GRID))
     total = float(grid.sum())
     if total <= 0.0:
         return CamSummary(None, 0.0, 0.0)
     border = round(ANALYSIS_GRID * BORDER_FRACTION)
     inner = float(grid[border:-border, border:-border].sum())
-    left, top, right, bottom = (round(edge * ANALYSIS_GRID) for edge in CHEST_BOX)
+    box = (chest.left, chest.top, chest.right, chest.bottom) if chest is not None else CHEST_BOX
+    left, top, right, bottom = (round(edge * ANALYSIS_GRID) for edge in box)
     chest = float(grid[top:bottom, left:right].sum())
     return CamSummary(_hot_region(heat, image_size), 1.0 - inner / total, 1.0 - chest / total)
 

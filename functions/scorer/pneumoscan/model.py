@@ -20,19 +20,13 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from ai_edge_litert.interpreter import Interpreter
-except ImportError:  # older images only ship the pre-rename runtime
-    from tflite_runtime.interpreter import Interpreter
+from .litert import Interpreter, ModelLoadError
+from .lungs import LungField, LungFieldSpec, LungSegmenter, crop_input
 
 METADATA_FILE = "model.json"
 MODEL_DIR_ENV = "PNEUMOSCAN_MODEL_DIR"
 PROBABILITY_OUTPUT = "probability"
 FEATURE_MAP_OUTPUT = "feature_map"
-
-
-class ModelLoadError(RuntimeError):
-    """The model folder is missing, incomplete or does not match its metadata."""
 
 
 class CamUnavailable(ValueError):
@@ -154,6 +148,8 @@ class ModelMetadata:
     # The out-of-distribution statistics fitted on this network's features (`pneumoscan.ood`):
     # their file beside the model, its sha256, the threshold and the model they belong to.
     ood: Mapping[str, Any] | None = None
+    # The lung-field segmenter run before the network (`pneumoscan.lungs`): None, the whole image.
+    lung_field: LungFieldSpec | None = None
     size_bytes: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     threshold_rule: str | None = None
@@ -200,6 +196,7 @@ class ModelMetadata:
             cam=CamWeights.from_dict(raw["cam"]) if "cam" in raw else None,
             flip_average=FlipAverage.from_dict(raw["flip_average"]) if raw.get("flip_average") else None,
             ood=dict(raw["ood"]) if raw.get("ood") else None,
+            lung_field=LungFieldSpec.from_dict(raw["lung_field"]) if raw.get("lung_field") else None,
             size_bytes=raw.get("size_bytes"), outputs=dict(raw.get("outputs", {})),
             threshold_rule=raw.get("threshold_rule"), training=dict(raw.get("training") or {}),
             metrics=dict(raw.get("metrics") or {}), trained_at=raw.get("trained_at"), commit=raw.get("commit"),
@@ -218,7 +215,8 @@ class ModelMetadata:
                                "training": dict(self.training), "metrics": dict(self.metrics),
                                "trained_at": self.trained_at, "commit": self.commit,
                                "promoted_from": self.promoted_from,
-                               "ood": dict(self.ood) if self.ood else None}
+                               "ood": dict(self.ood) if self.ood else None,
+                               "lung_field": self.lung_field.as_dict() if self.lung_field else None}
         raw = {name: value for name, value in raw.items() if value not in (None, {})}
         return {**raw, **self.extra}
 
@@ -238,12 +236,16 @@ class ModelMetadata:
 @dataclass(frozen=True)
 class Prediction:
     probability: np.ndarray  # (N,) float32, probability of the positive label
-    feature_map: np.ndarray  # (N, h, w, k) float32, last convolutional block
+    feature_map: np.ndarray  # (N, h, w, k) float32, last convolutional block (of the lung crop)
     flip_averaged: np.ndarray  # (N,) bool: the mirror image was run too and averaged in
+    # Per image, where the lungs were found and which crop the network read; empty for a
+    # model without a lung-field segmenter (the network read the whole input).
+    lung_fields: tuple[LungField, ...] = ()
 
 
 class PneumoniaModel:
-    """A LiteRT interpreter plus the metadata that says how to feed and read it."""
+    """A LiteRT interpreter plus the metadata that says how to feed and read it; where
+    model.json names a lung-field segmenter, it picks the crop of each image the network reads."""
 
     def __init__(self, model_dir: Path | str | None = None, *, num_threads: int = 1,
                  verify_checksum: bool = True):
@@ -270,6 +272,9 @@ class PneumoniaModel:
         except (ValueError, RuntimeError, KeyError, StopIteration) as exc:
             raise ModelLoadError(f"{self.metadata.file} is not a usable pneumoscan model: {exc}") from exc
         self._batch_size = int(self._input["shape"][0])
+        spec = self.metadata.lung_field
+        self.lungs = (LungSegmenter(self.model_dir, spec, num_threads=num_threads, verify_checksum=verify_checksum)
+                      if spec is not None else None)
 
     @property
     def version(self) -> str:
@@ -301,6 +306,11 @@ class PneumoniaModel:
             images = images[np.newaxis]
         if images.shape[1:] != self.input_shape:
             raise ValueError(f"expected images of shape {self.input_shape}, got {images.shape[1:]}")
+        fields: tuple[LungField, ...] = ()
+        if self.lungs is not None:
+            # The network reads the lung crop of each image, never the whole frame.
+            fields = tuple(self.lungs.find(image) for image in images)
+            images = np.stack([crop_input(image, field.crop) for image, field in zip(images, fields)])
         probability, feature_map = self._run(images)
         flip = self.metadata.flip_average
         averaged = flip.applies(probability) if flip else np.zeros(len(images), dtype=bool)
@@ -312,7 +322,7 @@ class PneumoniaModel:
             probability[averaged] = mean_logit_probability(probability[averaged], mirrored_probability)
             feature_map = feature_map.copy()
             feature_map[averaged] = (feature_map[averaged] + mirrored_map[:, :, ::-1]) / 2
-        return Prediction(probability, feature_map, averaged)
+        return Prediction(probability, feature_map, averaged, fields)
 
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if images.shape[0] != self._batch_size:

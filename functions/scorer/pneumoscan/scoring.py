@@ -10,16 +10,19 @@ benchmarks. The steps, in order:
              one decode step: the format is recognised from the bytes' signature (JPEG and
              PNG by `pneumoscan.images`, DICOM by `pneumoscan.dicom`, which also refuses
              what is no frontal chest radiograph and keeps the header's identifiers).
-3. model     `PneumoniaModel.predict`: probability of the positive label + feature map;
-             near the threshold the mirror image is run too and averaged in (model.json's
+3. model     `PneumoniaModel.predict`: the lung-field segmenter (`pneumoscan.lungs`) finds
+             the lungs and the network reads their crop, never the whole frame; out come
+             the probability of the positive label, the feature map and the lung field;
+             near the threshold the mirrored crop is run too and averaged in (model.json's
              `flip_average` band).
 4. label     `ModelMetadata.label`: the threshold from model.json.
-5. heat map  `pneumoscan.cam`: class activation map of the label given, its shares and
-             hot region; `pneumoscan.overlay` draws it as a PNG when the overlay policy
-             asks for one.
+5. heat map  `pneumoscan.cam`: class activation map of the label given, placed from the
+             crop back onto the whole image, its shares (outside the lung field) and hot
+             region; `pneumoscan.overlay` draws it as a PNG when the overlay policy asks for one.
              The heat map is an aid: if it fails the image is still scored, and
              `heat_map_error` says why.
-6. warnings  a DICOM header's own (`adult_patient`), then
+6. warnings  a DICOM header's own (`adult_patient`), `lung_field_not_found` when the
+             segmenter's mask failed its sanity checks (a default crop was read), then
              every `Check` the scorer was built with looks at the `Evidence` (pixels,
              prediction, label) and may return a warning code. A check may instead raise
              `ImageRejected` to refuse an image that must not be scored at all.
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cam, formats, images, ood
+from . import cam, formats, images, lungs, ood
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
 from .settings import OVERLAY_POLICIES
@@ -72,6 +75,7 @@ class Evidence:
 # report and written into the DICOM structured report.
 WARNING_MEANINGS = {
     "adult_patient": "Patient age outside the paediatric training population",
+    lungs.LUNG_FIELD_NOT_FOUND: "Lungs not found where expected: the model read a default crop of the image",
     ood.OUT_OF_DISTRIBUTION: "Image unlike the training data: the score may mean little",
 }
 
@@ -207,7 +211,10 @@ class Scorer:
         evidence = Evidence(decoded, pixels, prediction, probability, label, positive)
         # The header's warnings (a DICOM patient's age) come first, then the checks'.
         header_warnings = decoded.dicom.warnings() if decoded.dicom is not None else ()
-        warnings = header_warnings + tuple(code for code in (check(evidence) for check in self.checks) if code)
+        field = prediction.lung_fields[0] if prediction.lung_fields else None
+        lung_warnings = (lungs.LUNG_FIELD_NOT_FOUND,) if field is not None and not field.found else ()
+        warnings = header_warnings + lung_warnings + tuple(
+            code for code in (check(evidence) for check in self.checks) if code)
         heat_map, heat_map_error = None, None
         with _timed(HEAT_MAP, timings, cpu):
             try:
@@ -223,7 +230,12 @@ class Scorer:
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
                   positive: bool, overlay: bool, warnings: tuple[str, ...] = ()) -> HeatMap:
         heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], self.metadata.cam), positive)
-        summary = cam.summarise(heat, (decoded.width, decoded.height))
+        chest = None
+        if prediction.lung_fields:
+            field = prediction.lung_fields[0]
+            heat = cam.place(heat, field.crop)
+            chest = field.lungs if field.found else None
+        summary = cam.summarise(heat, (decoded.width, decoded.height), chest)
         png = None
         if overlay:
             from . import overlay as overlays  # drawing (ImageDraw, fonts) is loaded only when a PNG is asked for
