@@ -28,7 +28,7 @@ from .augment import AugmentConfig
 from .calibration import fit_platt, fold_into_dense
 from .data import ImageSet, collection, dataset_files, load_images, lung_crops, patient_id, split_patient_block
 from .export import convert_float, convert_int8, representative_images
-from .segmenter import read_spec
+from .segmenter import read_report, read_spec
 from .ensemble import EVERY_IMAGE, average_logits, fit_flip_band, flip_averaged
 from .holdout import read_proxy
 from .train import CHANNELS, HEIGHT, WIDTH, TrainConfig, read_history, train_model
@@ -225,6 +225,7 @@ def load_split(config: TrainConfig, options: RunOptions) -> Split:
              for name, images in (("train", train), ("val", val), ("block", block)) if images is not None}
     sources = dataclasses.replace(train, boxes=crops["train"].crops.boxes)
     summary = {name: crop.summary() for name, crop in crops.items()}
+    summary["segmenter"] = read_report(options.segmenter_dir)
     print("lung fields:", json.dumps(summary), flush=True)
     return Split(crops["train"].crops, crops["val"].crops, train_files, val_files, sources, val,
                  crops["block"].crops if block is not None else None, block, block_files, summary)

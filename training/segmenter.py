@@ -233,11 +233,17 @@ def main(argv: list[str] | None = None) -> None:
               "val_int8": mask_metrics(val.masks, int8_val, 0.5),
               "sha256": hashlib.sha256(tflite).hexdigest(), "size_bytes": len(tflite),
               "seconds": round(time.time() - started, 1)}
-    (args.run_dir / "segmenter.json").write_text(json.dumps(report, indent=2))
+    (args.model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
 SPEC_FILE = "lung_field.json"
+REPORT_FILE = "segmenter.json"  # how it was trained and what it measured, beside the spec
+
+
+def read_report(folder: Path) -> dict | None:
+    path = folder / REPORT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_spec(spec: LungFieldSpec, folder: Path) -> Path:
