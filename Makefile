@@ -121,10 +121,11 @@ segmenter: $(INSTALLED) ## train the lung-field segmenter on the lung masks -> r
 	$(PY) -m training.segmenter --data $(DATA) --model-dir $(SEGMENTER) --run-dir runs/segmenter
 
 .PHONY: train
-train: $(INSTALLED) ## train and export the model into model/, then make ood, shortcut and robustness
+train: $(INSTALLED) ## train and export the model into model/, then make ood, population, shortcut and robustness
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest \
 		$(if $(PROXY_RESULTS),--proxy $(PROXY_RESULTS))
 	$(MAKE) --no-print-directory ood
+	$(MAKE) --no-print-directory population
 	$(MAKE) --no-print-directory shortcut
 	$(MAKE) --no-print-directory robustness
 
@@ -141,6 +142,14 @@ proxy: $(INSTALLED) ## the shift proxy: retrain without each normal collection a
 .PHONY: ood
 ood: $(INSTALLED) ## refit the out-of-distribution statistics of model/ and measure them
 	$(PY) -m training.ood --data $(DATA) --model-dir model
+
+# The adult-vs-paediatric head on the same features (adult_like_image): fitted on the training split
+# and the adult sets in $(DATA), cut on held-out training patients, measured by cross-validation
+# -> model.json `population`, report/population.json, the card (~1 min). After make ood: it reads
+# what out_of_distribution warns on the same images.
+.PHONY: population
+population: $(INSTALLED) ## refit the adult_like_image head of model/ and measure what it warns
+	$(PY) -m training.population --data $(DATA) --model-dir model
 
 # Where the model looks: share of CAM heat in the image border / outside the chest, on val
 # and the full-resolution originals -> model/report/shortcut.json + shortcut.png (~1 min).

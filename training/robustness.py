@@ -420,8 +420,13 @@ def card_section(result: dict) -> str:
              "\"warned\": any warning; \"labels changed\": the share whose label differs from the clean variant's.",
              "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
-    lines += ["", _occlusion_verdict(result), "",
-              f"Sets: {sets}. Variants: "
+    in_sample = [name for name in result.get("population_head_trained_on", []) if name in result["sets"]]
+    lines += ["", _occlusion_verdict(result), ""]
+    if in_sample:
+        lines += [f"The scorer's population head (`adult_like_image`) was fitted on the {', '.join(in_sample)} "
+                  "images, so their warned share here is in-sample; the population section gives it cross-validated.",
+                  ""]
+    lines += [f"Sets: {sets}. Variants: "
               + "; ".join(f"`{name}`: {text}" for name, text in result["definition"].items()) + ".",
               f"Seed {result['seed']}; {result['seconds']:.0f} s with {result['threads']} interpreter thread"
               + ("s" if result["threads"] != 1 else "")
@@ -468,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
         "threshold": metadata.threshold,
         "definition": {name: text for name, (_, text) in VARIANTS.items()},
         "sets": measured,
+        # Sets the scorer's population head was fitted on: their adult_like_image share is in-sample.
+        "population_head_trained_on": list((metadata.population or {}).get("adults", [])),
         "seed": args.seed, "limit": args.limit, "threads": args.threads,
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python -m training.robustness",

@@ -208,8 +208,10 @@ def newer_model(tmp_path: Path, version: str = "2099.01.01-1") -> Path:
     model_file = folder / metadata["file"]
     model_file.write_bytes(model_file.read_bytes() + b"\0" * 64)  # trailing bytes: a new artifact, same graph
     metadata.update(version=version, sha256=hashlib.sha256(model_file.read_bytes()).hexdigest())
-    if metadata.get("ood"):  # the same graph, so the same feature statistics: they follow the new checksum
-        metadata["ood"]["model_sha256"] = metadata["sha256"]
+    # The same graph, so the same feature statistics and population head: they follow the new checksum.
+    for section in ("ood", "population"):
+        if metadata.get(section):
+            metadata[section]["model_sha256"] = metadata["sha256"]
     (folder / "model.json").write_text(json.dumps(metadata))
     return folder
 

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 from PIL import Image
-from pneumoscan import ood, results
+from pneumoscan import ood, population, results
 from test_handler import NORMAL_XRAY, invoke, pytestmark, queued_event  # noqa: F401 - same skip rule
 
 
@@ -32,5 +32,6 @@ def test_blank_images_fail_noise_is_warned_and_an_xray_has_an_empty_list(handler
         assert items[blank]["warnings"] == []
     # A warned image is still scored.
     assert items["noise.png"]["status"] == results.STATUS_SCORED and items["noise.png"]["probability"] is not None
-    assert items["noise.png"]["warnings"] == [ood.OUT_OF_DISTRIBUTION]
+    # Noise is far from the training features and, to the population head, nothing like a child's X-ray.
+    assert items["noise.png"]["warnings"] == [ood.OUT_OF_DISTRIBUTION, population.ADULT_LIKE_IMAGE]
     assert items["xray.jpeg"]["status"] == results.STATUS_SCORED and items["xray.jpeg"]["warnings"] == []

@@ -232,6 +232,9 @@ def test_card_section_only_for_the_model_it_measured(tmp_path):
     section = robustness.measured_section(tmp_path, "abc")
     assert section.startswith(robustness.CARD_START) and section.endswith(robustness.CARD_END)
     assert "| nih | clean | 2 | 1.000 | 100.0% | 100.0% | 100.0% | 50.0% | - |" in section
+    assert "in-sample" not in section
+    result["population_head_trained_on"] = ["nih", "lung_masks"]
+    assert "fitted on the nih images, so their warned share here is in-sample" in robustness.card_section(result)
     assert "Not measured" in robustness.measured_section(tmp_path, "another model")
     assert "Not measured" in robustness.measured_section(tmp_path / "nowhere", "abc")
 

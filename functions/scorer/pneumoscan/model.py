@@ -150,6 +150,8 @@ class ModelMetadata:
     ood: Mapping[str, Any] | None = None
     # The lung-field segmenter run before the network (`pneumoscan.lungs`): None, the whole image.
     lung_field: LungFieldSpec | None = None
+    # The adult-vs-paediatric head on the same features (`pneumoscan.population`), with the model it belongs to.
+    population: Mapping[str, Any] | None = None
     size_bytes: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     threshold_rule: str | None = None
@@ -197,6 +199,7 @@ class ModelMetadata:
             flip_average=FlipAverage.from_dict(raw["flip_average"]) if raw.get("flip_average") else None,
             ood=dict(raw["ood"]) if raw.get("ood") else None,
             lung_field=LungFieldSpec.from_dict(raw["lung_field"]) if raw.get("lung_field") else None,
+            population=dict(raw["population"]) if raw.get("population") else None,
             size_bytes=raw.get("size_bytes"), outputs=dict(raw.get("outputs", {})),
             threshold_rule=raw.get("threshold_rule"), training=dict(raw.get("training") or {}),
             metrics=dict(raw.get("metrics") or {}), trained_at=raw.get("trained_at"), commit=raw.get("commit"),
@@ -216,7 +219,8 @@ class ModelMetadata:
                                "trained_at": self.trained_at, "commit": self.commit,
                                "promoted_from": self.promoted_from,
                                "ood": dict(self.ood) if self.ood else None,
-                               "lung_field": self.lung_field.as_dict() if self.lung_field else None}
+                               "lung_field": self.lung_field.as_dict() if self.lung_field else None,
+                               "population": dict(self.population) if self.population else None}
         raw = {name: value for name, value in raw.items() if value not in (None, {})}
         return {**raw, **self.extra}
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cam, formats, images, lungs, ood
+from . import cam, formats, images, lungs, ood, population
 from .images import DecodedImage, ImageRejected
 from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
 from .settings import OVERLAY_POLICIES
@@ -77,6 +77,7 @@ WARNING_MEANINGS = {
     "adult_patient": "Patient age outside the paediatric training population",
     lungs.LUNG_FIELD_NOT_FOUND: "Lungs not found where expected: the model read a default crop of the image",
     ood.OUT_OF_DISTRIBUTION: "Image unlike the training data: the score may mean little",
+    population.ADULT_LIKE_IMAGE: "Image resembles adult X-rays; the model was trained on children aged 1-5",
 }
 
 # A warning check: returns a warning code (e.g. "out_of_distribution") or None.
@@ -161,7 +162,9 @@ class Scorer:
     """A loaded model and the checks to run: `score(bytes)` is the whole path.
 
     Without `checks`, the model's own run: `pneumoscan.ood` refuses blank images and warns
-    `out_of_distribution` with the statistics model.json names (a model without them is refused).
+    `out_of_distribution` with the statistics model.json names (a model without them is refused),
+    and `pneumoscan.population` warns `adult_like_image` with the head of model.json's
+    `population` section where it has one.
     """
 
     def __init__(self, model: PneumoniaModel, *, checks: Sequence[Check] | None = None):
@@ -172,8 +175,9 @@ class Scorer:
             raise CamUnavailable(f"model {metadata.version} has no cam section: it cannot explain a score")
         if checks is None:
             try:
-                checks = ood.checks_for(model.model_dir, metadata.ood, metadata.sha256)
-            except ood.OodStatsError as exc:
+                checks = (ood.checks_for(model.model_dir, metadata.ood, metadata.sha256)
+                          + population.checks_for(metadata.population, metadata.sha256))
+            except (ood.OodStatsError, population.PopulationHeadError) as exc:
                 raise ModelLoadError(f"model {metadata.version}: {exc}") from exc
         self.model = model
         self.checks = tuple(checks)
