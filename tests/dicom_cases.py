@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import copy
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
 
 import numpy as np
 import pydicom
+import pydicom.filebase
+import pydicom.filewriter
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -275,3 +279,57 @@ def bare_dataset_bytes(ds: Dataset, *, implicit_vr: bool = True) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, implicit_vr=implicit_vr, little_endian=True)
     return buffer.getvalue()
+
+
+# -- hostile files: what a broken or malicious writer puts in a header --------------------------
+def with_raw_values(ds: Dataset, **values: bytes) -> Dataset:
+    """`ds` with each keyword's value replaced by raw bytes, written as a hostile writer puts them.
+
+    pydicom would refuse (or convert) such values on writing; an OB element of the same tag is
+    written as it stands in implicit VR, whose reader takes the VR from the dictionary again.
+    Write the result with `to_bytes(ds, ImplicitVRLittleEndian)`.
+    """
+    ds = copy.deepcopy(ds)
+    ds["PixelData"].VR = "OB" if ds.get("BitsAllocated", 8) == 8 else "OW"  # nothing left to infer it from
+    for keyword, value in values.items():
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        if tag in ds:
+            del ds[tag]
+        ds.add_new(tag, "OB", value)
+    return ds
+
+
+def hostile(ds: Dataset, **values: bytes) -> bytes:
+    """The Part 10 file of `with_raw_values(ds, **values)`."""
+    return to_bytes(with_raw_values(ds, **values), ImplicitVRLittleEndian)
+
+
+def deflated_bomb(ds: Dataset, pixel_data_bytes: int, *, trailing_element_bytes: int = 0) -> bytes:
+    """`ds` as a deflated Part 10 file whose pixel data is `pixel_data_bytes` of zeros, whatever
+    Rows x Columns says (or, with `trailing_element_bytes`, a private element that large in front
+    of it): a few hundred kB that inflate to the size asked. Built as a stream, never held inflated."""
+    ds = copy.deepcopy(ds)
+    del ds.PixelData
+    file = io.BytesIO()
+    file.write(b"\x00" * 128 + b"DICM")
+    meta = copy.deepcopy(ds.file_meta)
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    pydicom.filewriter.write_file_meta_info(file, meta, enforce_standard=True)
+    header = pydicom.filebase.DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(header, ds)
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    file.write(deflater.compress(header.getvalue()))
+    chunk = bytes(1 << 20)
+
+    def zeros(element: bytes, length: int) -> None:
+        file.write(deflater.compress(element + struct.pack("<I", length)))
+        for start in range(0, length, len(chunk)):
+            file.write(deflater.compress(chunk[:min(len(chunk), length - start)]))
+
+    if trailing_element_bytes:
+        # (0009,1010) OB: a private element of a creator the header never names.
+        zeros(struct.pack("<HH", 0x0009, 0x1010) + b"OB\x00\x00", trailing_element_bytes)
+    zeros(struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\x00\x00", pixel_data_bytes)
+    file.write(deflater.flush())
+    return file.getvalue()

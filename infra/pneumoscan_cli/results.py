@@ -23,8 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.results import (
-    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, attention_results, batch_results, study_results,
-    utc_timestamp,
+    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, UID_MAX_CHARS, attention_results, batch_results,
+    is_uid, study_results, utc_timestamp,
 )
 
 from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL
@@ -196,6 +196,11 @@ def results(
     """Show scores: one batch or study, or the positive, failed and warned results of a time window."""
     if batch is not None and study is not None:
         raise typer.BadParameter("--batch and --study are two different reads: give one")
+    if batch is not None and not batch.strip():
+        raise typer.BadParameter("--batch needs a batch name (the first folder under the incoming prefix)")
+    if study is not None and not is_uid(study):
+        raise typer.BadParameter("--study needs a StudyInstanceUID: dot-separated numbers, at most "
+                                 f"{UID_MAX_CHARS} characters")
     if changes and batch is None:
         # The indexes project the listing fields only; `previous` is on the whole item.
         raise typer.BadParameter("--changes reads whole items: give --batch")

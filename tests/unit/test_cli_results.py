@@ -288,3 +288,11 @@ def test_warned_results_are_shown_counted_and_filtered(target):
     spreadsheet = list(csv.DictReader(io.StringIO(
         runner.invoke(app, ["results", "--batch", "b3", "--warned", "--format", "csv"]).stdout)))
     assert [row["warnings"] for row in spreadsheet] == ['["out_of_distribution"]'] * 2
+
+
+@pytest.mark.parametrize("arguments", [["--study", ""], ["--study", "1.2.abc"], ["--study", "1." * 1500 + "1"],
+                                       ["--batch", ""]])
+def test_an_empty_or_invalid_study_or_batch_is_a_usage_error(target, arguments):
+    result = runner.invoke(app, ["results", *arguments])
+    assert result.exit_code == 2, result.output  # a usage error, not a traceback
+    assert arguments[0] in result.output

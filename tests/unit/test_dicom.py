@@ -200,9 +200,10 @@ def test_multi_frame_radiograph_is_refused():
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR", "US", "MG", "NM"])
-def test_other_modalities_are_refused_with_the_modality_named(modality):
+def test_other_modalities_are_refused_with_a_fixed_text_and_the_modality_kept(modality):
     error = _refused(_small(reference_pixels(), modality=modality))
-    assert error.reason == "unsupported_modality" and modality in error.detail
+    assert error.reason == "unsupported_modality" and modality not in error.detail
+    assert error.dicom.modality == modality
 
 
 @pytest.mark.parametrize(("modality", "body_part", "scored"), [

@@ -16,21 +16,28 @@ Only frontal chest radiographs are scored (see `check_scorable`); anything else 
     unsupported_transfer_syntax  no installed decoder for it
     not_dicom               a file that looked like a bare dataset but is not one
     unsupported_mode        a pixel layout that maps to no greyscale or RGB image
-    truncated / corrupt / too_many_pixels / too_small   as for JPEG and PNG
+    truncated / corrupt / too_many_pixels / too_small   as for JPEG and PNG; also a compressed
+                            frame without its end marker, a header that parses but cannot be
+                            applied, a deflated dataset inflating past what its image needs
 
 Patient data: the header is parsed in memory and only the identifiers in `DicomFacts` (the
 study, series and instance UIDs, modality, view and age in years) leave this module, on the
 decoded image's `dicom`. pydicom's
 own warnings can quote header values, so they are silenced while reading; error texts are
-written here and never quote a header value.
+written here and never quote a header value. A kept value must be valid for its kind (UIDs,
+code strings, the photometric interpretation's defined terms); one that is not is left out
+and named in `DicomFacts.invalid`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from datetime import date
 
@@ -38,14 +45,17 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom import config as pydicom_config
+from pydicom import filereader
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.encaps import generate_frames
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit,
-                         JPEGLSLossless, JPEGLSNearLossless)
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGLSLossless,
+                         JPEGLSNearLossless, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes)
 
-from pneumoscan.formats import has_dicom_magic, looks_like_bare_dataset
+from pneumoscan.formats import SNIFF_BYTES, has_dicom_magic, looks_like_bare_dataset
 from pneumoscan import images, results
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE, DecodedImage, ImageRejected
 
@@ -76,6 +86,21 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COL
 _MAX_TABLE_LEVELS = 1 << 17
 # CharLS (pyjpegls) decodes JPEG-LS about three times faster than libjpeg; "" lets pydicom pick.
 _PREFERRED_PLUGINS = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+# Encapsulated frames of these codecs end with an end-of-image (JPEG, JPEG-LS) or end-of-codestream
+# (JPEG 2000) marker, FFD9: a frame without it was cut short, and a decoder given one can spend
+# seconds looking for the rest (CharLS: 5-7 s on a truncated 1.6 MB radiograph frame).
+_END_MARKER_SYNTAXES = frozenset(JPEGTransferSyntaxes) | frozenset(JPEGLSTransferSyntaxes) | frozenset(
+    JPEG2000TransferSyntaxes)
+_END_MARKER = b"\xff\xd9"
+# A deflated dataset is inflated at most this far to read the header in front of its pixel
+# data, then only as far as the image the header declares needs (and as far again for what
+# follows the pixels): a few MB of deflate can inflate to gigabytes.
+_DEFLATED_HEADER_BYTES = 4 << 20
+# 16-bit RGB, the widest pixel a radiograph export writes.
+_MAX_BYTES_PER_PIXEL = 6
+# Code strings (Modality, ViewPosition; PS3.5 6.2): at most 16 upper-case letters, digits,
+# spaces and underscores. Anything else is no value a device writes, and is not kept.
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
@@ -96,6 +121,9 @@ class DicomFacts:
     bits_stored: int | None
     rows: int | None
     columns: int | None
+    # Keywords whose header value was no valid value of its kind (a UID with letters, a code
+    # string of 100,000 characters): left out above, so nothing unchecked is ever kept.
+    invalid: tuple[str, ...] = ()
 
     def warnings(self) -> tuple[str, ...]:
         """Warning codes the header alone gives (the image is still scored)."""
@@ -122,18 +150,29 @@ def read_dataset(data: bytes) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # force=True only for the bare datasets the sniffer accepted: it is how pydicom
-            # reads files without the Part 10 header (it guesses implicit/explicit VR).
-            dataset = pydicom.dcmread(io.BytesIO(data), force=not with_magic)
+            meta, meta_end = _file_meta(data) if with_magic else (None, 0)
+            if meta is not None and str(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+                dataset = _read_deflated(data, meta, meta_end)
+            else:
+                # force=True only for the bare datasets the sniffer accepted: it is how pydicom
+                # reads files without the Part 10 header (it guesses implicit/explicit VR).
+                dataset = pydicom.dcmread(io.BytesIO(data), force=not with_magic)
             # Elements are parsed lazily: touch the ones we need while the warnings are off.
             dataset.get("PixelData")
     except (InvalidDicomError, EOFError) as exc:
         raise ImageRejected("truncated" if isinstance(exc, EOFError) else "corrupt",
                             f"the DICOM header cannot be parsed ({type(exc).__name__})") from exc
-    except (ValueError, TypeError, KeyError, AttributeError, OSError, OverflowError) as exc:
+    except ImageRejected:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, OverflowError, zlib.error) as exc:
         raise ImageRejected("corrupt", f"the DICOM header cannot be parsed ({type(exc).__name__})") from exc
     if not with_magic and "PixelData" not in dataset and len(dataset) < 3:
         raise ImageRejected("not_dicom", "the bytes parse as no DICOM dataset")
+    if with_magic and "PixelData" not in dataset and "SOPClassUID" not in dataset:
+        # Every DICOM object, images or not, names its SOP class: this is no dataset at all.
+        if meta_end >= len(data):
+            raise ImageRejected("truncated", "the DICOM file ends after its header: it holds no dataset")
+        raise ImageRejected("corrupt", "the bytes after the DICOM file header are no DICOM dataset")
     if not _transfer_syntax(dataset):
         # No file meta: the pixels are encoded as the dataset itself was read.
         implicit, little = dataset.original_encoding
@@ -143,22 +182,94 @@ def read_dataset(data: bytes) -> Dataset:
     return dataset
 
 
+def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
+    """A Part 10 file's meta group and where its dataset starts (after preamble, magic and meta)."""
+    stream = io.BytesIO(data)
+    stream.seek(SNIFF_BYTES)
+    # pydicom's own file meta reader (what dcmread runs first); it stops at the first non-0002 tag.
+    meta = filereader._read_file_meta_info(stream)
+    return meta, stream.tell()
+
+
+def _read_deflated(data: bytes, meta: FileMetaDataset, meta_end: int) -> Dataset:
+    """A deflated Part 10 file, inflated no further than its header says the image needs.
+
+    pydicom inflates the whole rest of the file in one call, and a file of a few MB can inflate
+    to gigabytes. Here the header in front of the pixel data is inflated first, with a cap, and
+    the rest only as far as the one frame it declares needs (plus the header's cap again for
+    what may follow the pixels); past that it is refused before more is allocated.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray(inflater.decompress(data[meta_end:], _DEFLATED_HEADER_BYTES))
+    header = filereader.read_dataset(io.BytesIO(bytes(inflated)), False, True,
+                                     stop_when=lambda tag, vr, length: tag >= 0x7FE00008)
+    if "Rows" not in header and not inflater.eof and len(inflated) >= _DEFLATED_HEADER_BYTES:
+        raise ImageRejected("corrupt", f"the deflated DICOM header inflates past {_DEFLATED_HEADER_BYTES} bytes")
+    header.file_meta = meta
+    rows, columns = _int(header, "Rows") or 0, _int(header, "Columns") or 0
+    try:
+        if rows * columns > MAX_PIXELS:
+            raise ImageRejected("too_many_pixels", f"{columns}x{rows} declares more than {MAX_PIXELS} pixels")
+        if (_int(header, "NumberOfFrames") or 1) > 1:
+            raise ImageRejected("multi_frame", "more than one frame: only single-frame radiographs are scored")
+    except ImageRejected as refused:
+        refused.dicom = facts_of(header)
+        raise
+    pixel_bytes = min((_int(header, "SamplesPerPixel") or 1) * math.ceil((_int(header, "BitsAllocated") or 8) / 8),
+                      _MAX_BYTES_PER_PIXEL)
+    limit = rows * columns * pixel_bytes + 2 * _DEFLATED_HEADER_BYTES
+    while len(inflated) <= limit and not inflater.eof:
+        more = inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(inflated))
+        if not more:
+            break  # the deflate stream ends early: the dataset reader finds it truncated
+        inflated += more
+    if len(inflated) > limit:
+        raise ImageRejected("corrupt", "the deflated DICOM dataset inflates past what its header's image needs")
+    dataset = filereader.read_dataset(io.BytesIO(inflated), False, True)
+    dataset.file_meta = meta
+    dataset.set_original_encoding(False, True, dataset._character_set)
+    return dataset
+
+
 def facts_of(dataset: Dataset) -> DicomFacts:
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = _transfer_syntax(dataset)
+    invalid: list[str] = []
+
+    def uid(keyword: str, meta_keyword: str | None = None) -> str | None:
+        text = _text(dataset, keyword)
+        if text is None and meta_keyword and meta is not None:
+            text = _text(meta, meta_keyword)
+        if text is not None and not results.is_uid(text):
+            invalid.append(keyword)
+            return None
+        return text
+
+    def code_string(keyword: str) -> str | None:
+        text = _upper(dataset, keyword)
+        if text is not None and not _CODE_STRING.fullmatch(text):
+            invalid.append(keyword)
+            return None
+        return text
+
+    photometric = _upper(dataset, "PhotometricInterpretation")
+    if photometric is not None and photometric not in _GREYSCALE and photometric not in _COLOUR:
+        invalid.append("PhotometricInterpretation")
+        photometric = None
     return DicomFacts(
-        study_uid=_text(dataset, "StudyInstanceUID"),
-        series_uid=_text(dataset, "SeriesInstanceUID"),
-        sop_uid=_text(dataset, "SOPInstanceUID") or (_text(meta, "MediaStorageSOPInstanceUID") if meta else None),
-        sop_class_uid=_text(dataset, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta else None),
-        modality=_upper(dataset, "Modality"),
-        view_position=_upper(dataset, "ViewPosition"),
+        study_uid=uid("StudyInstanceUID"),
+        series_uid=uid("SeriesInstanceUID"),
+        sop_uid=uid("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        sop_class_uid=uid("SOPClassUID", "MediaStorageSOPClassUID"),
+        modality=code_string("Modality"),
+        view_position=code_string("ViewPosition"),
         patient_age_years=patient_age_years(dataset),
-        transfer_syntax=transfer_syntax or "unknown (no file meta)",
-        photometric=_upper(dataset, "PhotometricInterpretation"),
+        transfer_syntax=transfer_syntax if results.is_uid(transfer_syntax) else "unknown (no file meta)",
+        photometric=photometric,
         bits_stored=_int(dataset, "BitsStored"),
         rows=_int(dataset, "Rows"),
         columns=_int(dataset, "Columns"),
+        invalid=tuple(invalid),
     )
 
 
@@ -196,18 +307,21 @@ def check_scorable(facts: DicomFacts, dataset: Dataset) -> None:
         raise ImageRejected("no_pixel_data", "the DICOM object carries no integer pixel data"
                             + (f" ({kind} is not supported)" if kind else " (not an image)"))
     modality = facts.modality
+    if "Modality" in facts.invalid:
+        raise ImageRejected("unsupported_modality", "the Modality is no DICOM code string: only CR, DX, DR and "
+                                                    "chest secondary captures are scored")
     if modality in RADIOGRAPH_MODALITIES:
         pass
     elif modality in CAPTURE_MODALITIES or modality is None:
         body_part = _upper(dataset, "BodyPartExamined")
         if body_part is not None and body_part not in CHEST_BODY_PARTS:
             raise ImageRejected(
-                "unsupported_modality",
-                f"a {modality or 'modality-less'} image of body part other than the chest is not scored")
+                "unsupported_modality", "a secondary capture or modality-less image of a body part other than "
+                                        "the chest is not scored")
     else:
         raise ImageRejected(
             "unsupported_modality",
-            f"Modality {modality} is not a radiograph: only CR, DX, DR and chest secondary captures are scored")
+            "the Modality is no radiograph's: only CR, DX, DR and chest secondary captures are scored")
     frames = _int(dataset, "NumberOfFrames") or 1
     if frames > 1:
         raise ImageRejected("multi_frame", f"{frames} frames: only single-frame radiographs are scored")
@@ -220,7 +334,11 @@ def check_scorable(facts: DicomFacts, dataset: Dataset) -> None:
         raise ImageRejected("too_small", f"{columns}x{rows} is below the {MIN_SIDE} px minimum side")
     photometric = facts.photometric
     if photometric not in _GREYSCALE and photometric not in _COLOUR:
-        raise ImageRejected("unsupported_mode", f"PhotometricInterpretation {photometric} is not supported")
+        raise ImageRejected("unsupported_mode", "the PhotometricInterpretation is missing or none that maps to "
+                                                "greyscale or RGB")
+    if photometric == "PALETTE COLOR" and not all(
+            f"{colour}PaletteColorLookupTableDescriptor" in dataset for colour in ("Red", "Green", "Blue")):
+        raise ImageRejected("unsupported_mode", "PALETTE COLOR pixel data without its palette")
 
 
 def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> DecodedImage:
@@ -231,14 +349,24 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
     at full resolution (a 4k x 4k 16-bit image stays far below the function's memory).
     """
     dataset = read_dataset(data)
-    _complete_pixel_description(dataset)
     facts = facts_of(dataset)
     try:
-        check_scorable(facts, dataset)
-        if _is_greyscale_jpeg_baseline(dataset, facts):
-            image = _jpeg_baseline_image(dataset, target_size)
-        else:
-            image = _to_image(_pixel_array(dataset), dataset, facts.photometric)
+        try:
+            _check_pixel_description(dataset)
+            facts = facts_of(dataset)  # with the defaults filled in and the photometric normalised
+            check_scorable(facts, dataset)
+            frame = _checked_frame(dataset)
+            if _is_greyscale_jpeg_baseline(dataset, facts):
+                image = _jpeg_baseline_image(frame, dataset, target_size)
+            else:
+                image = _to_image(_pixel_array(dataset), dataset, facts.photometric)
+        except ImageRejected:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+            # Header values that parse but cannot be applied (a LUT without data, a slope that is
+            # no number) fail in pydicom's or numpy's arithmetic: the file is refused, never retried.
+            raise ImageRejected("corrupt", f"the DICOM header's pixel description cannot be applied "
+                                           f"({type(exc).__name__})") from exc
     except ImageRejected as refused:
         # A refused DICOM object is still part of its study: the failure keeps the identifiers.
         refused.dicom = facts
@@ -248,19 +376,54 @@ def decode(data: bytes, *, target_size: tuple[int, int] | None = None) -> Decode
                         format=FORMAT, mode=facts.photometric or "unknown", dicom=facts)
 
 
-def _complete_pixel_description(dataset: Dataset) -> None:
-    """Fill in what older exports (ACR-NEMA style) and edited headers leave out, as viewers assume it:
-    one greyscale sample, MONOCHROME2, unsigned, all allocated bits stored."""
-    if "PixelData" not in dataset or "BitsAllocated" not in dataset:
-        return
-    defaults = {"SamplesPerPixel": 1, "PixelRepresentation": 0, "BitsStored": dataset.BitsAllocated}
+def _check_pixel_description(dataset: Dataset) -> None:
+    """Refuse a pixel description that cannot be decoded, filling in first what older exports
+    (ACR-NEMA style) and edited headers leave out, as viewers assume it: one greyscale sample,
+    MONOCHROME2, unsigned, all allocated bits stored. The photometric interpretation is
+    normalised (`monochrome1 ` is MONOCHROME1) for the decoders, which take the defined terms only."""
+    if "PixelData" not in dataset:
+        return  # check_scorable says what the object is instead
+    bits_allocated = _int(dataset, "BitsAllocated")
+    if bits_allocated is None or not 1 <= bits_allocated <= 64:
+        raise ImageRejected("corrupt", "BitsAllocated is missing, empty or out of range: the pixels cannot be read")
+    defaults = {"SamplesPerPixel": 1, "PixelRepresentation": 0, "BitsStored": bits_allocated}
     for keyword, value in defaults.items():
         if _int(dataset, keyword) is None:
             setattr(dataset, keyword, value)
     if _int(dataset, "HighBit") is None:
         dataset.HighBit = int(dataset.BitsStored) - 1
-    if _text(dataset, "PhotometricInterpretation") is None and int(dataset.SamplesPerPixel) == 1:
+    photometric = _upper(dataset, "PhotometricInterpretation")
+    if photometric is None and int(dataset.SamplesPerPixel) == 1:
         dataset.PhotometricInterpretation = "MONOCHROME2"
+    elif photometric in _GREYSCALE or photometric in _COLOUR:
+        dataset.PhotometricInterpretation = photometric
+    if "NumberOfFrames" in dataset and (_int(dataset, "NumberOfFrames") or 0) < 1:
+        raise ImageRejected("corrupt", "NumberOfFrames is empty, no number or below one")
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in dataset and _finite(dataset.get(keyword)) is None:
+            raise ImageRejected("corrupt", f"{keyword} is empty or no finite number")
+    for item in dataset.get("ModalityLUTSequence") or ():
+        if "LUTDescriptor" not in item or "LUTData" not in item:
+            raise ImageRejected("corrupt", "a Modality LUT without its descriptor or data")
+
+
+def _checked_frame(dataset: Dataset) -> bytes | None:
+    """The single encapsulated frame, where the codec's frames end with a marker: refused when
+    it holds no bytes or lacks that marker, before any decoder is given it. None for native data."""
+    transfer_syntax = _transfer_syntax(dataset)
+    if transfer_syntax not in _END_MARKER_SYNTAXES:
+        return None
+    try:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1), b"")
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ImageRejected("corrupt", f"the encapsulated frame cannot be read ({type(exc).__name__})") from exc
+    if not frame.strip(b"\x00"):
+        raise ImageRejected("corrupt", "the encapsulated pixel data holds no frame bytes")
+    # Fragments are padded to an even length, with a zero byte or (some encoders) a 0xFF fill byte.
+    if not frame.rstrip(b"\x00\xff").endswith(_END_MARKER):
+        raise ImageRejected("truncated", "the compressed frame ends without its end-of-image marker: "
+                                         "the pixel data was cut short")
+    return frame
 
 
 def _is_greyscale_jpeg_baseline(dataset: Dataset, facts: DicomFacts) -> bool:
@@ -268,12 +431,8 @@ def _is_greyscale_jpeg_baseline(dataset: Dataset, facts: DicomFacts) -> bool:
             and _int(dataset, "SamplesPerPixel") == 1 and (facts.bits_stored or 8) == 8)
 
 
-def _jpeg_baseline_image(dataset: Dataset, target_size: tuple[int, int] | None) -> Image.Image:
+def _jpeg_baseline_image(frame: bytes, dataset: Dataset, target_size: tuple[int, int] | None) -> Image.Image:
     """The one JPEG frame through `images.decode`, then the display transforms on its 8-bit values."""
-    try:
-        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
-    except (StopIteration, ValueError, KeyError, TypeError) as exc:
-        raise ImageRejected("corrupt", f"the encapsulated JPEG frame cannot be read ({type(exc).__name__})") from exc
     jpeg = images.decode(frame, target_size=target_size)
     if jpeg.format not in ("JPEG", "MPO") or (jpeg.width, jpeg.height) != (dataset.Columns, dataset.Rows):
         raise ImageRejected("corrupt", f"the JPEG frame is {jpeg.width}x{jpeg.height}, the header says "
@@ -290,26 +449,26 @@ def _pixel_array(dataset: Dataset) -> np.ndarray:
             dataset.pixel_array_options(decoding_plugin=_PREFERRED_PLUGINS.get(_transfer_syntax(dataset), ""))
             return dataset.pixel_array
     except NotImplementedError as exc:
-        raise ImageRejected(
-            "unsupported_transfer_syntax",
-            f"no decoder for transfer syntax {_transfer_syntax(dataset) or 'unknown'}") from exc
+        raise ImageRejected("unsupported_transfer_syntax", "no installed decoder reads the file's transfer syntax"
+                            ) from exc
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
         message = str(exc)
-        reason = ("truncated" if any(word in message for word in ("less than expected", "truncated", "end of"))
-                  else "corrupt")
-        # Decoder messages are about the pixel data (sizes, codec status), never header values.
-        raise ImageRejected(reason, f"DICOM pixel data could not be decoded ({message[:300]})") from exc
+        truncated = any(word in message for word in ("less than expected", "truncated", "end of"))
+        # pydicom's messages can quote header values: the text recorded is fixed.
+        raise ImageRejected("truncated" if truncated else "corrupt",
+                            "the DICOM pixel data ends before the image its header declares" if truncated
+                            else f"the DICOM pixel data cannot be decoded ({type(exc).__name__})") from exc
 
 
 def _to_image(pixels: np.ndarray, dataset: Dataset, photometric: str | None) -> Image.Image:
     if photometric in _GREYSCALE:
         if pixels.ndim != 2:
-            raise ImageRejected("unsupported_mode", f"greyscale pixel data of shape {pixels.shape}")
+            raise ImageRejected("unsupported_mode", f"greyscale pixel data of {pixels.ndim} dimensions")
         return Image.fromarray(display_greyscale(pixels, dataset), mode="L")
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, dataset)
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ImageRejected("unsupported_mode", f"{photometric} pixel data of shape {pixels.shape}")
+        raise ImageRejected("unsupported_mode", f"colour pixel data of shape {pixels.shape}")
     if pixels.dtype != np.uint8:
         pixels = _stretch(pixels.astype(np.float32), float(pixels.min()), float(pixels.max()))
     return Image.fromarray(pixels, mode="RGB")
@@ -331,10 +490,12 @@ def display_greyscale(pixels: np.ndarray, dataset: Dataset) -> np.ndarray:
 def _display_curve(values: np.ndarray, dataset: Dataset) -> np.ndarray:
     """Modality LUT, VOI (LUT or window, else own range), MONOCHROME1 inverted, as uint8."""
     values = np.asarray(apply_modality_lut(values, dataset), dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageRejected("corrupt", "the rescale or Modality LUT maps stored values to no finite number")
     shown = _voi(values, dataset)
     if shown is None:
         shown = _normalise(values, float(values.min()), float(values.max()))
-    if str(dataset.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+    if _upper(dataset, "PhotometricInterpretation") == "MONOCHROME1":
         shown = 1.0 - shown
     return np.clip(shown * 255.0, 0, 255).round().astype(np.uint8)
 
@@ -367,7 +528,7 @@ def _window(values: np.ndarray, dataset: Dataset) -> np.ndarray | None:
     pydicom's apply_windowing scales its output to the stored bit depth, which would only
     have to be undone here.
     """
-    center, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
+    center, width = _finite(dataset.get("WindowCenter")), _finite(dataset.get("WindowWidth"))
     if center is None or width is None:
         return None
     function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
@@ -409,15 +570,15 @@ def _lateral_view_code(dataset: Dataset) -> bool:
     return False
 
 
-def _first(value) -> float | None:
-    if value is None or value == "":
-        return None
+def _finite(value) -> float | None:
+    """A header number as a float, or None when it is empty, no number or not finite."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
     try:
-        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-            value = value[0] if len(value) else None
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
+        number = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _text(dataset: Dataset | None, keyword: str) -> str | None:
@@ -427,7 +588,10 @@ def _text(dataset: Dataset | None, keyword: str) -> str | None:
         value = dataset.get(keyword)
     except (ValueError, TypeError, KeyError):
         return None
-    if value is None or isinstance(value, (bytes, list)) and not value:
+    if isinstance(value, (list, MultiValue)):
+        # A multi-valued element where one value belongs: the first is the value.
+        value = value[0] if len(value) else None
+    if value is None or isinstance(value, bytes) and not value:
         return None
     text = str(value).strip().strip("\x00").strip()
     return text or None
@@ -441,8 +605,10 @@ def _upper(dataset: Dataset, keyword: str) -> str | None:
 def _int(dataset: Dataset, keyword: str) -> int | None:
     try:
         value = dataset.get(keyword)
+        if isinstance(value, (list, MultiValue)):
+            value = value[0] if len(value) else None
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -83,6 +83,10 @@ TIMINGS_MS = "timings_ms"
 IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_FORMAT, IMAGE_MODE = "image_width", "image_height", "image_format", "image_mode"
 # A DICOM source's identifiers (pneumoscan.dicom.DicomFacts.item_fields), the only header values kept.
 STUDY_UID, SERIES_UID, SOP_UID = "study_uid", "series_uid", "sop_uid"
+# Those UIDs are kept only as DICOM writes them (PS3.5 9.1): numeric components without leading
+# zeros, dot-separated, at most 64 characters; `study-index` is keyed by valid ones alone.
+UID_MAX_CHARS = 64
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
 MODALITY, VIEW_POSITION, PATIENT_AGE_YEARS = "modality", "view_position", "patient_age_years"
 SR_KEY = "sr_key"  # the DICOM Structured Report of a scored DICOM source
 SR_ERROR = "sr_error"  # why a scored DICOM source has no SR (the score stands)
@@ -106,8 +110,16 @@ ROOT_BATCH = "_root"
 UNKNOWN_EVENT_KEY_PREFIX = "sqs-message/"
 UNKNOWN_EVENT_BATCH = "_unknown_event"
 
+# Error texts (`error`, `sr_error`, `overlay_error`) are written by the code, never quoted from
+# the input; this bounds them all the same.
+MAX_ERROR_CHARS = 200
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
 PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
+
+
+def is_uid(text: str) -> bool:
+    """A valid DICOM UID (the form the study, series and instance UIDs are kept in)."""
+    return len(text) <= UID_MAX_CHARS and _UID.fullmatch(text) is not None
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -232,19 +244,26 @@ def object_item(object_key: str, *, batch: str, source: SourceObject, model: Mod
         MODEL_VERSION: model.version, MODEL_SHA256: model.sha256, THRESHOLD: model.threshold,
     }
     if isinstance(outcome, Failure):
-        item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: outcome.error, WARNINGS: []})
+        item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: capped(outcome.error), WARNINGS: []})
         if outcome.dicom is not None:
             item.update(outcome.dicom.item_fields())
     else:
-        item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: sr_error})
+        item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: capped(sr_error)})
     return _stamped(item, timings_ms, scored_at)
+
+
+def capped(text: str | None) -> str | None:
+    """An error text as an item keeps it: one short line, so that the item stays one write unit."""
+    if text is None or len(text) <= MAX_ERROR_CHARS:
+        return text
+    return text[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def unknown_event_item(message_id: str, error: str, model: ModelMetadata,
                        scored_at: str | None = None) -> dict[str, Any]:
     """A message that is no S3 notification, recorded once under its message id (never retried)."""
     item = {KEY: f"{UNKNOWN_EVENT_KEY_PREFIX}{message_id}", BATCH: UNKNOWN_EVENT_BATCH, STATUS: STATUS_FAILED,
-            REASON: "unknown_event", ERROR: error, ETAG: message_id,
+            REASON: "unknown_event", ERROR: capped(error), ETAG: message_id,
             MODEL_VERSION: model.version, MODEL_SHA256: model.sha256}
     return _stamped(item, {}, scored_at)
 
@@ -257,7 +276,7 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
         IMAGE_FORMAT: image.format, IMAGE_MODE: image.mode, IGNORED_METADATA: image.ignored_metadata,
     }
     if score.heat_map_error is not None:
-        fields[OVERLAY_ERROR] = score.heat_map_error
+        fields[OVERLAY_ERROR] = capped(score.heat_map_error)
     if score.heat_map is not None:
         summary = score.heat_map.summary
         fields[CAM] = {"border_share": round(summary.border_share, 4),

@@ -149,10 +149,13 @@ def report_bytes(facts: DicomFacts, score: Score) -> bytes:
 
 def _source_reference(facts: DicomFacts) -> Dataset:
     """The scored instance as the SR's evidence: its UIDs and geometry, no patient data."""
-    missing = [name for name, value in (("StudyInstanceUID", facts.study_uid),
-                                        ("SeriesInstanceUID", facts.series_uid),
-                                        ("SOPInstanceUID", facts.sop_uid),
-                                        ("SOPClassUID", facts.sop_class_uid)) if not value]
+    uids = (("StudyInstanceUID", facts.study_uid), ("SeriesInstanceUID", facts.series_uid),
+            ("SOPInstanceUID", facts.sop_uid), ("SOPClassUID", facts.sop_class_uid))
+    invalid = [name for name, _ in uids if name in facts.invalid]
+    if invalid:
+        raise ReportNotPossible(f"the source header's {', '.join(invalid)} is no valid UID: an SR cannot "
+                                "reference it")
+    missing = [name for name, value in uids if not value]
     if missing:
         raise ReportNotPossible(f"the source header has no {', '.join(missing)}: an SR cannot reference it")
     source = Dataset()
