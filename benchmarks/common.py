@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from benchmarks.measure import peak_rss_mb, summarize  # noqa: F401 - the sections import them from here
 from pneumoscan_eval.datasets import FULLRES_SET, LABELS, default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,28 +54,6 @@ def load_samples(data_dir: Path, limit: int | None = None) -> list[Sample]:
         samples.append(Sample(f"{path.parent.name}/{path.name}", path.parent.name, path.read_bytes(),
                               width, height))
     return samples
-
-
-def summarize(seconds: Iterable[float]) -> dict:
-    """p50/p95 (and friends) in milliseconds of a list of per-item durations in seconds."""
-    values = np.asarray(list(seconds), dtype=np.float64) * 1e3
-    if values.size == 0:
-        return {"n": 0}
-    return {"n": int(values.size), "p50_ms": round(float(np.percentile(values, 50)), 3),
-            "p95_ms": round(float(np.percentile(values, 95)), 3),
-            "mean_ms": round(float(values.mean()), 3), "min_ms": round(float(values.min()), 3)}
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    """VmHWM, the most resident memory the process's own address space ever had.
-
-    Not getrusage's ru_maxrss: Linux carries that across fork + exec, so every probe
-    would report at least the RSS of the benchmark process that started it.
-    """
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
 
 
 def run_probe(argv: list[str], *, cores: Iterable[int] = (MEASURED_CORE,), env: dict | None = None,

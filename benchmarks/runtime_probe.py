@@ -50,7 +50,7 @@ def main() -> None:
         probabilities.extend(predict(images[offset: offset + args.batch]))
         per_image.extend([(time.perf_counter() - start) / args.batch] * args.batch)
 
-    from benchmarks.common import peak_rss_mb, summarize
+    from benchmarks.measure import peak_rss_mb, summarize
     print(json.dumps({"runtime": args.runtime, "threads": args.threads, "batch": args.batch,
                       "python": sys.version.split()[0], "versions": versions, "cores": sorted(os.sched_getaffinity(0)),
                       "import_and_load_ms": round(load_seconds * 1e3, 1),

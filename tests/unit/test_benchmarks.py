@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from decimal import Decimal
 
 import numpy as np
@@ -187,3 +190,36 @@ def test_inference_timing_counts_the_images_given_the_mirrored_pass():
     inputs = np.stack([np.full((4, 4, 1), value, np.uint8) for value in (0, 200, 50, 250)])
     timed = time_inference(Model(), inputs, repeats=2)
     assert timed["flip_averaged_share"] == 0.5 and timed["p50_ms"] >= 0
+
+
+# The tflite-runtime 2.14 venv (Python 3.11) holds the interpreter, numpy and Pillow, none of the
+# project's packages (the Makefile's .venv-tflite214).
+_NOT_IN_THE_TFLITE214_VENV = ("pneumoscan", "pneumoscan_eval", "pneumoscan_cli", "training", "keras",
+                              "tensorflow")
+
+
+def test_the_runtime_probe_runs_without_the_projects_packages(tmp_path):
+    """`make bench` runs the probe under the tflite-runtime 2.14 venv: it imported
+    pneumoscan_eval through benchmarks.common there and the peer runtime was skipped."""
+    from pneumoscan.model import PneumoniaModel, default_model_dir
+
+    from benchmarks.common import probe_pythonpath
+    height, width, channels = PneumoniaModel().input_shape
+    np.save(tmp_path / "inputs.npy", np.zeros((2, height, width, channels), np.uint8))
+    blocked = repr(_NOT_IN_THE_TFLITE214_VENV)
+    launcher = (
+        "import runpy, sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {blocked}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    completed = subprocess.run(
+        [sys.executable, "-c", launcher, str(REPO_ROOT / "benchmarks" / "runtime_probe.py"), "litert-int8",
+         str(default_model_dir()), str(tmp_path / "inputs.npy")],
+        capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": probe_pythonpath()})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["per_image"]["n"] == 2 and len(result["probabilities"]) == 2
