@@ -134,6 +134,7 @@ images from other hospitals without a local evaluation (`pneumoscan evaluate DIR
   graph) and so does the final sigmoid, so near-certain scores stay distinct.
 - Input: decode and resize with `pneumoscan.images` (Pillow, reduced JPEG decode, bilinear
   stretch to 224x224, no aspect preservation), exactly as the Lambda does.
+{_lung_field_section(metadata)}
 
 ## Training data
 {training['source']}. Train split only: the official test split was never seen.
@@ -169,6 +170,8 @@ Per collection (the NORMAL2 normals are a later acquisition batch):
 
 {_fullres_line(val.get("fullres_originals"))}
 
+{_block_section(metadata["metrics"].get("patient_block_hold_out"))}
+
 {_hold_out_section(metadata["metrics"].get("collection_hold_out", []))}
 
 int8 vs Keras parity on val: AUC {parity['int8_auc']:.4f} vs {parity['keras_auc']:.4f}
@@ -201,6 +204,47 @@ def _robustness_section(model_dir: Path, metadata: dict) -> str:
     from .robustness import measured_section
 
     return measured_section(model_dir, metadata["sha256"])
+
+
+def _lung_field_section(metadata: dict) -> str:
+    """What the classifier reads: the lung crop, and how well the segmenter found the lungs."""
+    spec = metadata.get("lung_field")
+    if not spec:
+        return "- The network reads the whole stretched image."
+    found = metadata["training"].get("lung_field") or {}
+    report = found.get("segmenter") or {}
+    shares = ", ".join(f"{name} {_pct(row['found_share'])} of {row['n']}" for name, row in found.items()
+                       if isinstance(row, dict) and "found_share" in row)
+    held = report.get("val_int8")
+    measured = (f" On {held['n']} held-out masked images (int8): dice {held['dice_mean']:.3f} (10th percentile"
+                f" {held['dice_p10']:.3f}), lung-box IoU {held['box_iou_mean']:.3f}." if held else "")
+    return f"""- **Lung field first.** A small U-Net (`{spec['file']}`, int8, {spec['size_bytes']:,} bytes,
+  {spec['size']}x{spec['size']} input) segments the lungs; the network reads only the box around
+  the mask, widened by {spec['margin']:.0%} of its size on each side and stretched back to 224x224
+  (`pneumoscan.lungs`). Training read the same crops, their edges jittered. The segmenter was trained on
+  525 lung masks of adult X-rays (COVID-19 image data collection, V7 Labs and radiologists' masks);
+  no paediatric masks exist to train on.{measured} A mask failing its sanity checks (area
+  {_pct(spec['min_area'])}-{_pct(spec['max_area'])} of the image, box at least {_pct(spec['min_width'])} wide and
+  {_pct(spec['min_height'])} high, centre within {_pct(spec['max_centre_offset'])} of the image centre) gives the
+  default crop {spec['fallback']} and the warning `lung_field_not_found`. Masks passing the checks on this
+  model's images: {shares or 'not recorded'}."""
+
+
+def _block_section(block: dict | None) -> str:
+    """The patient-block hold-out: the lowest-numbered patients, never trained or validated on."""
+    if not block:
+        return "Patient-block hold-out: not measured for this model."
+    rows = "\n".join(f"| {source} | {row['n']} | {_pct(row.get('specificity', NAN))} | {_pct(row.get('sensitivity', NAN))} |"
+                     for source, row in block["by_collection"].items())
+    return f"""Patient-block hold-out (the proxy for the blind test split, whose patients are numbered below every
+training patient): the lowest-numbered {block['fraction']:.0%} of the patients of each collection were left out
+of training and validation, then scored by this int8 model at the threshold above: AUC {block['auc']:.4f},
+sensitivity {_pct(block['sensitivity'])}, specificity {_pct(block['specificity'])}, accuracy {_pct(block['accuracy'])}
+on {block['n']} images.
+
+| collection | n | specificity | sensitivity |
+|---|---|---|---|
+{rows}"""
 
 
 def _acquisition_line(augment: dict) -> str:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pneumoscan import cam
-from pneumoscan.lungs import Box, LungFieldSpec, box_from_mask, crop_and_resize, crop_input, lung_field
+from pneumoscan.lungs import (MAX_FRAME_TRIM, Box, LungFieldSpec, box_from_mask, crop_and_resize, crop_input, frame_box,
+                             lung_field, within)
 
 SPEC = LungFieldSpec(file="lungs.tflite", sha256="0" * 64, size_bytes=1)
 
@@ -81,3 +82,25 @@ def test_heat_of_a_crop_lands_inside_the_crop():
     assert placed[7, 7] == pytest.approx(1.0)
     whole = cam.place(heat * np.arange(14)[None, :], Box(0.0, 0.0, 1.0, 1.0))
     assert np.allclose(whole, heat * np.arange(14)[None, :], atol=1e-5)
+
+
+def test_uniform_edge_bands_are_frame():
+    rng = np.random.default_rng(5)
+    image = rng.integers(40, 220, (224, 224, 1)).astype(np.uint8)
+    image[:22] = 0  # a black band on top, 10 %
+    image[:, :27] = 0  # and 12 % on the left
+    image[:, -27:] = 0  # and on the right
+    image[2:12, 5:15] = 250  # a burned-in letter inside the black band stays frame
+    frame = frame_box(image)
+    assert frame.as_list() == pytest.approx([27 / 224, 22 / 224, 1 - 27 / 224, 1.0], abs=0.005)
+
+
+def test_no_band_is_the_whole_image_and_a_blank_image_keeps_most_of_itself():
+    rng = np.random.default_rng(6)
+    assert frame_box(rng.integers(0, 256, (224, 224, 1)).astype(np.uint8)) == Box(0.0, 0.0, 1.0, 1.0)
+    blank = frame_box(np.zeros((224, 224, 1), np.uint8))
+    assert blank.width >= 1 - 2 * MAX_FRAME_TRIM - 0.01
+
+
+def test_a_box_within_a_box():
+    assert within(Box(0.1, 0.2, 0.9, 1.0), Box(0.0, 0.0, 0.5, 0.5)).as_list() == pytest.approx([0.1, 0.2, 0.5, 0.6])

@@ -192,6 +192,40 @@ def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:
     return np.clip(np.rint(crop_and_resize(pixels, box, height, width)), 0, 255).astype(np.uint8)
 
 
+# Uniform bands along the edges (collimation, letterboxing, an exported black or white
+# frame) are trimmed before segmenting: a row or column whose grey levels between its 5th and
+# 95th percentile span at most FRAME_SPREAD levels is frame, not anatomy (a burned-in letter
+# in the band stays under 5 % of its pixels). At most MAX_FRAME_TRIM of each side goes.
+FRAME_SPREAD = 10
+MAX_FRAME_TRIM = 0.3
+
+
+def frame_box(pixels: np.ndarray) -> Box:
+    """The image without the uniform bands along its edges, as a box of the image."""
+    image = np.asarray(pixels)[..., 0] if np.asarray(pixels).ndim == 3 else np.asarray(pixels)
+    rows_low, rows_high = np.percentile(image, (5, 95), axis=1)
+    cols_low, cols_high = np.percentile(image, (5, 95), axis=0)
+    uniform_rows = (rows_high - rows_low) <= FRAME_SPREAD
+    uniform_cols = (cols_high - cols_low) <= FRAME_SPREAD
+    height, width = image.shape
+    top, bottom = _run(uniform_rows, height), _run(uniform_rows[::-1], height)
+    left, right = _run(uniform_cols, width), _run(uniform_cols[::-1], width)
+    return Box(left / width, top / height, 1.0 - right / width, 1.0 - bottom / height)
+
+
+def _run(uniform: np.ndarray, size: int) -> int:
+    """How many leading entries are uniform, up to MAX_FRAME_TRIM of `size`."""
+    limit = int(MAX_FRAME_TRIM * size)
+    leading = int(np.argmin(uniform[:limit])) if not uniform[:limit].all() else limit
+    return leading
+
+
+def within(outer: Box, inner: Box) -> Box:
+    """`inner`, given as fractions of `outer`, as fractions of the whole image."""
+    return Box(outer.left + inner.left * outer.width, outer.top + inner.top * outer.height,
+               outer.left + inner.right * outer.width, outer.top + inner.bottom * outer.height)
+
+
 class LungSegmenter:
     """The int8 U-Net: a (H, W, 1) uint8 image in, its lung field out."""
 
@@ -216,13 +250,13 @@ class LungSegmenter:
         except (ValueError, RuntimeError, KeyError, StopIteration) as exc:
             raise ModelLoadError(f"{spec.file} is not a usable lung segmenter: {exc}") from exc
 
-    def mask(self, pixels: np.ndarray) -> np.ndarray:
-        """(size, size) lung probability of a (H, W, 1) uint8 image (stretched to the segmenter's size)."""
+    def mask(self, pixels: np.ndarray, box: Box = Box(0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
+        """(size, size) lung probability of `box` of a (H, W, 1) uint8 image, stretched to the
+        segmenter's size."""
         size = self.spec.size
         image = np.asarray(pixels, dtype=np.uint8)
-        if image.shape[:2] != (size, size):
-            whole = crop_and_resize(image, Box(0.0, 0.0, 1.0, 1.0), size, size)
-            image = np.clip(np.rint(whole), 0, 255).astype(np.uint8)
+        if image.shape[:2] != (size, size) or box != Box(0.0, 0.0, 1.0, 1.0):
+            image = np.clip(np.rint(crop_and_resize(image, box, size, size)), 0, 255).astype(np.uint8)
         self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(image[np.newaxis, :, :, :1]))
         self._interpreter.invoke()
         values = self._interpreter.get_tensor(self._output["index"])
@@ -232,4 +266,9 @@ class LungSegmenter:
         return values[0, :, :, 0].astype(np.float32, copy=False)
 
     def find(self, pixels: np.ndarray) -> LungField:
-        return lung_field(self.mask(pixels), self.spec)
+        """The lung field of the image inside its uniform edge bands, in whole-image fractions."""
+        frame = frame_box(pixels)
+        field = lung_field(self.mask(pixels, frame), self.spec)
+        if not field.found:
+            return field
+        return LungField(within(frame, field.lungs), field.area, True, None, within(frame, field.crop))
