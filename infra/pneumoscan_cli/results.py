@@ -23,8 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan.results import (
-    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, UID_MAX_CHARS, attention_results, batch_results,
-    is_uid, study_results, utc_timestamp,
+    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, UID_MAX_CHARS, attention_results, batch_partition,
+    batch_results, is_uid, study_results, utc_timestamp,
 )
 
 from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL
@@ -67,9 +67,15 @@ def _plain(value: Any) -> Any:
 
 def batch_items(target: Target, batch: str, *, projection: list[str] | None = None,
                 key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every item of one batch (or the part with an object key in `key_between`), in object-key order:
-    one paginated Query on the table."""
-    for item in batch_results(target.client("dynamodb"), target.table, batch, fields=projection,
+    """Every item of one batch folder (or the part with an object key in `key_between`), in
+    object-key order: one paginated Query on the table."""
+    yield from partition_items(target, batch_partition(batch), projection=projection, key_between=key_between)
+
+
+def partition_items(target: Target, partition: str, *, projection: list[str] | None = None,
+                    key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every item under one partition key (a batch's, or the counters' of a day)."""
+    for item in batch_results(target.client("dynamodb"), target.table, partition, fields=projection,
                               key_between=key_between):
         yield _plain(item)
 

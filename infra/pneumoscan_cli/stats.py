@@ -27,7 +27,7 @@ from pneumoscan import telemetry
 from pneumoscan.results import days_between
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
-from .results import OutputFormat, batch_items, parse_time
+from .results import OutputFormat, parse_time, partition_items
 from .stats_html import stats_page
 
 DEFAULT_WINDOW = timedelta(days=7)
@@ -50,7 +50,7 @@ def counter_items(target: Target, since: datetime, until: datetime) -> Iterator[
     first, last = _hour(since), _hour(until)
     for day in days_between(since, until):
         low, high = telemetry.hour_range(max(first, f"{day}T00"), min(last, f"{day}T23"))
-        yield from batch_items(target, telemetry.stats_partition(day), key_between=(low, high))
+        yield from partition_items(target, telemetry.stats_partition(day), key_between=(low, high))
 
 
 def group_of(item: dict[str, Any], by: GroupBy) -> str:

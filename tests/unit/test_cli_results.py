@@ -9,7 +9,7 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from pneumoscan.results import to_dynamodb, utc_timestamp, with_index_keys
+from pneumoscan.results import primary_key, to_dynamodb, utc_timestamp, with_index_keys
 from pneumoscan_cli import aws
 from pneumoscan_cli.files import collect_files
 from pneumoscan_cli.main import app
@@ -296,3 +296,16 @@ def test_an_empty_or_invalid_study_or_batch_is_a_usage_error(target, arguments):
     result = runner.invoke(app, ["results", *arguments])
     assert result.exit_code == 2, result.output  # a usage error, not a traceback
     assert arguments[0] in result.output
+
+
+def test_a_batch_folder_named_like_the_counter_partition_lists_its_results_alone(target):
+    day = NOW.strftime("%Y-%m-%d")
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    key = f"incoming/_stats#{day}/x.jpeg"
+    table.put_item(Item=to_dynamodb(_item(key, primary_key(key)["batch"], "NORMAL", 0.1)))
+    table.put_item(Item={"batch": f"_stats#{day}", "object_key": f"_stats#{day}T10#test#b1", "images": 3})
+
+    result = runner.invoke(app, ["results", "--batch", f"_stats#{day}", "--format", "json"])
+
+    assert result.exit_code == 0, result.output
+    assert [item["object_key"] for item in json.loads(result.stdout)] == [key]

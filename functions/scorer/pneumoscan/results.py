@@ -139,7 +139,15 @@ def batch_of(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) ->
         return UNKNOWN_EVENT_BATCH
     relative = object_key[len(incoming_prefix):] if object_key.startswith(incoming_prefix) else object_key
     folder, separator, _ = relative.partition("/")
-    return folder if separator and folder else ROOT_BATCH
+    return batch_partition(folder) if separator and folder else ROOT_BATCH
+
+
+def batch_partition(folder: str) -> str:
+    """The partition key of the batch folder `folder`. The table's own partitions (`_root`,
+    `_unknown_event`, the `_stats#<day>` counters) begin with one underscore, so a folder that
+    begins with one gets another: `_stats#2026-11-26/` is batch `__stats#2026-11-26`, never the
+    counters' partition, and no two folders share a partition."""
+    return f"_{folder}" if folder.startswith("_") else folder
 
 
 def primary_key(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> dict[str, str]:
