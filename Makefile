@@ -121,13 +121,14 @@ segmenter: $(INSTALLED) ## train the lung-field segmenter on the lung masks -> r
 	$(PY) -m training.segmenter --data $(DATA) --model-dir $(SEGMENTER) --run-dir runs/segmenter
 
 .PHONY: train
-train: $(INSTALLED) ## train and export the model into model/, then make ood, population, shortcut and robustness
+train: $(INSTALLED) ## train and export the model into model/, then make ood, population, shortcut, robustness and subtype
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest \
 		$(if $(PROXY_RESULTS),--proxy $(PROXY_RESULTS))
 	$(MAKE) --no-print-directory ood
 	$(MAKE) --no-print-directory population
 	$(MAKE) --no-print-directory shortcut
 	$(MAKE) --no-print-directory robustness
+	$(MAKE) --no-print-directory subtype
 
 # The shift proxy for the current recipe: retrain without each normal collection and score it
 # (runs/holdout-*/holdout.json, ~2 x 15 min on 2 idle cores); `make train` afterwards records them.
@@ -163,3 +164,9 @@ shortcut: $(INSTALLED) ## where the model looks (CAM heat in the border / outsid
 .PHONY: robustness
 robustness: $(INSTALLED) ## how the model's figures move when only the frame of the image changes
 	$(PY) -m training.robustness --data $(DATA) --model-dir model $(ROBUSTNESS_ARGS)
+
+# Bacterial or viral: the subtype head on the pooled features of the model in model/ (it belongs to
+# one network: refit after every new model) -> model.json `subtype`, report/subtype.json (~1 min).
+.PHONY: subtype
+subtype: $(INSTALLED) ## fit the pneumonia subtype head (bacterial/viral) of model/ and measure it
+	$(PY) -m training.subtype --data $(DATA) --model-dir model

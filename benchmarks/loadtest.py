@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from benchmarks.common import DEFAULT_DATA, REPO_ROOT, load_samples, summarize
-from pneumoscan.results import KEY, SCORED_AT, batch_partition, batch_results, key_digest
+from pneumoscan.results import KEY, SCORED_AT, batch_results, key_digest
 from pneumoscan_cli.aws import STATE_DIR_ENV, STATE_FILE, Target
 
 console = Console(stderr=True)
@@ -99,8 +99,7 @@ class LocalUp:
 
 def batch_items(target: Target, batch: str) -> list[dict]:
     """Key, status and scored_at of every item of the batch (one paginated Query)."""
-    return list(batch_results(target.client("dynamodb"), target.table, batch_partition(batch),
-                              fields=(KEY, "status", SCORED_AT)))
+    return list(batch_results(target.client("dynamodb"), target.table, batch, fields=(KEY, "status", SCORED_AT)))
 
 
 def handler_writes(worker_log: Path, keys: list[str]) -> tuple[Counter, int]:

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from benchmarks.common import Sample
 from benchmarks.local_stack import StackProcess
-from pneumoscan.results import SCORED_AT, batch_partition, batch_results
+from pneumoscan.results import SCORED_AT, batch_results
 
 DEADLINE_S = 900
 
 
 def _scored_times(dynamodb, table: str, batch: str) -> list[datetime]:
     return sorted(datetime.fromisoformat(item[SCORED_AT].replace("Z", "+00:00"))
-                  for item in batch_results(dynamodb, table, batch_partition(batch), fields=(SCORED_AT,)))
+                  for item in batch_results(dynamodb, table, batch, fields=(SCORED_AT,)))
 
 
 def measure(samples: list[Sample], workers: int, log: Path) -> dict:

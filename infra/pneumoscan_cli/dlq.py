@@ -44,14 +44,21 @@ class DeadLetter:
     attributes: dict[str, str]
     message_attributes: dict[str, Any] = field(default_factory=dict)
 
-    def read(self, bucket: str | None) -> tuple[list[str], str | None]:
-        """The object keys the message names and why it is no S3 notification the handler
-        would score (None when it is one). An event about another bucket names none of this
-        stack's objects: the handler records it as an unknown event, and so does the listing."""
+    @property
+    def object_keys(self) -> list[str]:
         try:
-            return [created.key for created in parse_message(self.body, bucket=bucket).objects], None
+            return [created.key for created in parse_message(self.body).objects]
+        except UnknownEvent:
+            return []
+
+    @property
+    def problem(self) -> str | None:
+        """Why the message is no S3 notification the handler understands (None when it is one)."""
+        try:
+            parse_message(self.body)
         except UnknownEvent as exc:
-            return [], str(exc)
+            return str(exc)
+        return None
 
     @property
     def sent_at(self) -> str:
@@ -153,12 +160,11 @@ def list_dead_letters(
     sqs = target.client("sqs")
     letters = list(receive(sqs, dead_letter_queue_url, limit))
     release(sqs, dead_letter_queue_url, letters)
-    rows = []
-    for letter in letters:
-        keys, problem = letter.read(target.bucket)
-        rows.append({"message_id": letter.message_id, "sent_at": letter.sent_at,
-                     "receive_count": int(letter.attributes.get("ApproximateReceiveCount", 0)),
-                     "object_keys": keys, "result": result_status(target, keys), "problem": problem})
+    rows = [{"message_id": letter.message_id, "sent_at": letter.sent_at,
+             "receive_count": int(letter.attributes.get("ApproximateReceiveCount", 0)),
+             "object_keys": letter.object_keys, "result": result_status(target, letter.object_keys),
+             "problem": letter.problem}
+            for letter in letters]
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))

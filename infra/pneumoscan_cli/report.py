@@ -2,10 +2,10 @@
 
 Every image is inlined as a data URI and the page carries its own CSS and script, so
 the file opens anywhere with no network. Per image: thumbnail, CAM overlay,
-probability, label, status, the result's warnings (e.g. `out_of_distribution`: the
-score may mean little), and a flag when most of the heat lies outside the chest
-(see `pneumoscan.cam.CHEST_BOX`). The page sorts by probability and filters to
-positives, failures, warned or flagged images.
+probability, label, a positive's subtype (bacterial or viral, or uncertain), status, the
+result's warnings (e.g. `out_of_distribution`: the score may mean little), and a flag when
+most of the heat lies outside the chest (see `pneumoscan.cam.CHEST_BOX`). The page sorts by
+probability and filters to positives, each subtype, failures, warned or flagged images.
 """
 
 from __future__ import annotations
@@ -33,15 +33,18 @@ from pneumoscan.results import STATUS_FAILED, STATUS_SCORED
 from pneumoscan.images import DecodedImage
 from pneumoscan.scoring import WARNING_MEANINGS, ImageRejected, Scorer, decode_image
 
+from pneumoscan_eval.datasets import SUBTYPES
+
 from .aws import (BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target,
                   TargetError, resolve_target)
 from .files import collect_files
-from .results import batch_items
+from .results import UNCERTAIN, batch_items, subtype_shown
 from .score import Score, file_failure, function_settings
 
 console = Console(stderr=True)
 
 THUMBNAIL_SIDE = 160
+SUBTYPES_SHOWN = (*SUBTYPES, UNCERTAIN)
 # Overlays are re-encoded as JPEG inside the page: ~4x smaller than the PNGs, still sharp.
 JPEG_QUALITY = 82
 DOWNLOAD_THREADS = 8
@@ -83,7 +86,8 @@ def entries_from_files(paths: list[Path], scorer: Scorer) -> Iterator[ReportEntr
                           outside_chest_share=summary.outside_chest_share if summary else None,
                           thumbnail=thumbnail(scored.image.image),
                           overlay=as_jpeg(scored.overlay_png) if scored.overlay_png else None,
-                          warnings=scored.warnings)
+                          warnings=scored.warnings, subtype=scored.subtype,
+                          subtype_probability=scored.subtype_probability)
 
 
 def entries_from_stack(target: Target, batch: str, positive_label: str) -> list[ReportEntry]:
@@ -108,7 +112,8 @@ def entries_from_stack(target: Target, batch: str, positive_label: str) -> list[
             outside_chest_share=_number(summary.get("outside_chest_share")),
             thumbnail=thumbnail(decoded.image) if decoded else None,
             overlay=_overlay(s3, target.bucket, item, decoded, positive_label),
-            warnings=tuple(item.get(results.WARNINGS) or ()))
+            warnings=tuple(item.get(results.WARNINGS) or ()), subtype=item.get(results.SUBTYPE),
+            subtype_probability=_number(item.get(results.SUBTYPE_PROBABILITY)))
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         return list(track(pool.map(entry, items), total=len(items), description="Downloading", console=console))
@@ -172,6 +177,7 @@ def summarise(entries: list[ReportEntry], positive_label: str) -> dict[str, Any]
             "negatives": len(scored) - positives,
             "failures": sum(e.status == STATUS_FAILED for e in entries),
             "warned": sum(bool(e.warnings) for e in entries),
+            **{name: sum(_subtype(e) == name for e in scored) for name in SUBTYPES_SHOWN},
             "flagged": sum(e.flagged for e in entries),
             "model_versions": sorted({e.model_version for e in entries if e.model_version})}
 
@@ -185,6 +191,7 @@ def render_html(entries: list[ReportEntry], *, source: str, labels: tuple[str, s
     left, top, right, bottom = (round(edge * 100) for edge in cam.CHEST_BOX)
     summary_items = [("images", counts["images"]), ("scored", counts["scored"]),
                      ("positives", counts["positives"]), (negative_label.lower(), counts["negatives"]),
+                     *((name, counts[name]) for name in SUBTYPES_SHOWN if any(_subtype(e) for e in entries)),
                      ("failures", counts["failures"]), ("warned", counts["warned"]),
                      ("heat outside chest", counts["flagged"])]
     summary = "".join(f'<div class="count" data-count="{html.escape(name)}"><b>{value}</b>{html.escape(name)}</div>'
@@ -196,6 +203,20 @@ def render_html(entries: list[ReportEntry], *, source: str, labels: tuple[str, s
         probability_heading=html.escape(f"P({positive_label.lower()})"),
         flag_share=round(cam.OUTSIDE_CHEST_FLAG * 100), chest=f"{left}-{right} % across, {top}-{bottom} % down",
         counts_json=html.escape(json.dumps(counts)))
+
+
+def _subtype(entry: ReportEntry) -> str | None:
+    return subtype_shown({results.SUBTYPE: entry.subtype, results.SUBTYPE_PROBABILITY: entry.subtype_probability})
+
+
+def _subtype_line(entry: ReportEntry) -> str:
+    """Under a positive's label: its subtype and P(viral | pneumonia); the heat stays the label's."""
+    shown = _subtype(entry)
+    if shown is None:
+        return ""
+    return (f'<div class="subtype{" uncertain" if shown == UNCERTAIN else ""}" title="P(viral | pneumonia); '
+            f'the heat map is the detection\'s, not the subtype\'s">{html.escape(shown)} '
+            f'(P<sub>viral</sub> {entry.subtype_probability:.2f})</div>')
 
 
 def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
@@ -212,12 +233,14 @@ def _row(position: int, entry: ReportEntry, positive_label: str) -> str:
     return (
         f'<tr data-position="{position}" data-probability="{probability}" data-status="{html.escape(entry.status)}" '
         f'data-label="{html.escape(entry.label or "")}" data-positive="{int(entry.label == positive_label)}" '
-        f'data-flagged="{int(entry.flagged)}" data-warned="{int(bool(entry.warnings))}">'
+        f'data-flagged="{int(entry.flagged)}" data-warned="{int(bool(entry.warnings))}" '
+        f'data-subtype="{html.escape(_subtype(entry) or "")}">'
         f"<td>{_image(entry.thumbnail, 'thumbnail', entry.image)}</td>"
         f"<td>{_image(entry.overlay, 'overlay', entry.image)}</td>"
         f'<td class="name">{html.escape(entry.image)}{detail}</td>'
         f'<td class="status {html.escape(entry.status.lower())}">{html.escape(entry.status)}</td>'
-        f'<td class="label{" positive" if entry.label == positive_label else ""}">{html.escape(entry.label or "-")}</td>'
+        f'<td class="label{" positive" if entry.label == positive_label else ""}">{html.escape(entry.label or "-")}'
+        f"{_subtype_line(entry)}</td>"
         f'<td class="probability">{"-" if entry.probability is None else f"{entry.probability:.3f}"}'
         f"{_warnings(entry.warnings)}</td>"
         f"<td>{flag}</td></tr>")
@@ -259,6 +282,8 @@ img.overlay.zoomed {{ width: auto; cursor: zoom-out; }}
 .positive {{ color: #b35900; font-weight: bold; }}
 .muted, .none {{ color: #777; font-size: .9em; }}
 .probability {{ font-variant-numeric: tabular-nums; font-size: 1.2em; }}
+.subtype {{ font-weight: normal; color: #444; }}
+.subtype.uncertain {{ color: #7c2d12; }}
 .flag {{ white-space: nowrap; background: #fde68a; border: 1px solid #b45309; border-radius: 4px; padding: .1em .4em; }}
 .warning {{ display: block; width: max-content; margin-top: .3em; font-size: .7em; white-space: nowrap; color: #7c2d12;
   background: #ffedd5; border: 1px solid #c2410c; border-radius: 4px; padding: .1em .4em; }}
@@ -272,7 +297,9 @@ img.overlay.zoomed {{ width: auto; cursor: zoom-out; }}
 heat lies outside the chest box ({chest} of the image), where burned-in markers and borders sit.
 Warned: the image is still scored, but a warning under its score (hover for what it means) says the
 score may not apply, e.g. <code>out_of_distribution</code> for an image unlike the paediatric chest
-X-rays the model was trained on. Not a medical device: a research aid.</p>
+X-rays the model was trained on. A positive's subtype (bacterial or viral) is read from the same
+features; near its threshold it is <code>uncertain</code> (warning <code>subtype_uncertain</code>). The heat
+map shows the evidence for the label, not for the subtype. Not a medical device: a research aid.</p>
 </header>
 <div class="controls">
 <span>Sort:</span>
@@ -282,6 +309,8 @@ X-rays the model was trained on. Not a medical device: a research aid.</p>
 <span>Show:</span>
 <button type="button" data-filter="all" aria-pressed="true">all</button>
 <button type="button" data-filter="positives" aria-pressed="false">positives</button>
+<button type="button" data-filter="bacterial" aria-pressed="false">bacterial</button>
+<button type="button" data-filter="viral" aria-pressed="false">viral</button>
 <button type="button" data-filter="failures" aria-pressed="false">failures</button>
 <button type="button" data-filter="warned" aria-pressed="false">warned</button>
 <button type="button" data-filter="flagged" aria-pressed="false">heat outside chest</button>
@@ -300,6 +329,8 @@ X-rays the model was trained on. Not a medical device: a research aid.</p>
   const filters = {{
     all: () => true,
     positives: (row) => row.dataset.positive === "1",
+    bacterial: (row) => row.dataset.subtype === "bacterial",
+    viral: (row) => row.dataset.subtype === "viral",
     failures: (row) => row.dataset.status === "FAILED",
     warned: (row) => row.dataset.warned === "1",
     flagged: (row) => row.dataset.flagged === "1",

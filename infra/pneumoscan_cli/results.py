@@ -22,24 +22,30 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pneumoscan import telemetry
 from pneumoscan.results import (
-    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, UID_MAX_CHARS, attention_results, batch_partition,
-    batch_results, is_uid, study_results, utc_timestamp,
+    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, SUBTYPE, SUBTYPE_PROBABILITY, UID_MAX_CHARS,
+    attention_results, batch_results, is_uid, study_results, utc_timestamp,
 )
 
-from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL
+from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL, SUBTYPES
 
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
 from .changes import changes_summary, label_changes, print_changes
 
 DEFAULT_WINDOW = timedelta(hours=24)
 # Columns of the table and CSV views; JSON carries every attribute the read returned.
-COLUMNS = ("object_key", "status", "label", "probability", "warnings", "reason", "error", "batch", "model_version",
-           "image_width", "image_height", "image_format", "size_bytes", "scored_at")
+COLUMNS = ("object_key", "status", "label", "probability", SUBTYPE, SUBTYPE_PROBABILITY, "warnings", "reason", "error",
+           "batch", "model_version", "image_width", "image_height", "image_format", "size_bytes", "scored_at")
+# What `--subtype` matches: a PNEUMONIA result's subtype, or `uncertain` (inside the head's band).
+UNCERTAIN = telemetry.UNCERTAIN_SUBTYPE
 
 
 # The labels the model writes (training takes them from the class folders into model.json).
 Label = Enum("Label", {name.lower(): name.lower() for name in LABELS}, type=str)
+
+
+Subtype = Enum("Subtype", {name: name for name in (*SUBTYPES, UNCERTAIN)}, type=str)
 
 
 class Status(str, Enum):
@@ -67,33 +73,42 @@ def _plain(value: Any) -> Any:
 
 def batch_items(target: Target, batch: str, *, projection: list[str] | None = None,
                 key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every item of one batch folder (or the part with an object key in `key_between`), in
-    object-key order: one paginated Query on the table."""
-    yield from partition_items(target, batch_partition(batch), projection=projection, key_between=key_between)
-
-
-def partition_items(target: Target, partition: str, *, projection: list[str] | None = None,
-                    key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every item under one partition key (a batch's, or the counters' of a day)."""
-    for item in batch_results(target.client("dynamodb"), target.table, partition, fields=projection,
+    """Every item of one batch (or the part with an object key in `key_between`), in object-key order:
+    one paginated Query on the table."""
+    for item in batch_results(target.client("dynamodb"), target.table, batch, fields=projection,
                               key_between=key_between):
         yield _plain(item)
 
 
-def matches(item: dict[str, Any], label: Label | None, status: Status | None, warned: bool = False) -> bool:
+def subtype_shown(item: dict[str, Any]) -> str | None:
+    """A result's subtype as listings show it: `bacterial`, `viral`, `uncertain` (a probability
+    inside the head's band), or None (not PNEUMONIA, or a model without a subtype head)."""
+    if item.get(SUBTYPE):
+        return str(item[SUBTYPE])
+    return UNCERTAIN if item.get(SUBTYPE_PROBABILITY) is not None else None
+
+
+def matches(item: dict[str, Any], label: Label | None, status: Status | None, warned: bool = False,
+            subtype: Subtype | None = None) -> bool:
     if label and status == Status.failed:
         raise typer.BadParameter("a FAILED item has no label: use --label or --status failed, not both")
+    if subtype and (status == Status.failed or (label and label.value != POSITIVE_LABEL.lower())):
+        raise typer.BadParameter(f"only {POSITIVE_LABEL} results have a subtype: --subtype needs no other "
+                                 "--label or --status")
     if label and str(item.get("label", "")).lower() != label.value:
         return False
     if status and str(item.get("status", "")).lower() != status.value:
+        return False
+    if subtype and subtype_shown(item) != subtype.value:
         return False
     return bool(item.get("warnings")) or not warned
 
 
 def find_results(target: Target, *, batch: str | None = None, study: str | None = None,
                  label: Label | None = None, status: Status | None = None, warned: bool = False,
-                 since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-    matches({}, label, status)  # refuse contradictory filters before any read
+                 since: datetime | None = None, until: datetime | None = None,
+                 subtype: Subtype | None = None) -> list[dict[str, Any]]:
+    matches({}, label, status, subtype=subtype)  # refuse contradictory filters before any read
     until = until or datetime.now(timezone.utc)
     if batch is not None or study is not None:
         start = utc_timestamp(since) if since else ""
@@ -101,13 +116,13 @@ def find_results(target: Target, *, batch: str | None = None, study: str | None 
         items = (batch_items(target, batch) if batch is not None
                  else map(_plain, study_results(target.client("dynamodb"), target.table, study)))
         return [item for item in items
-                if matches(item, label, status, warned) and start <= item.get(SCORED_AT, "") <= end]
+                if matches(item, label, status, warned, subtype) and start <= item.get(SCORED_AT, "") <= end]
     if label == Label.normal and not warned:
         raise typer.BadParameter(
             "without --batch only positive, failed and warned results are indexed by time: "
             "read NORMAL scores with --batch (or the warned ones with --warned)")
     window = attention_results(target.client("dynamodb"), target.table, since or until - DEFAULT_WINDOW, until)
-    return [item for item in map(_plain, window) if matches(item, label, status, warned)]
+    return [item for item in map(_plain, window) if matches(item, label, status, warned, subtype)]
 
 
 # -- parsing and printing --------------------------------------------------------------------
@@ -155,7 +170,8 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
                   compact: bool = False) -> Table:
     """One row per item. `key_prefix` (e.g. `incoming/<batch>/`) is left out of the keys shown;
     `compact` leaves out the model and the time, for a batch scored just now."""
-    columns = ["status", "label", "P", "warnings", "reason", "size"] + ([] if compact else ["model", "scored at (UTC)"])
+    columns = ["status", "label", "P", "subtype", "warnings", "reason", "size"] + (
+        [] if compact else ["model", "scored at (UTC)"])
     table = Table(title=title)
     table.add_column("image" if key_prefix else "object key", overflow="fold", min_width=18)
     for column in columns:
@@ -167,6 +183,7 @@ def results_table(items: list[dict[str, Any]], title: str | None = None, *, key_
             "status": f"[red]{item.get('status')}[/red]" if failed else str(item.get("status", "")),
             "label": f"[bold yellow]{label}[/bold yellow]" if label == POSITIVE_LABEL else label,
             "P": f"{item['probability']:.3f}" if item.get("probability") is not None else "",
+            "subtype": subtype_cell(item.get(SUBTYPE), item.get(SUBTYPE_PROBABILITY)),
             "warnings": f"[yellow]{escape(', '.join(item['warnings']))}[/yellow]" if item.get("warnings") else "",
             "reason": str(item.get("reason") or ""),
             "size": (f"{item['image_width']}x{item['image_height']}"
@@ -183,6 +200,9 @@ def results(
     batch: Annotated[str | None, typer.Option(help="All results of this batch, in key order.")] = None,
     study: Annotated[str | None, typer.Option(help="The results of one DICOM study (StudyInstanceUID).")] = None,
     label: Annotated[Label | None, typer.Option(help="Only this label.", case_sensitive=False)] = None,
+    subtype: Annotated[Subtype | None, typer.Option(
+        help="Only PNEUMONIA results of this subtype (uncertain: inside the subtype head's band).",
+        case_sensitive=False)] = None,
     status: Annotated[Status | None, typer.Option(help="Only scored or only failed items.",
                                                   case_sensitive=False)] = None,
     since: Annotated[str | None, typer.Option(
@@ -212,7 +232,8 @@ def results(
         raise typer.BadParameter("--changes reads whole items: give --batch")
     target = resolve_target(stack, endpoint_url, region, bucket, table)
     items = find_results(target, batch=batch, study=study, label=label, status=status, warned=warned,
-                         since=parse_time(since) if since else None, until=parse_time(until) if until else None)
+                         since=parse_time(since) if since else None, until=parse_time(until) if until else None,
+                         subtype=subtype)
     if changes:
         rows = label_changes(items)
         print_changes(rows, output.value, key_prefix=f"{target.incoming_prefix}{batch}/" if batch else "")
@@ -226,7 +247,24 @@ def results(
 
 def summary_line(items: list[dict[str, Any]]) -> str:
     scored = [item for item in items if item.get("status") == STATUS_SCORED]
-    positives = sum(1 for item in scored if item.get(LABEL) == POSITIVE_LABEL)
+    positives = [item for item in scored if item.get(LABEL) == POSITIVE_LABEL]
     failed = sum(1 for item in items if item.get("status") == STATUS_FAILED)
     warned = sum(1 for item in scored if item.get("warnings"))
-    return f"{len(items)} result(s): {len(scored)} scored ({positives} {POSITIVE_LABEL}, {warned} warned), {failed} failed"
+    pairs = [(item.get(SUBTYPE), item.get(SUBTYPE_PROBABILITY)) for item in positives]
+    subtypes = subtype_counts(pairs, SUBTYPES) if any(probability is not None for _, probability in pairs) else ""
+    return (f"{len(items)} result(s): {len(scored)} scored ({len(positives)} {POSITIVE_LABEL}{subtypes}, "
+            f"{warned} warned), {failed} failed")
+
+
+def subtype_cell(subtype: str | None, probability: float | None) -> str:
+    """A positive's subtype as a table shows it: the name, or `uncertain` inside the head's band."""
+    if subtype:
+        return escape(str(subtype))
+    return f"[yellow]{UNCERTAIN}[/yellow]" if probability is not None else ""
+
+
+def subtype_counts(calls: list[tuple[str | None, float | None]], names: tuple[str, ...]) -> str:
+    """`: 3 bacterial, 1 viral, 2 uncertain` for the (subtype, subtype probability) of positives."""
+    counts = [f"{sum(subtype == name for subtype, _ in calls)} {name}" for name in names]
+    uncertain = sum(subtype is None and probability is not None for subtype, probability in calls)
+    return ": " + ", ".join([*counts, f"{uncertain} {UNCERTAIN}"])

@@ -22,6 +22,7 @@ from pneumoscan.scoring import ImageRejected, Scorer
 from pneumoscan.settings import Settings
 
 from .files import collect_files
+from .results import subtype_cell, subtype_counts
 
 
 def function_settings() -> Settings:
@@ -42,6 +43,9 @@ class Score:
     ignored_metadata: str | None = None
     # Codes saying the score may mean little (e.g. out_of_distribution); empty when none.
     warnings: list[str] = field(default_factory=list)
+    # PNEUMONIA only: bacterial or viral (None inside the uncertain band) and P(viral | pneumonia).
+    subtype: str | None = None
+    subtype_probability: float | None = None
 
 
 def score_file(scorer: Scorer, path: Path, settings: Settings | None = None) -> Score:
@@ -66,7 +70,9 @@ def _score_file(scorer: Scorer, path: Path, settings: Settings) -> Score:
     except ImageRejected as rejected:
         return Score(str(path), STATUS_FAILED, reason=rejected.reason, error=rejected.detail)
     return Score(str(path), STATUS_SCORED, round(scored.probability, 6), scored.label,
-                 ignored_metadata=scored.image.ignored_metadata, warnings=list(scored.warnings))
+                 ignored_metadata=scored.image.ignored_metadata, warnings=list(scored.warnings),
+                 subtype=scored.subtype, subtype_probability=None if scored.subtype_probability is None
+                 else round(scored.subtype_probability, 6))
 
 
 def score_paths(scorer: Scorer, paths: list[Path]) -> Iterator[Score]:
@@ -94,18 +100,27 @@ def score(
         return
     table = Table(title=f"model {model.version} (threshold {model.threshold:.2f})")
     probability_column = f"P({model.positive_label.lower()})"
-    for column in ("image", "status", "label", probability_column, "warnings", "error"):
-        table.add_column(column, overflow="fold", justify="right" if column == probability_column else "left")
+    subtype = model.subtype
+    subtype_column = f"P({subtype.labels[1]})" if subtype else None
+    for column in ("image", "status", "label", probability_column, *(("subtype", subtype_column) if subtype else ()),
+                   "warnings", "error"):
+        table.add_column(column, overflow="fold",
+                         justify="right" if column in (probability_column, subtype_column) else "left")
     shown = []
     for result in scores:
         shown.append(result)
+        subtype_cells = (subtype_cell(result.subtype, result.subtype_probability),
+                         "" if result.subtype_probability is None else f"{result.subtype_probability:.3f}")
         table.add_row(escape(result.image), result.status, result.label or "",
                       "" if result.probability is None else f"{result.probability:.3f}",
+                      *(subtype_cells if subtype else ()),
                       f"[yellow]{', '.join(result.warnings)}[/yellow]" if result.warnings else "",
                       escape(f"{result.reason}: {result.error}") if result.error else "")
     scored = [result for result in shown if result.status == STATUS_SCORED]
     table.caption = (f"{len(shown)} file(s): {len(scored)} scored "
-                     f"({sum(result.label == model.positive_label for result in scored)} {model.positive_label}, "
+                     f"({sum(result.label == model.positive_label for result in scored)} {model.positive_label}"
+                     f"{subtype_counts([(r.subtype, r.subtype_probability) for r in scored], subtype.labels) if subtype else ''}, "
                      f"{sum(bool(result.warnings) for result in scored)} warned), "
                      f"{len(shown) - len(scored)} failed")
     Console().print(table)
+

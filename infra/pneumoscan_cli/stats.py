@@ -26,8 +26,10 @@ from rich.table import Table
 from pneumoscan import telemetry
 from pneumoscan.results import days_between
 
+from pneumoscan_eval.datasets import SUBTYPES
+
 from .aws import BucketOption, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target
-from .results import OutputFormat, parse_time, partition_items
+from .results import UNCERTAIN, OutputFormat, batch_items, parse_time
 from .stats_html import stats_page
 
 DEFAULT_WINDOW = timedelta(days=7)
@@ -50,7 +52,7 @@ def counter_items(target: Target, since: datetime, until: datetime) -> Iterator[
     first, last = _hour(since), _hour(until)
     for day in days_between(since, until):
         low, high = telemetry.hour_range(max(first, f"{day}T00"), min(last, f"{day}T23"))
-        yield from partition_items(target, telemetry.stats_partition(day), key_between=(low, high))
+        yield from batch_items(target, telemetry.stats_partition(day), key_between=(low, high))
 
 
 def group_of(item: dict[str, Any], by: GroupBy) -> str:
@@ -98,6 +100,10 @@ def row(group: str, counts: Counter, by: GroupBy) -> dict[str, Any]:
         "warnings": {name.removeprefix(telemetry.WARNED_PREFIX): value for name, value in sorted(counts.items())
                      if name.startswith(telemetry.WARNED_PREFIX)},
     }
+    # Of the positives: each confident subtype, and those inside the subtype head's band.
+    subtypes = {name: counts.get(f"{telemetry.SUBTYPE_PREFIX}{name}", 0) for name in (*SUBTYPES, UNCERTAIN)}
+    summary["subtypes"] = subtypes
+    summary["subtype_shares"] = {name: _rate(count, counts.get("positives", 0)) for name, count in subtypes.items()}
     for percentile in PERCENTILES:
         summary[f"handler_ms_p{percentile}"] = histogram_percentile(
             counts, telemetry.HANDLER_BUCKET, telemetry.HANDLER_MS_BOUNDS, percentile)
@@ -119,14 +125,16 @@ def stats_table(rows: list[dict[str, Any]], by: GroupBy, title: str) -> Table:
     """The rows with a bar of each group's volume: a change in throughput or mix shows at a glance."""
     table = Table(title=title)
     table.add_column(by.value, no_wrap=True)
-    for column in ("images", "", "positive", "failed", "warned", "mean P", "handler ms p50/95/99",
-                   "upload→result s p50/95/99", "warnings"):
+    for column in ("images", "", "positive", "of them " + "/".join((*SUBTYPES, UNCERTAIN)), "failed", "warned",
+                   "mean P", "handler ms p50/95/99", "upload→result s p50/95/99", "warnings"):
         table.add_column(column, justify="left" if column in ("", "warnings") else "right")
     widest = max((r["images"] for r in rows), default=0)
     for r in rows:
         table.add_row(
             r[by.value], str(r["images"]), Bar(size=widest or 1, begin=0, end=r["images"], width=12),
-            f"{r['positives']} ({_percent(r['positive_rate'])})", f"{r['failed']} ({_percent(r['failure_rate'])})",
+            f"{r['positives']} ({_percent(r['positive_rate'])})",
+            "/".join(_percent(share) or "-" for share in r["subtype_shares"].values()) if r["positives"] else "",
+            f"{r['failed']} ({_percent(r['failure_rate'])})",
             f"{r['warned']} ({_percent(r['warned_rate'])})", "" if r["mean_probability"] is None else f"{r['mean_probability']:.3f}",
             "/".join(_at_most(r[f"handler_ms_p{p}"]) for p in PERCENTILES),
             "/".join(_at_most(r[f"end_to_end_s_p{p}"]) for p in PERCENTILES),
@@ -139,10 +147,11 @@ def print_stats(rows: list[dict[str, Any]], by: GroupBy, output: OutputFormat, t
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif output == OutputFormat.csv:
-        columns = [name for name in (rows[0] if rows else row("", Counter(), by)) if name != "warnings"]
-        writer = csv.DictWriter(sys.stdout, fieldnames=[*columns, "warnings"], lineterminator="\n")
+        nested = ("subtypes", "subtype_shares", "warnings")
+        columns = [name for name in (rows[0] if rows else row("", Counter(), by)) if name not in nested]
+        writer = csv.DictWriter(sys.stdout, fieldnames=[*columns, *nested], lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**r, "warnings": json.dumps(r["warnings"], sort_keys=True)} for r in rows)
+        writer.writerows({**r, **{name: json.dumps(r[name], sort_keys=True) for name in nested}} for r in rows)
     else:
         Console().print(stats_table(rows, by, title))
 

@@ -48,11 +48,14 @@ def _percent(value: float | None) -> str:
 
 
 def stats_page(rows: list[dict[str, Any]], key: str, title: str) -> str:
-    header = (f"<tr><th>{escape(key)}</th><th>images</th><th>positive</th><th>failed</th><th>warned</th>"
+    subtypes = "/".join(rows[0]["subtype_shares"]) if rows else ""
+    header = (f"<tr><th>{escape(key)}</th><th>images</th><th>positive</th><th>of them {escape(subtypes)}</th>"
+              "<th>failed</th><th>warned</th>"
               "<th>mean P</th><th>handler ms p50/p95/p99</th><th>upload&rarr;result s p50/p95/p99</th></tr>")
     body = "".join(
         f"<tr><td>{escape(str(row[key]))}</td><td>{row['images']}</td>"
         f"<td>{row['positives']} ({_percent(row['positive_rate'])})</td>"
+        f"<td>{'/'.join(_percent(share) or '-' for share in row['subtype_shares'].values()) if row['positives'] else ''}</td>"
         f"<td>{row['failed']} ({_percent(row['failure_rate'])})</td>"
         f"<td>{row['warned']} ({_percent(row['warned_rate'])})</td>"
         f"<td>{'' if row['mean_probability'] is None else format(row['mean_probability'], '.3f')}</td>"

@@ -5,11 +5,15 @@ Two layouts are understood:
   plain:   DIR/{NORMAL,PNEUMONIA}/*
 Every regular file under a class folder is listed, whatever its extension, so a
 file that turns out not to be an image is reported by the caller, not skipped here.
+A pneumonia's subtype (bacterial or viral) is read from its file name
+(`person1024_bacteria_2955.jpeg`, `person1_virus_6.jpeg`) or from a subfolder of the
+class folder (`PNEUMONIA/viral/x.png`); without either it is unknown.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,9 @@ NEGATIVE_LABEL, POSITIVE_LABEL = LABELS
 SPLITS = ("train", "val", "test")
 TRAINING_SET = "chest_xray"  # the Kaggle layout: train/val/test
 FULLRES_SET = "xray_fullres_sample"  # full-resolution originals, plain layout
+# Pneumonia subtypes in the order of the subtype head's labels (negative, positive).
+SUBTYPES = ("bacterial", "viral")
+_SUBTYPE_WORDS = {"bacteria": "bacterial", "bacterial": "bacterial", "virus": "viral", "viral": "viral"}
 
 
 def default_data_dir() -> Path:
@@ -36,14 +43,30 @@ class LabelledFile:
     path: Path
     label: int  # index into LABELS: 0 negative, 1 positive
     split: str | None  # Kaggle split name, None in the plain layout
+    subtype: str | None = None  # a positive's SUBTYPES name when its name or folder says it
 
     @property
     def label_name(self) -> str:
         return LABELS[self.label]
 
 
+def subtype_of(relative: Path | str) -> str | None:
+    """The subtype a path below its class folder names: a word of the file name
+    (`person1_virus_6.jpeg`) or a folder (`bacterial/x.png`); None for none or both."""
+    parts = Path(relative).parts
+    words = {word for part in parts[:-1] for word in re.split(r"[^a-z]+", part.lower())}
+    words |= set(re.split(r"[^a-z]+", Path(parts[-1]).stem.lower())) if parts else set()
+    found = {_SUBTYPE_WORDS[word] for word in words if word in _SUBTYPE_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
 class LayoutError(ValueError):
     """The folder has neither the Kaggle nor the plain NORMAL/PNEUMONIA layout."""
+
+
+def _labelled(path: Path, folder: Path, label: int, split: str | None) -> LabelledFile:
+    subtype = subtype_of(path.relative_to(folder)) if label == LABELS.index(POSITIVE_LABEL) else None
+    return LabelledFile(path, label, split, subtype)
 
 
 def _class_folders(root: Path) -> list[tuple[Path, int]]:
@@ -66,13 +89,12 @@ def list_labelled(root: Path | str, splits: tuple[str, ...] | None = None) -> li
         raise LayoutError(f"{root} is not a directory")
     plain = _class_folders(root)
     if plain:
-        return [LabelledFile(path, label, None)
-                for folder, label in plain for path in _files_in(folder)]
+        return [_labelled(path, folder, label, None) for folder, label in plain for path in _files_in(folder)]
     present = [split for split in SPLITS if _class_folders(root / split)]
     if not present:
         raise LayoutError(
             f"{root} has neither {'/'.join(LABELS)} folders nor {'/'.join(SPLITS)} splits containing them")
     wanted = [split for split in present if splits is None or split in splits]
-    return [LabelledFile(path, label, split)
+    return [_labelled(path, folder, label, split)
             for split in wanted for folder, label in _class_folders(root / split)
             for path in _files_in(folder)]

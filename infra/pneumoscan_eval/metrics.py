@@ -214,3 +214,56 @@ def expected_calibration_error(labels, scores, bins: int = 10) -> float:
         return float("nan")
     return float(sum(row["count"] * abs(row["positive_rate"] - row["mean_score"])
                      for row in table if row["count"]) / total)
+
+
+def balanced_accuracy_threshold(labels, scores) -> float:
+    """The threshold with the highest balanced accuracy (mean of the two classes' recalls),
+    halfway to the next lower distinct score as `threshold_for_sensitivity` places it; of
+    equally good thresholds, the one nearest the middle of their run."""
+    labels, scores = _as_arrays(labels, scores)
+    if labels.all() or not labels.any():
+        raise ValueError("both classes are needed for a balanced accuracy")
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    balanced = (tpr + 1.0 - fpr) / 2.0
+    balanced[0] = -np.inf  # the leading +inf calls nothing positive: no threshold
+    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+    chosen = thresholds[best[len(best) // 2]]
+    lower = scores[scores < chosen]
+    return float((chosen + lower.max()) / 2.0) if lower.size else float(chosen)
+
+
+def subtype_summary(labels, scores, threshold: float, uncertain=None,
+                    names: tuple[str, str] = ("bacterial", "viral")) -> dict:
+    """A two-subtype head's figures: labels 1 = names[1]; `uncertain` marks the calls its band
+    withholds (the figures at the threshold count every image; the confident ones are separate)."""
+    labels, scores = _as_arrays(labels, scores)
+    uncertain = np.zeros(labels.size, bool) if uncertain is None else np.asarray(uncertain, bool).ravel()
+    called = scores >= threshold
+    confident = ~uncertain
+
+    def recalls(mask: np.ndarray) -> dict:
+        return {name: _finite_ratio(np.sum((called == bool(index)) & (labels == index) & mask),
+                                    np.sum((labels == index) & mask)) for index, name in enumerate(names)}
+
+    counts = confusion(labels, scores, threshold)
+    return {
+        "n": int(labels.size), **{f"n_{name}": int(np.sum(labels == index)) for index, name in enumerate(names)},
+        "threshold": float(threshold), "auc": _nan_none(roc_auc(labels, scores)),
+        "accuracy": _nan_none(counts.accuracy), "recall": recalls(np.ones(labels.size, bool)),
+        "confusion": {f"true {name}": {f"called {other}": int(np.sum((labels == index) & (called == bool(column))))
+                                       for column, other in enumerate(names)}
+                      for index, name in enumerate(names)},
+        "uncertain": int(uncertain.sum()),
+        "uncertain_share": _finite_ratio(uncertain.sum(), labels.size),
+        "accuracy_uncertain": _finite_ratio(np.sum((called == (labels == 1)) & uncertain), uncertain.sum()),
+        "accuracy_confident": _finite_ratio(np.sum((called == (labels == 1)) & confident), confident.sum()),
+        "recall_confident": recalls(confident),
+    }
+
+
+def _finite_ratio(numerator, denominator) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def _nan_none(value: float) -> float | None:
+    return None if value != value else value  # JSON has no NaN

@@ -204,3 +204,24 @@ def test_delete_then_reupload_of_the_same_bytes_is_scored_again_and_waited_for(l
     second = json.loads(_cli(local_stack, "results", "--batch", "again", "--format", "json").stdout)[0]
     current = s3.head_object(Bucket=target.bucket, Key=key)
     assert second["status"] == "SCORED" and second["version_id"] == current["VersionId"] != first["version_id"]
+
+
+def test_positives_carry_the_bundled_heads_subtype_and_results_filters_it(local_stack, uploaded_batch):
+    _, items, _, _ = uploaded_batch
+    head = PneumoniaModel().metadata.subtype
+    assert head is not None, "the bundled model has no subtype head: run make subtype"
+    shown = {}
+    for item in items:
+        if item.get("label") != "PNEUMONIA":
+            assert "subtype" not in item and "subtype_probability" not in item
+            continue
+        probability = item["subtype_probability"]
+        uncertain = bool(head.uncertain(probability))
+        assert ("subtype_uncertain" in item["warnings"]) == uncertain
+        assert item.get("subtype") == (None if uncertain else str(head.subtypes(probability)))
+        shown[item["object_key"]] = item.get("subtype") or "uncertain"
+    assert shown, "no positive in the batch"
+    for subtype in ("bacterial", "viral", "uncertain"):
+        listed = json.loads(_cli(local_stack, "results", "--batch", BATCH, "--subtype", subtype,
+                                 "--format", "json").stdout)
+        assert [item["object_key"] for item in listed] == sorted(k for k, v in shown.items() if v == subtype)

@@ -12,7 +12,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from event_cases import WRONG_SHAPES
-from pneumoscan.events import object_created_body, parse_message
+from pneumoscan.events import parse_message
 from pneumoscan.results import KEY, version_key
 from pneumoscan_cli import backfill as backfill_module
 from pneumoscan_cli import dlq as dlq_module
@@ -369,19 +369,3 @@ def test_checkpoints_are_written_at_most_once_a_second(stack, archive, tmp_path,
                                   "--checkpoint", str(tmp_path / "job.json")])
     assert outcome.exit_code == 0, outcome.output
     assert saves == [archive[-1]]  # chunks at 0.4, 0.8 and 1.2 s after the start: only the third saves
-
-
-def test_dlq_list_never_shows_an_other_buckets_event_with_this_buckets_result(stack, dead_letters):
-    """The key exists here with a result; the event names another bucket, so the handler would
-    record it as an unknown event and never score this object: the listing says that."""
-    key = dead_letters["keys"][0]
-    body = object_created_body("someone-elses-bucket", key, region=stack.region, source="aws:s3", etag="etag", size=10)
-    stack.client("sqs").send_message(QueueUrl=stack.dead_letter_queue_url, MessageBody=body)
-
-    outcome = runner.invoke(app, ["dlq", "list", "--json"])
-
-    assert outcome.exit_code == 0, outcome.output
-    rows = [json.loads(line) for line in outcome.stdout.splitlines() if line.startswith("{")]
-    foreign = [row for row in rows if row["problem"] and "bucket" in row["problem"]]
-    assert len(foreign) == 1 and foreign[0]["object_keys"] == [] and foreign[0]["result"] == "not an S3 event"
-    assert [row["result"] for row in rows if row["object_keys"] == [key]] == ["FAILED"]

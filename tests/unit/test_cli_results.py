@@ -9,7 +9,7 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from pneumoscan.results import primary_key, to_dynamodb, utc_timestamp, with_index_keys
+from pneumoscan.results import to_dynamodb, utc_timestamp, with_index_keys
 from pneumoscan_cli import aws
 from pneumoscan_cli.files import collect_files
 from pneumoscan_cli.main import app
@@ -298,14 +298,39 @@ def test_an_empty_or_invalid_study_or_batch_is_a_usage_error(target, arguments):
     assert arguments[0] in result.output
 
 
-def test_a_batch_folder_named_like_the_counter_partition_lists_its_results_alone(target):
-    day = NOW.strftime("%Y-%m-%d")
-    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
-    key = f"incoming/_stats#{day}/x.jpeg"
-    table.put_item(Item=to_dynamodb(_item(key, primary_key(key)["batch"], "NORMAL", 0.1)))
-    table.put_item(Item={"batch": f"_stats#{day}", "object_key": f"_stats#{day}T10#test#b1", "images": 3})
+def test_subtypes_are_shown_counted_and_filtered(target):
+    def positive(name, probability, subtype=None, warnings=()):
+        item = _item(f"incoming/b4/{name}", "b4", "PNEUMONIA", 0.9)
+        return with_index_keys(item | {"subtype_probability": probability, "warnings": list(warnings)}
+                               | ({"subtype": subtype} if subtype else {}))
 
-    result = runner.invoke(app, ["results", "--batch", f"_stats#{day}", "--format", "json"])
+    _put(positive("lobar.jpeg", 0.05, "bacterial"), positive("diffuse.jpeg", 0.93, "viral"),
+         positive("between.jpeg", 0.45, warnings=["subtype_uncertain"]),
+         _item("incoming/b4/normal.jpeg", "b4", "NORMAL", 0.1),
+         _item("incoming/b4/bad.jpeg", "b4", reason="not_an_image"))
 
-    assert result.exit_code == 0, result.output
-    assert [item["object_key"] for item in json.loads(result.stdout)] == [key]
+    table = runner.invoke(app, ["results", "--batch", "b4"], env={"COLUMNS": "220"})
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "incoming/b4/" in line}
+    assert "viral" in rows["incoming/b4/diffuse.jpeg"] and "bacterial" in rows["incoming/b4/lobar.jpeg"]
+    assert "uncertain" in rows["incoming/b4/between.jpeg"]
+    assert not {"viral", "bacterial", "uncertain"} & set(rows["incoming/b4/normal.jpeg"].split())
+    assert "5 result(s): 4 scored (3 PNEUMONIA: 1 bacterial, 1 viral, 1 uncertain, 1 warned), 1 failed" in table.output
+
+    def keys(*arguments):
+        result = runner.invoke(app, ["results", *arguments, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return [item["object_key"] for item in json.loads(result.stdout)]
+
+    assert keys("--batch", "b4", "--subtype", "viral") == ["incoming/b4/diffuse.jpeg"]
+    assert keys("--batch", "b4", "--subtype", "BACTERIAL") == ["incoming/b4/lobar.jpeg"]
+    assert keys("--batch", "b4", "--subtype", "uncertain") == ["incoming/b4/between.jpeg"]
+    # The attention index projects the subtype: a window is filtered without reading whole items.
+    assert keys("--since", "1h", "--subtype", "viral") == ["incoming/b4/diffuse.jpeg"]
+    refused = runner.invoke(app, ["results", "--batch", "b4", "--subtype", "viral", "--label", "normal"])
+    assert refused.exit_code != 0 and "only PNEUMONIA results have a subtype" in refused.output
+    spreadsheet = {row["object_key"]: row for row in csv.DictReader(io.StringIO(
+        runner.invoke(app, ["results", "--batch", "b4", "--format", "csv"]).stdout))}
+    assert spreadsheet["incoming/b4/diffuse.jpeg"]["subtype"] == "viral"
+    assert spreadsheet["incoming/b4/between.jpeg"]["subtype_probability"] == "0.4500"
+    assert spreadsheet["incoming/b4/normal.jpeg"]["subtype"] == ""

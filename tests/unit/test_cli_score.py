@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from subtype_cases import subtype_warnings
 from typer.testing import CliRunner
 
 from image_cases import CASES, REFERENCE_XRAY
@@ -140,7 +141,7 @@ def test_warnings_are_in_every_json_line_and_in_the_table(tmp_path, monkeypatch)
     assert (lines["grey.png"]["status"], lines["grey.png"]["reason"], lines["grey.png"]["warnings"]) == (
         "FAILED", "blank_image", [])
     assert lines["noise.png"]["status"] == "SCORED" and lines["noise.png"]["warnings"] == [
-        "out_of_distribution", "adult_like_image"]
+        "out_of_distribution", "adult_like_image", *subtype_warnings(lines["noise.png"])]
     assert lines["xray.jpeg"]["status"] == "SCORED" and lines["xray.jpeg"]["warnings"] == []
 
     monkeypatch.chdir(tmp_path)  # short paths: one table row per line

@@ -161,3 +161,27 @@ def test_batch_and_model_narrow_the_counters_read(target):
     one_model = runner.invoke(app, ["stats", "--since", "2026-11-24", "--until", "2026-11-26T23:00", "--by", "batch",
                                     "--model", OLD, "--format", "json"])
     assert [(row["batch"], row["images"]) for row in json.loads(one_model.stdout)] == [("ward-7", 2)]
+
+
+def test_each_subtypes_share_of_the_positives(target):
+    subtyped = [scored("ward-3", "2026-11-20T08", label="PNEUMONIA", probability=0.9) | extra for extra in (
+        {"subtype": "viral", "subtype_probability": 0.9}, {"subtype": "bacterial", "subtype_probability": 0.1},
+        {"subtype": "bacterial", "subtype_probability": 0.2},
+        {"subtype_probability": 0.5, "warnings": ["subtype_uncertain"]})]
+    tally = telemetry.BatchTally(positive_label="PNEUMONIA")
+    for item in [*subtyped, scored("ward-3", "2026-11-20T08")]:
+        tally.observe(item)
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for request in tally.counter_updates():
+        table.update_item(**request)
+
+    (row,) = summarize(counter_items(target, *window("2026-11-20T00:00", "2026-11-20T23:59")), GroupBy.day)
+    assert row["positives"] == 4
+    assert row["subtypes"] == {"bacterial": 2, "viral": 1, "uncertain": 1}
+    assert row["subtype_shares"] == {"bacterial": 0.5, "viral": 0.25, "uncertain": 0.25}
+    shown = runner.invoke(app, ["stats", "--since", "2026-11-20", "--until", "2026-11-20T23:00"],
+                          env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "bacterial/viral/uncertain" in shown.stdout and "50.0%/25.0%/25.0%" in shown.stdout
+    as_csv = runner.invoke(app, ["stats", "--since", "2026-11-20", "--until", "2026-11-20T23:00", "--format", "csv"])
+    assert '"{""bacterial"": 0.5, ""uncertain"": 0.25, ""viral"": 0.25}"' in as_csv.stdout

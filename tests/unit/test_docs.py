@@ -158,6 +158,26 @@ def test_front_page_model_table_is_the_bundled_models():
     assert model_table(meta) in readme, f"README's model table is not model.json's; it reads:\n{model_table(meta)}"
 
 
+def test_the_subtype_figures_on_the_front_page_and_in_the_model_page_are_the_bundled_models():
+    meta = ModelMetadata.read(default_model_dir())
+    assert meta.subtype is not None, "the bundled model has no subtype head: run make subtype"
+    val, (low, high) = meta.subtype.extra["validation"], meta.subtype.uncertain_band
+    recall = val["recall"]
+
+    def flat(page: Path) -> str:
+        return " ".join(page.read_text().split())
+
+    readme, page = flat(ROOT / "README.md"), flat(ROOT / "docs" / "model.md")
+    assert f"validation AUC {val['auc']:.3f}, accuracy {val['accuracy'] * 100:.1f} %" in readme
+    assert f"`subtype_uncertain` for {val['uncertain_share'] * 100:.0f} % of the positives" in readme
+    assert (f"Measured for model {meta.version} on the {val['n']} validation pneumonias it calls PNEUMONIA "
+            f"(by patient): AUC {val['auc']:.3f}, accuracy {val['accuracy'] * 100:.1f} %, recall "
+            f"{recall['bacterial'] * 100:.1f} % bacterial and {recall['viral'] * 100:.1f} % viral at the threshold "
+            f"{meta.subtype.threshold:.4f}; {val['uncertain_share'] * 100:.1f} % fall in the band "
+            f"({low:.4f}-{high:.4f})") in page
+    assert f"For model {meta.version} that is {val['uncertain_share'] * 100:.0f} % of the validation" in page
+
+
 def test_every_relative_link_in_the_docs_resolves():
     pages = check_docs.default_pages()
     assert {"README.md", "docs/results.md", "model/MODEL_CARD.md"} <= {str(p.relative_to(ROOT)) for p in pages}

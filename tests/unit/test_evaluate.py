@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from subtype_cases import model_without_subtype
 from typer.testing import CliRunner
 
 from pneumoscan_eval import metrics
@@ -67,14 +68,17 @@ def test_not_a_labelled_folder_is_an_error(tmp_path):
     assert result.exit_code == 2
 
 
-def test_warned_images_are_counted_overall_per_label_and_per_code(labelled_dir):
+def test_warned_images_are_counted_overall_per_label_and_per_code(labelled_dir, tmp_path):
     from PIL import Image
 
     for index, name in enumerate(("inverted_a.png", "inverted_b.png")):
         source = sorted((DATA / "PNEUMONIA").iterdir())[index]
         Image.eval(Image.open(source).convert("L"), lambda value: 255 - value).save(labelled_dir / "PNEUMONIA" / name)
 
-    report = json.loads(CliRunner().invoke(app, ["evaluate", str(labelled_dir), "--json"]).stdout)
+    # Without a subtype head, whose band warns positives too (measured below).
+    model_dir = model_without_subtype(tmp_path / "model")
+    report = json.loads(CliRunner().invoke(
+        app, ["evaluate", str(labelled_dir), "--json", "--model-dir", str(model_dir)]).stdout)
 
     assert report["n"] == 10
     assert report["warned_by_label"] == {"NORMAL": 0, "PNEUMONIA": 2}
@@ -102,3 +106,48 @@ def test_an_unexpected_error_on_one_file_is_listed_and_the_rest_evaluated(labell
     failed = {Path(f["path"]).name: f for f in report["unreadable_files"]}
     assert failed[victim.name]["reason"] == "internal_error" and "unforeseen" in failed[victim.name]["detail"]
     assert report["n"] == 7
+
+
+def test_the_subtype_is_measured_where_file_names_carry_it(labelled_dir):
+    from pneumoscan.scoring import Scorer
+    from pneumoscan_eval.datasets import list_labelled
+
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    subtype = json.loads(result.stdout)["subtype"]
+
+    scorer = Scorer.load()
+    head = scorer.metadata.subtype
+    truth, probabilities, rows = [], [], {}
+    for item in list_labelled(labelled_dir):
+        if item.path.name in ("truncated.jpeg", "notes.txt"):
+            continue
+        scored = scorer.score(item.path.read_bytes())
+        true = "normal" if item.label == 0 else item.subtype
+        called = str(head.subtypes(scored.subtype_probability)) if scored.positive else "normal"
+        rows[(true, called)] = rows.get((true, called), 0) + 1
+        if item.subtype and scored.positive:
+            truth.append(item.subtype == "viral")
+            probabilities.append(scored.subtype_probability)
+    assert subtype["n"] == len(truth) > 0
+    assert subtype["n_viral"] == sum(truth)
+    if 0 < sum(truth) < len(truth):
+        assert subtype["auc"] == pytest.approx(metrics.roc_auc(truth, probabilities))
+    assert subtype["uncertain"] == int(head.uncertain(probabilities).sum())
+    matrix = subtype["confusion_3x3"]
+    assert set(matrix) == {"true normal", "true bacterial", "true viral"}
+    for (true, called), count in rows.items():
+        assert matrix[f"true {true}"][f"called {called}"] == count
+    assert sum(row[column] for row in matrix.values() for column in row if column != "uncertain") == 8
+
+    table = CliRunner().invoke(app, ["evaluate", str(labelled_dir)], env={"COLUMNS": "200"})
+    assert "recall bacterial" in table.stdout and "true viral" in table.stdout
+
+
+def test_no_subtype_figures_without_subtypes_in_the_names(tmp_path):
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / label).mkdir()
+        for index, source in enumerate(sorted((DATA / label).iterdir())[:2]):
+            shutil.copy(source, tmp_path / label / f"{index}.jpeg")
+    report = json.loads(CliRunner().invoke(app, ["evaluate", str(tmp_path), "--json"]).stdout)
+    assert report["n"] == 4 and "subtype" not in report

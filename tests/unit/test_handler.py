@@ -443,22 +443,3 @@ def test_a_duplicate_delivery_is_not_counted_twice(handler_stack):
 
     (counters,) = stack.stats_items()
     assert counters["images"] == 1
-
-
-def test_batch_folders_named_like_the_tables_own_partitions_get_partitions_of_their_own(handler_stack):
-    """A folder `_stats#<day>` would put its results among that day's counter items (and `_root`
-    among the objects directly under the prefix): a leading underscore is doubled."""
-    stack = handler_stack
-    day = results.utc_timestamp()[:10]
-    keys = {"stats": f"{stack.prefix}_stats#{day}/a.jpeg", "root_folder": f"{stack.prefix}_root/b.jpeg",
-            "root": f"{stack.prefix}c.jpeg"}
-    for key in keys.values():
-        stack.put(key, NORMAL_XRAY.read_bytes())
-    stack.deliver()
-
-    assert {name: stack.item(key)["batch"] for name, key in keys.items()} == {
-        "stats": f"__stats#{day}", "root_folder": "__root", "root": "_root"}
-    dynamodb = stack.session.client("dynamodb")
-    counters = list(results.batch_results(dynamodb, stack.settings.table, f"_stats#{day}"))
-    assert counters and all(item[results.KEY].startswith(f"_stats#{day}T") for item in counters)
-    assert sorted(str(item["source_batch"]) for item in counters) == ["__root", "__stats#" + day, "_root"]

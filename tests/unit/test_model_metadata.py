@@ -1,10 +1,12 @@
 """model.json as a type: read, written and round-tripped without losing anything."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
-from pneumoscan.model import (CamUnavailable, ModelLoadError, ModelMetadata, PneumoniaModel,
+from pneumoscan.model import (CamUnavailable, ModelLoadError, ModelMetadata, PneumoniaModel, SubtypeHead,
                               default_model_dir)
 
 MINIMAL = {"name": "m", "version": "1", "file": "m.tflite", "sha256": "00",
@@ -59,3 +61,46 @@ def test_an_unreadable_model_json_is_a_model_load_error(tmp_path):
     (tmp_path / "model.json").write_text("{ not json")
     with pytest.raises(ModelLoadError, match="cannot read"):
         ModelMetadata.read(tmp_path)
+
+
+SUBTYPE = {"labels": ["bacterial", "viral"], "threshold": 0.4, "uncertain_band": [0.3, 0.55],
+           "threshold_rule": "balanced accuracy", "band_rule": "90 % outside", "bias": -0.25,
+           "weights": [0.1, -0.30000000000000004], "fitted_on": {"images": 3}}
+
+
+def test_the_subtype_section_is_typed_and_round_trips_byte_for_byte(tmp_path):
+    ModelMetadata.from_dict({**MINIMAL, "subtype": SUBTYPE}).write(tmp_path)
+    written = (tmp_path / "model.json").read_bytes()
+    read = ModelMetadata.read(tmp_path)
+    assert isinstance(read.subtype, SubtypeHead) and "subtype" not in read.extra
+    assert read.subtype.extra == {"fitted_on": {"images": 3}} and read.subtype.labels == ("bacterial", "viral")
+    read.write(tmp_path)
+    assert (tmp_path / "model.json").read_bytes() == written
+    assert json.loads(written)["subtype"] == SUBTYPE
+
+
+def test_the_head_calls_viral_at_its_threshold_and_nothing_inside_its_band():
+    head = ModelMetadata.from_dict({**MINIMAL, "subtype": SUBTYPE}).subtype
+    logit = np.log(0.4 / 0.6)
+    at_threshold = head.call(np.array([(logit + 0.25) / 0.1, 0.0]))
+    assert at_threshold.probability == pytest.approx(0.4) and at_threshold.uncertain
+    far_viral = head.call(np.array([30.0, 0.0]))
+    far_bacterial = head.call(np.array([0.0, 30.0]))
+    assert (far_viral.subtype, far_bacterial.subtype) == ("viral", "bacterial")
+    assert list(head.subtypes(np.array([0.39, 0.4]))) == ["bacterial", "viral"]
+    no_band = dataclasses.replace(head, uncertain_band=None)
+    assert no_band.call(np.array([(logit + 0.25) / 0.1, 0.0])).subtype == "viral"
+
+
+def test_a_model_without_a_subtype_section_has_no_head():
+    metadata = ModelMetadata.from_dict(MINIMAL)
+    assert metadata.subtype is None and "subtype" not in metadata.to_dict()
+
+
+@pytest.mark.parametrize("change", [
+    {"uncertain_band": [0.45, 0.55]}, {"threshold": 1.0}, {"weights": [float("nan"), 1.0]}, {"weights": []},
+    {"labels": ["viral", "viral"]},
+])
+def test_a_broken_subtype_head_is_refused(change):
+    with pytest.raises(ValueError):
+        ModelMetadata.from_dict({**MINIMAL, "subtype": {**SUBTYPE, **change}})

@@ -98,7 +98,7 @@ ENTRIES = [
 def test_summary_counts_and_flags():
     counts = report.summarise(ENTRIES, "PNEUMONIA")
     assert counts == {"images": 6, "scored": 4, "positives": 2, "negatives": 2, "failures": 2, "warned": 1,
-                      "flagged": 1, "model_versions": ["2026.11.25-1"]}
+                      "bacterial": 0, "viral": 0, "uncertain": 0, "flagged": 1, "model_versions": ["2026.11.25-1"]}
 
 
 def test_page_is_self_contained_and_escapes_names():
@@ -149,9 +149,10 @@ def test_offline_report_scores_local_files_with_the_lambdas_path(tmp_path):
     assert all(label in ("NORMAL", "PNEUMONIA") for _, label in rows[:2])
     assert html_text.count('<img class="overlay"') == html_text.count('<img class="thumbnail"') == 3
     assert "not_an_image" in html_text
-    # Noise is scored and warned; the X-rays are not warned.
-    assert re.findall(r'data-warned="(\d)"', html_text) == ["0", "0", "0", "1"]
-    assert "1 warned" in result.output
+    # Noise is scored and warned; the X-rays are not, unless a positive's subtype is uncertain.
+    warned = re.findall(r'data-warned="(\d)" data-subtype="(\w*)"', html_text)
+    assert [flag for flag, _ in warned] == [str(int(subtype == "uncertain")) for _, subtype in warned[:3]] + ["1"]
+    assert f"{1 + sum(subtype == 'uncertain' for _, subtype in warned[:3])} warned" in result.output
 
 
 def test_an_unexpected_error_on_one_file_is_its_failed_row_in_the_offline_report(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from image_cases import FULLRES_DIR, REFERENCE_XRAY
 from pneumoscan import cam, images, scoring
-from pneumoscan.model import CamUnavailable, ModelLoadError, PneumoniaModel
+from pneumoscan.model import SUBTYPE_UNCERTAIN, CamUnavailable, ModelLoadError, PneumoniaModel, SubtypeHead
 from pneumoscan.scoring import ImageRejected, Scorer
 
 pytestmark = pytest.mark.skipif(not REFERENCE_XRAY.is_file(), reason="needs ../shared/data")
@@ -140,8 +140,60 @@ def test_the_models_own_checks_refuse_blanks_before_any_heat_map_and_caption_war
     assert refused.value.reason == "blank_image" and not summarised and not titles
 
     noise = scorer.score(png(np.random.default_rng(0).integers(0, 256, (300, 300))), overlay="all")
-    # Noise is far from every X-ray: the distance warns, and so, on these features, does the population head.
-    assert noise.warnings[0] == "out_of_distribution" and set(noise.warnings) <= {"out_of_distribution", "adult_like_image"}
+    # Noise is far from every X-ray: the distance warns, and so, on these features, does the population head;
+    # called PNEUMONIA, its subtype may be uncertain too.
+    assert noise.warnings[0] == "out_of_distribution"
+    assert set(noise.warnings) <= {"out_of_distribution", "adult_like_image", SUBTYPE_UNCERTAIN}
+    assert (SUBTYPE_UNCERTAIN in noise.warnings) == (noise.subtype_probability is not None and noise.subtype is None)
     assert titles[-1].endswith("WARNING: " + ", ".join(noise.warnings))
     plain = scorer.score(xray, overlay="all")
     assert plain.warnings == () and "WARNING" not in titles[-1] and "(heat: evidence for" in titles[-1]
+
+
+def _with_subtype_head(band: tuple[float, float] | None, **changes) -> PneumoniaModel:
+    """The bundled network with a subtype head of known weights (features summed, centred at 1)."""
+    model = PneumoniaModel()
+    k = model.metadata.cam.weights.size
+    head = SubtypeHead(np.full(k, 1.0 / k), -0.05, 0.5, band, **changes)
+    model.metadata = dataclasses.replace(model.metadata, subtype=head)
+    return model
+
+
+def test_a_positive_gets_the_heads_subtype_from_the_pooled_features(positive_xray, xray):
+    model = _with_subtype_head(None)
+    scored = Scorer(model).score(positive_xray)
+    pixels, _ = images.load_model_input(positive_xray, *model.input_shape)
+    pooled = model.predict(pixels).feature_map[0].mean(axis=(0, 1))
+    expected = float(model.metadata.subtype.probability(pooled))
+    assert scored.positive and scored.subtype_probability == pytest.approx(expected, abs=1e-6)
+    assert scored.subtype == ("viral" if expected >= 0.5 else "bacterial")
+    assert "subtype_uncertain" not in scored.warnings
+    negative = Scorer(model).score(xray)
+    assert not negative.positive and negative.subtype is None and negative.subtype_probability is None
+
+
+def test_inside_the_band_a_positive_is_warned_and_given_no_subtype(positive_xray):
+    scored = Scorer(_with_subtype_head((0.0, 1.0))).score(positive_xray, overlay="all")
+    assert scored.subtype is None and 0.0 < scored.subtype_probability < 1.0
+    assert scored.warnings[-1] == SUBTYPE_UNCERTAIN and scored.overlay_png.startswith(b"\x89PNG")
+
+
+def test_a_model_without_a_subtype_head_gives_none_and_a_mismatched_head_is_refused(positive_xray):
+    model = PneumoniaModel()
+    model.metadata = dataclasses.replace(model.metadata, subtype=None)
+    scored = Scorer(model).score(positive_xray)
+    assert scored.positive and scored.subtype is None and scored.subtype_probability is None
+    assert SUBTYPE_UNCERTAIN not in scored.warnings
+    wrong = PneumoniaModel()
+    wrong.metadata = dataclasses.replace(wrong.metadata, subtype=SubtypeHead(np.ones(3), 0.0, 0.5))
+    with pytest.raises(ModelLoadError, match="subtype head reads 3 features"):
+        Scorer(wrong)
+
+
+def test_the_caption_names_the_subtype_and_keeps_the_heat_the_labels():
+    from pneumoscan import overlay as overlays
+
+    assert overlays.caption("PNEUMONIA", 0.91, "PNEUMONIA", (), "viral") == \
+        "P(pneumonia) = 0.910   PNEUMONIA: viral   (heat: evidence for PNEUMONIA)"
+    assert overlays.caption("PNEUMONIA", 0.91, "PNEUMONIA", (SUBTYPE_UNCERTAIN,)) == \
+        "P = 0.910   PNEUMONIA   WARNING: subtype_uncertain"

@@ -16,7 +16,10 @@ from pneumoscan import dicom, sr
 
 SCORE = sr.Score(model_name="pneumoscan-cnn", model_version="2026.11.25-3", probability=0.8312,
                  label="PNEUMONIA", positive=True, threshold=0.7625,
-                 warnings=("adult_patient",), hot_region=(100, 200, 300, 400))
+                 warnings=("adult_patient",), hot_region=(100, 200, 300, 400), subtype="viral",
+                 subtype_probability=0.8731)
+UNCERTAIN = sr.Score(**{**SCORE.__dict__, "subtype": None, "subtype_probability": 0.41,
+                        "warnings": ("adult_patient", "subtype_uncertain")})
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +59,12 @@ def test_the_report_states_score_label_threshold_model_and_warnings(report):
     items = list(_content_items(document))
     numbers = {item.ConceptNameCodeSequence[0].CodeValue: float(item.MeasuredValueSequence[0].NumericValue)
                for item in items if item.ValueType == "NUM"}
-    assert numbers == {"P-PNEUMONIA": pytest.approx(0.8312), "THRESHOLD": pytest.approx(0.7625)}
+    assert numbers == {"P-PNEUMONIA": pytest.approx(0.8312), "THRESHOLD": pytest.approx(0.7625),
+                       "P-VIRAL": pytest.approx(0.8731)}
     codes = {(item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue)
              for item in items if item.ValueType == "CODE"}
     assert ("233604007", "52101004") in codes  # Pneumonia: Present
+    assert ("121071", "75570004") in codes  # Finding: Viral pneumonia (SNOMED CT)
     assert ("WARNING", "ADULT_PATIENT") in codes
     texts = {item.TextValue for item in items if item.ValueType == "TEXT"}
     assert {"pneumoscan-cnn", "2026.11.25-3"} <= texts
@@ -73,6 +78,24 @@ def test_a_negative_is_reported_absent(source):
              for item in items if item.ValueType == "CODE"}
     assert ("233604007", "272519000") in codes  # Pneumonia: Absent
     assert not any(name == "WARNING" for name, _ in codes)
+
+
+def test_a_bacterial_call_is_its_finding_and_an_uncertain_one_states_none(source):
+    def coded(score):
+        items = list(_content_items(_read(sr.report_bytes(source.dicom, score))))
+        return ({(item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue)
+                 for item in items if item.ValueType == "CODE"},
+                {item.ConceptNameCodeSequence[0].CodeValue for item in items if item.ValueType == "NUM"})
+
+    bacterial, numbers = coded(sr.Score(**{**SCORE.__dict__, "subtype": "bacterial", "subtype_probability": 0.1}))
+    assert ("121071", "53084003") in bacterial and "P-VIRAL" in numbers
+    uncertain, numbers = coded(UNCERTAIN)
+    findings = {("121071", "53084003"), ("121071", "75570004")}
+    assert not uncertain & findings and "P-VIRAL" in numbers
+    assert ("WARNING", "SUBTYPE_UNCERTAI") in uncertain  # a code value holds 16 characters
+    negative, numbers = coded(sr.Score(**{**SCORE.__dict__, "positive": False, "label": "NORMAL", "subtype": None,
+                                          "subtype_probability": None}))
+    assert not negative & findings and "P-VIRAL" not in numbers
 
 
 def test_the_hot_region_is_a_scoord_on_the_source_image(report):
@@ -106,13 +129,14 @@ def test_a_source_without_uids_gets_no_report(source):
         sr.report_bytes(facts, SCORE)
 
 
-def test_dciodvfy_finds_no_error(report, tmp_path):
+@pytest.mark.parametrize("uncertain", [False, True])
+def test_dciodvfy_finds_no_error(report, source, uncertain, tmp_path):
     """The SR against the standard's IOD rules (dicom3tools; `make test` installs it)."""
     dciodvfy = shutil.which("dciodvfy")
     if dciodvfy is None:
         pytest.fail("dciodvfy is not installed: apt-get install dicom3tools (make test does)")
     path = tmp_path / "sr.dcm"
-    path.write_bytes(report)
+    path.write_bytes(sr.report_bytes(source.dicom, UNCERTAIN) if uncertain else report)
     checked = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
     output = checked.stdout + checked.stderr
     assert "ComprehensiveSR" in output, output

@@ -131,6 +131,95 @@ class FlipAverage:
         return section
 
 
+# The warning of a PNEUMONIA result whose subtype probability lies inside the head's uncertain band.
+SUBTYPE_UNCERTAIN = "subtype_uncertain"
+
+
+@dataclass(frozen=True)
+class SubtypeCall:
+    """The subtype of one image called positive: P(labels[1]) and the subtype, None when uncertain."""
+
+    probability: float
+    subtype: str | None
+
+    @property
+    def uncertain(self) -> bool:
+        return self.subtype is None
+
+
+@dataclass(frozen=True, eq=False)
+class SubtypeHead:
+    """What kind of pneumonia: a logistic head on the pooled features the detection head reads.
+
+    P(labels[1] | pneumonia) = sigmoid(weights . pooled + bias), where `pooled` is the spatial
+    mean of `feature_map` (flip-averaged where the detection score is). At or above `threshold`
+    the subtype is labels[1], below it labels[0]; inside `uncertain_band` (inclusive, None: no
+    band) the call is no subtype at all. Fitted by `training.subtype`; the other keys of the
+    section (what it was fitted on, how it measured) are kept as they were written.
+    """
+
+    weights: np.ndarray  # (k,) float64
+    bias: float
+    threshold: float
+    uncertain_band: tuple[float, float] | None = None
+    labels: tuple[str, str] = ("bacterial", "viral")
+    threshold_rule: str = ""
+    band_rule: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weights.ndim != 1 or self.weights.size == 0 or not np.all(np.isfinite(self.weights)):
+            raise ValueError("subtype weights must be a non-empty finite vector")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"subtype threshold {self.threshold} is not a probability inside (0, 1)")
+        if self.uncertain_band is not None:
+            low, high = self.uncertain_band
+            if not 0.0 <= low <= self.threshold <= high <= 1.0:
+                raise ValueError(f"subtype uncertain band {self.uncertain_band!r} does not hold its threshold")
+        if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
+            raise ValueError(f"subtype labels must be two distinct names, got {self.labels!r}")
+
+    def probability(self, pooled: np.ndarray) -> np.ndarray:
+        """P(labels[1]) of (..., k) pooled features."""
+        return logit_probability(np.asarray(pooled, dtype=np.float64) @ self.weights + self.bias)
+
+    def uncertain(self, probability: np.ndarray) -> np.ndarray:
+        probability = np.asarray(probability)
+        if self.uncertain_band is None:
+            return np.zeros(probability.shape, dtype=bool)
+        low, high = self.uncertain_band
+        return (probability >= low) & (probability <= high)
+
+    def subtypes(self, probability: np.ndarray) -> np.ndarray:
+        """labels[1] at or above the threshold, else labels[0], whatever the band says."""
+        return np.where(np.asarray(probability) >= self.threshold, self.labels[1], self.labels[0])
+
+    def call(self, pooled: np.ndarray) -> SubtypeCall:
+        """One image's (k,) pooled features -> its call."""
+        probability = float(self.probability(pooled))
+        subtype = None if self.uncertain(probability) else str(self.subtypes(probability))
+        return SubtypeCall(probability, subtype)
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> SubtypeHead:
+        band = section.get("uncertain_band")
+        negative, positive = section.get("labels", ("bacterial", "viral"))
+        known = {"weights", "bias", "threshold", "uncertain_band", "labels", "threshold_rule", "band_rule"}
+        return cls(np.asarray(section["weights"], dtype=np.float64).reshape(-1), float(section["bias"]),
+                   float(section["threshold"]), None if band is None else (float(band[0]), float(band[1])),
+                   (str(negative), str(positive)), str(section.get("threshold_rule", "")),
+                   str(section.get("band_rule", "")),
+                   {name: value for name, value in section.items() if name not in known})
+
+    def as_dict(self) -> dict[str, Any]:
+        section: dict[str, Any] = {
+            "labels": list(self.labels), "threshold": float(self.threshold),
+            "uncertain_band": None if self.uncertain_band is None else [float(v) for v in self.uncertain_band],
+            "threshold_rule": self.threshold_rule, "band_rule": self.band_rule,
+            "bias": float(self.bias), "weights": [float(w) for w in self.weights]}
+        return {**section, **self.extra}
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """model.json as a type. `labels` is ordered (negative, positive): the model's one
@@ -145,6 +234,7 @@ class ModelMetadata:
     threshold: float | None = None  # None only while training has not calibrated it yet
     cam: CamWeights | None = None
     flip_average: FlipAverage | None = None  # None: one pass per image
+    subtype: SubtypeHead | None = None  # None: PNEUMONIA results carry no subtype
     # The out-of-distribution statistics fitted on this network's features (`pneumoscan.ood`):
     # their file beside the model, its sha256, the threshold and the model they belong to.
     ood: Mapping[str, Any] | None = None
@@ -197,6 +287,7 @@ class ModelMetadata:
             threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
             cam=CamWeights.from_dict(raw["cam"]) if "cam" in raw else None,
             flip_average=FlipAverage.from_dict(raw["flip_average"]) if raw.get("flip_average") else None,
+            subtype=SubtypeHead.from_dict(raw["subtype"]) if raw.get("subtype") else None,
             ood=dict(raw["ood"]) if raw.get("ood") else None,
             lung_field=LungFieldSpec.from_dict(raw["lung_field"]) if raw.get("lung_field") else None,
             population=dict(raw["population"]) if raw.get("population") else None,
@@ -215,6 +306,7 @@ class ModelMetadata:
                                "threshold_rule": self.threshold_rule,
                                "cam": self.cam.as_dict() if self.cam is not None else None,
                                "flip_average": self.flip_average.as_dict() if self.flip_average else None,
+                               "subtype": self.subtype.as_dict() if self.subtype else None,
                                "training": dict(self.training), "metrics": dict(self.metrics),
                                "trained_at": self.trained_at, "commit": self.commit,
                                "promoted_from": self.promoted_from,

@@ -32,11 +32,14 @@ _COLOUR_ANCHORS = np.array([
     (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164)], dtype=np.float64)
 
 
-def caption(positive_label: str, probability: float, label: str, warnings: Sequence[str] = ()) -> str:
-    """The line above every overlay: the score and whose evidence the heat shows, or its warnings."""
+def caption(positive_label: str, probability: float, label: str, warnings: Sequence[str] = (),
+            subtype: str | None = None) -> str:
+    """The line above every overlay: the score, a positive's subtype, and whose evidence the heat
+    shows (the label's, never the subtype's), or its warnings."""
+    called = f"{label}: {subtype}" if subtype else label
     if warnings:  # short enough for a portrait overlay's width
-        return f"P = {probability:.3f}   {label}   WARNING: {', '.join(warnings)}"
-    return f"P({positive_label.lower()}) = {probability:.3f}   {label}   (heat: evidence for {label})"
+        return f"P = {probability:.3f}   {called}   WARNING: {', '.join(warnings)}"
+    return f"P({positive_label.lower()}) = {probability:.3f}   {called}   (heat: evidence for {label})"
 
 
 def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positive_label: str) -> bytes:
@@ -53,7 +56,7 @@ def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positiv
                          float(summary_fields.get("border_share", 0)),
                          float(summary_fields.get("outside_chest_share", 0)))
     title = caption(positive_label, float(item[results.PROBABILITY]), str(item[results.LABEL]),
-                    list(item.get(results.WARNINGS) or ()))
+                    list(item.get(results.WARNINGS) or ()), item.get(results.SUBTYPE))
     return overlay_png(decoded, heat, title=title, summary=summary)
 
 

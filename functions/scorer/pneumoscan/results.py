@@ -62,7 +62,8 @@ ATTENTION_DAY = "attention_day"
 STUDY_INDEX = "study-index"
 WARNINGS = "warnings"
 # What a listing shows: projected into the sparse indexes next to their keys and the table's.
-LISTING_FIELDS = ("status", "label", "probability", "warnings", "reason", "model_version")
+LISTING_FIELDS = ("status", "label", "probability", "subtype", "subtype_probability", "warnings", "reason",
+                  "model_version")
 STUDY_LISTING_FIELDS = (*LISTING_FIELDS, "series_uid", "sop_uid", SCORED_AT)
 
 # Item attributes.
@@ -70,6 +71,10 @@ STATUS = "status"
 PROBABILITY = "probability"
 LABEL = "label"
 THRESHOLD = "threshold"
+# PNEUMONIA items of a model with a subtype head: P(viral | pneumonia), and `bacterial` or `viral`
+# unless that probability is inside the head's uncertain band (then `warnings` says subtype_uncertain).
+SUBTYPE = "subtype"
+SUBTYPE_PROBABILITY = "subtype_probability"
 REASON = "reason"
 ERROR = "error"
 BUCKET = "bucket"
@@ -114,7 +119,7 @@ UNKNOWN_EVENT_BATCH = "_unknown_event"
 # the input; this bounds them all the same.
 MAX_ERROR_CHARS = 200
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
-PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
+PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, SUBTYPE, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
 
 
 def is_uid(text: str) -> bool:
@@ -139,15 +144,7 @@ def batch_of(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) ->
         return UNKNOWN_EVENT_BATCH
     relative = object_key[len(incoming_prefix):] if object_key.startswith(incoming_prefix) else object_key
     folder, separator, _ = relative.partition("/")
-    return batch_partition(folder) if separator and folder else ROOT_BATCH
-
-
-def batch_partition(folder: str) -> str:
-    """The partition key of the batch folder `folder`. The table's own partitions (`_root`,
-    `_unknown_event`, the `_stats#<day>` counters) begin with one underscore, so a folder that
-    begins with one gets another: `_stats#2026-11-26/` is batch `__stats#2026-11-26`, never the
-    counters' partition, and no two folders share a partition."""
-    return f"_{folder}" if folder.startswith("_") else folder
+    return folder if separator and folder else ROOT_BATCH
 
 
 def primary_key(object_key: str, incoming_prefix: str = DEFAULT_INCOMING_PREFIX) -> dict[str, str]:
@@ -280,7 +277,8 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
     image = score.image
     fields: dict[str, Any] = {
         STATUS: STATUS_SCORED, PROBABILITY: score.probability, LABEL: score.label,
-        WARNINGS: list(score.warnings), IMAGE_WIDTH: image.width, IMAGE_HEIGHT: image.height,
+        SUBTYPE: score.subtype, SUBTYPE_PROBABILITY: score.subtype_probability, WARNINGS: list(score.warnings),
+        IMAGE_WIDTH: image.width, IMAGE_HEIGHT: image.height,
         IMAGE_FORMAT: image.format, IMAGE_MODE: image.mode, IGNORED_METADATA: image.ignored_metadata,
     }
     if score.heat_map_error is not None:

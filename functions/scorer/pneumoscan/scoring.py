@@ -15,7 +15,9 @@ benchmarks. The steps, in order:
              the probability of the positive label, the feature map and the lung field;
              near the threshold the mirrored crop is run too and averaged in (model.json's
              `flip_average` band).
-4. label     `ModelMetadata.label`: the threshold from model.json.
+4. label     `ModelMetadata.label`: the threshold from model.json; a positive image also
+             gets its subtype (bacterial or viral) from model.json's `subtype` head on the
+             pooled features, or none and the warning `subtype_uncertain` inside its band.
 5. heat map  `pneumoscan.cam`: class activation map of the label given, placed from the
              crop back onto the whole image, its shares (outside the lung field) and hot
              region; `pneumoscan.overlay` draws it as a PNG when the overlay policy asks for one.
@@ -44,7 +46,10 @@ import numpy as np
 
 from . import cam, formats, images, lungs, ood, population
 from .images import DecodedImage, ImageRejected
-from .model import CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction
+from .model import (
+    SUBTYPE_UNCERTAIN, CamUnavailable, InputSpec, ModelLoadError, ModelMetadata, PneumoniaModel, Prediction,
+    SubtypeCall,
+)
 from .settings import OVERLAY_POLICIES
 
 # Stage names of `ImageScore.timings_ms` (also the handler's latency metrics).
@@ -78,6 +83,7 @@ WARNING_MEANINGS = {
     lungs.LUNG_FIELD_NOT_FOUND: "Lungs not found where expected: the model read a default crop of the image",
     ood.OUT_OF_DISTRIBUTION: "Image unlike the training data: the score may mean little",
     population.ADULT_LIKE_IMAGE: "Image resembles adult X-rays; the model was trained on children aged 1-5",
+    SUBTYPE_UNCERTAIN: "Bacterial or viral too close to call: no subtype is given",
 }
 
 # A warning check: returns a warning code (e.g. "out_of_distribution") or None.
@@ -114,9 +120,21 @@ class ImageScore:
     image: DecodedImage  # the decoded picture and its source facts (size, format, mode)
     heat_map: HeatMap | None  # None only when it failed: see heat_map_error
     heat_map_error: str | None
-    warnings: tuple[str, ...]  # the DICOM header's codes, then those of the checks that fired, in order
+    warnings: tuple[str, ...]  # the DICOM header's codes, those of the checks that fired, then the subtype's
     timings_ms: Mapping[str, float]  # wall time per stage
     cpu_ms: Mapping[str, float]  # CPU time per stage
+    # A positive image's subtype call (model.json `subtype`); None for a negative one or a model without the head.
+    subtype_call: SubtypeCall | None = None
+
+    @property
+    def subtype(self) -> str | None:
+        """`bacterial` or `viral`; None when negative, without a head, or inside its uncertain band."""
+        return self.subtype_call.subtype if self.subtype_call else None
+
+    @property
+    def subtype_probability(self) -> float | None:
+        """P(viral | pneumonia), also inside the uncertain band; None when there is no call."""
+        return self.subtype_call.probability if self.subtype_call else None
 
     @property
     def overlay_png(self) -> bytes | None:
@@ -173,6 +191,9 @@ class Scorer:
             raise ModelLoadError(f"model {metadata.version} has no threshold: it cannot label a score")
         if metadata.cam is None:
             raise CamUnavailable(f"model {metadata.version} has no cam section: it cannot explain a score")
+        if metadata.subtype is not None and metadata.subtype.weights.size != metadata.cam.weights.size:
+            raise ModelLoadError(f"model {metadata.version}: its subtype head reads {metadata.subtype.weights.size} "
+                                 f"features, the network pools {metadata.cam.weights.size}")
         if checks is None:
             try:
                 checks = (ood.checks_for(model.model_dir, metadata.ood, metadata.sha256)
@@ -219,20 +240,24 @@ class Scorer:
         lung_warnings = (lungs.LUNG_FIELD_NOT_FOUND,) if field is not None and not field.found else ()
         warnings = header_warnings + lung_warnings + tuple(
             code for code in (check(evidence) for check in self.checks) if code)
+        subtype = metadata.subtype.call(evidence.pooled_features) if positive and metadata.subtype else None
+        if subtype is not None and subtype.uncertain:
+            warnings += (SUBTYPE_UNCERTAIN,)
         heat_map, heat_map_error = None, None
         with _timed(HEAT_MAP, timings, cpu):
             try:
                 heat_map = self._heat_map(prediction, decoded, probability, label, positive,
-                                          wants_overlay(overlay, positive), warnings)
+                                          wants_overlay(overlay, positive), warnings, subtype)
             except Exception as exc:  # noqa: BLE001 - the heat map is an aid: it must never hold back a score
                 heat_map_error = f"{type(exc).__name__}: {exc}"[:500]
         return ImageScore(probability=probability, label=label, positive=positive, threshold=metadata.threshold,
                           model_version=metadata.version, model_sha256=metadata.sha256, image=decoded,
                           heat_map=heat_map, heat_map_error=heat_map_error, warnings=warnings,
-                          timings_ms=timings, cpu_ms=cpu)
+                          timings_ms=timings, cpu_ms=cpu, subtype_call=subtype)
 
     def _heat_map(self, prediction: Prediction, decoded: DecodedImage, probability: float, label: str,
-                  positive: bool, overlay: bool, warnings: tuple[str, ...] = ()) -> HeatMap:
+                  positive: bool, overlay: bool, warnings: tuple[str, ...] = (),
+                  subtype: SubtypeCall | None = None) -> HeatMap:
         heat = cam.evidence(cam.class_activation_map(prediction.feature_map[0], self.metadata.cam), positive)
         chest = None
         if prediction.lung_fields:
@@ -245,7 +270,8 @@ class Scorer:
             from . import overlay as overlays  # drawing (ImageDraw, fonts) is loaded only when a PNG is asked for
 
             png = overlays.overlay_png(decoded, heat, summary=summary, title=overlays.caption(
-                self.metadata.positive_label, probability, label, warnings))
+                self.metadata.positive_label, probability, label, warnings,
+                subtype.subtype if subtype else None))
         return HeatMap(heat, summary, png)
 
 

@@ -2,8 +2,9 @@
 
 A TID 1500 Measurement Report (highdicom's `ComprehensiveSR`) whose evidence is the scored
 instance: the model (name and version, as the algorithm and the observing device),
-P(pneumonia), the label at the threshold, the threshold, the warnings, and the heat map's hot
-region as a polyline SCOORD on the source image. It carries the source's Study Instance UID,
+P(pneumonia), the label at the threshold, the threshold, the warnings, a positive's subtype
+(P(viral | pneumonia), and the finding bacterial or viral pneumonia in SNOMED CT unless it is
+uncertain), and the heat map's hot region as a polyline SCOORD on the source image. It carries the source's Study Instance UID,
 so a PACS or viewer files it next to the image.
 
 Patient data: the SR is built from the identifiers in `DicomFacts` only. The patient and study
@@ -47,7 +48,11 @@ PROBABILITY = Code("P-PNEUMONIA", SCHEME, "Probability of pneumonia")
 THRESHOLD = Code("THRESHOLD", SCHEME, "Decision threshold for pneumonia")
 WARNING = Code("WARNING", SCHEME, "Result warning")
 HOT_REGION = Code("HOT-REGION", SCHEME, "Region of highest class activation for pneumonia")
+SUBTYPE_PROBABILITY = Code("P-VIRAL", SCHEME, "Probability of viral pneumonia given pneumonia")
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+# The subtype head's labels as SNOMED CT disorders, stated as the classification's finding.
+SUBTYPE_FINDINGS = {"bacterial": Code("53084003", "SCT", "Bacterial pneumonia"),
+                    "viral": Code("75570004", "SCT", "Viral pneumonia")}
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = codes.UCUM.NoUnits
 CODE_MEANING_MAX = 64
@@ -70,6 +75,9 @@ class Score:
     warnings: tuple[str, ...] = ()
     # x, y, width, height in source image pixels.
     hot_region: tuple[float, float, float, float] | None = None
+    # A positive's subtype (a SUBTYPE_FINDINGS key; None when uncertain) and P(viral | pneumonia).
+    subtype: str | None = None
+    subtype_probability: float | None = None
 
     @classmethod
     def of(cls, score: ImageScore, model: ModelMetadata) -> Score:
@@ -77,7 +85,8 @@ class Score:
         return cls(model_name=model.name, model_version=score.model_version, probability=score.probability,
                    label=score.label, positive=score.positive, threshold=score.threshold,
                    warnings=tuple(score.warnings),
-                   hot_region=(hot.x, hot.y, hot.width, hot.height) if hot is not None else None)
+                   hot_region=(hot.x, hot.y, hot.width, hot.height) if hot is not None else None,
+                   subtype=score.subtype, subtype_probability=score.subtype_probability)
 
 
 def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
@@ -93,9 +102,14 @@ def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     evaluations = [hd.sr.QualitativeEvaluation(
         name=PNEUMONIA, value=codes.SCT.Present if score.positive else codes.SCT.Absent)]
+    if score.subtype is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=codes.DCM.Finding,
+                                                       value=SUBTYPE_FINDINGS[score.subtype]))
     evaluations += [hd.sr.QualitativeEvaluation(
         name=WARNING, value=Code(code.upper()[:16], SCHEME, _code_meaning(WARNING_MEANINGS.get(code, code))))
         for code in score.warnings]
+    subtype_measurements = [] if score.subtype_probability is None else [hd.sr.Measurement(
+        name=SUBTYPE_PROBABILITY, value=round(score.subtype_probability, 6), unit=NO_UNITS, algorithm_id=algorithm)]
     groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=_uid("classification", facts.sop_uid, score.model_version),
@@ -106,6 +120,7 @@ def structured_report(facts: DicomFacts, score: Score) -> hd.sr.ComprehensiveSR:
             hd.sr.Measurement(name=PROBABILITY, value=round(score.probability, 6), unit=NO_UNITS,
                               algorithm_id=algorithm),
             hd.sr.Measurement(name=THRESHOLD, value=round(score.threshold, 6), unit=NO_UNITS),
+            *subtype_measurements,
         ],
         qualitative_evaluations=evaluations)]
     if score.hot_region is not None:

@@ -41,11 +41,15 @@ OVER = "inf"
 # and means are read (full float precision would triple a probability's bytes).
 LATENCY_DECIMALS = 1
 PROBABILITY_DECIMALS = 3
-# Counter attributes of a counter item (plus one `warned_<code>` per warning code seen).
+# Counter attributes of a counter item (plus one `warned_<code>` per warning code seen and one
+# `subtype_<name>` per subtype of a positive: `subtype_bacterial`, `subtype_viral`, `subtype_uncertain`).
 COUNTS = ("images", "scored", "failed", "positives", "warned", "probability_sum")
 HANDLER_BUCKET = "handler_ms_le_"
 END_TO_END_BUCKET = "e2e_s_le_"
 WARNED_PREFIX = "warned_"
+SUBTYPE_PREFIX = "subtype_"
+# A positive with a subtype probability but no subtype: inside the subtype head's band.
+UNCERTAIN_SUBTYPE = "uncertain"
 HOUR, MODEL, SOURCE_BATCH = "stats_hour", "model_version", "source_batch"
 
 
@@ -125,6 +129,8 @@ class BatchTally:
             self.probabilities.setdefault(model_version, []).append(probability)
             if item.get(results.LABEL) == self.positive_label:
                 counts.add("positives")
+                if item.get(results.SUBTYPE_PROBABILITY) is not None:
+                    counts.add(f"{SUBTYPE_PREFIX}{item.get(results.SUBTYPE) or UNCERTAIN_SUBTYPE}")
         warnings = item.get(results.WARNINGS) or []
         if warnings:
             counts.add("warned")

@@ -1,0 +1,393 @@
+"""Fit the pneumonia subtype head (bacterial or viral) of the model in a folder and measure it.
+
+    python -m training.subtype [--model-dir model] [--data ../shared/data]
+
+The head is a logistic regression on the pooled features the detection head reads (the
+spatial mean of `feature_map`, flip-averaged where the detection score is), so it runs on
+what inference computes anyway. Its numbers belong to one network: refit after every model.
+
+1. Features: every pneumonia of the model's own by-patient split (model.json
+   `training.config`: val_fraction, split_seed), through the shipped int8 model; the
+   subtype is the file name's (`person*_bacteria_*`, `person*_virus_*`).
+2. Fit on the training split's pneumonias: features standardised, L2-penalised logistic
+   regression by Newton's method, the penalty chosen by held-out log loss over folds of
+   training patients; the standardisation is then folded into the weights.
+3. On the validation pneumonias the model calls PNEUMONIA (those that get a subtype):
+   Platt scaling of the logit (folded into the weights and bias), the threshold (highest
+   balanced accuracy) and the uncertain band (module constants state the rules).
+4. Written: model.json `subtype`, `model/report/subtype.json` and the model card's section;
+   measured on validation and, without subtype labels, on the NIH half (the share of the
+   images called PNEUMONIA that would be warned `subtype_uncertain`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+from pneumoscan import ood, scoring
+from pneumoscan.model import (
+    SUBTYPE_UNCERTAIN, ModelMetadata, PneumoniaModel, SubtypeHead, default_model_dir, logit_probability,
+    probability_logit,
+)
+from pneumoscan_eval import metrics
+from pneumoscan_eval.datasets import SUBTYPES, LabelledFile, list_labelled
+from tqdm import tqdm
+
+from .data import dataset_files, patient_id
+from .ood import patient_folds
+from .shortcut_check import CARD_FILE, DEFAULT_DATA, TRAINING_SET, update_model_card, validation_split
+
+REPORT_FILE = "subtype.json"
+EXTERNAL_SET = "external/nih_chestxray14"
+CARD_START, CARD_END = "<!-- subtype -->", "<!-- /subtype -->"
+BATCH = 64
+# The L2 penalties tried (on standardised features, mean log loss + penalty / 2 * |w|^2).
+PENALTIES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+# The uncertain band: the narrowest logit band around the threshold (symmetric) outside which the
+# validation calls are right at least BAND_ACCURACY of the time (over at least BAND_MIN_IMAGES
+# images): a subtype is given only where it is that reliable, else `subtype_uncertain`.
+BAND_ACCURACY = 0.90
+BAND_MIN_IMAGES = 20
+THRESHOLD_RULE = ("P(viral | pneumonia) >= threshold is viral: the highest balanced accuracy (mean of the "
+                  "two subtypes' recall) on the validation pneumonias the model calls PNEUMONIA, after Platt "
+                  "scaling there; midway to the next lower probability")
+BAND_RULE = (f"the narrowest logit band around the threshold, the same width each side, outside which the "
+             f"validation pneumonias called PNEUMONIA are subtyped right at least {BAND_ACCURACY:.0%} of the time "
+             f"(over at least {BAND_MIN_IMAGES} images); its edge midway between the nearest images in and out")
+
+
+# -- the fit (pure numpy, no model) --------------------------------------------------------------
+def _objective(x: np.ndarray, y: np.ndarray, theta: np.ndarray, penalty: np.ndarray) -> float:
+    z = x @ theta
+    return float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(penalty * theta ** 2))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, *, iterations: int = 100,
+                 tolerance: float = 1e-9) -> tuple[np.ndarray, float]:
+    """(weights, bias) minimising mean log loss + l2 / 2 * |weights|^2 (the bias unpenalised):
+    Newton's method (iteratively reweighted least squares) with a halving line search."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64).ravel()
+    if x.ndim != 2 or len(x) != len(y) or not np.isin(y, (0, 1)).all():
+        raise ValueError("fit_logistic needs (n, k) features and n labels of 0 or 1")
+    design = np.hstack([x, np.ones((len(x), 1))])
+    penalty = np.r_[np.full(x.shape[1], float(l2)), 0.0]
+    theta = np.zeros(design.shape[1])
+    loss = _objective(design, y, theta, penalty)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        gradient = design.T @ (p - y) / len(y) + penalty * theta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design / len(y) + np.diag(penalty)
+        step = np.linalg.solve(hessian + 1e-10 * np.eye(len(theta)), gradient)
+        scale = 1.0
+        while scale > 1e-6:
+            candidate = theta - scale * step
+            candidate_loss = _objective(design, y, candidate, penalty)
+            if candidate_loss <= loss:
+                break
+            scale /= 2
+        theta, previous, loss = candidate, loss, candidate_loss
+        if np.max(np.abs(scale * step)) < tolerance or previous - loss < tolerance * 1e-3:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardiser:
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardiser:
+        x = np.asarray(x, np.float64)
+        scale = x.std(axis=0)
+        # A feature constant over the training images (a dead channel) carries nothing: weight 0.
+        return cls(x.mean(axis=0), np.where(scale > 1e-12, scale, np.inf))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float64) - self.mean) / self.scale
+
+    def fold(self, weights: np.ndarray, bias: float) -> tuple[np.ndarray, float]:
+        """The (weights, bias) on raw features that give the same logit."""
+        raw = weights / self.scale
+        return raw, float(bias - raw @ self.mean)
+
+
+def choose_penalty(x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                   penalties: tuple[float, ...] = PENALTIES) -> tuple[float, dict[str, float]]:
+    """The penalty with the lowest log loss on held-out folds (of patients), and every penalty's."""
+    losses = {}
+    for l2 in penalties:
+        total = 0.0
+        for fold in np.unique(folds):
+            inside = folds == fold
+            standardise = Standardiser.fit(x[~inside])
+            weights, bias = fit_logistic(standardise(x[~inside]), y[~inside], l2)
+            z = standardise(x[inside]) @ weights + bias
+            total += float(np.sum(np.logaddexp(0.0, z) - y[inside] * z))
+        losses[f"{l2:g}"] = total / len(y)
+    best = min(penalties, key=lambda l2: losses[f"{l2:g}"])
+    return best, losses
+
+
+def platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) of sigmoid(a * logit + b) fitted by maximum likelihood."""
+    (a,), b = fit_logistic(np.asarray(logits, np.float64)[:, None], y, 0.0)
+    return float(a), b
+
+
+def uncertain_half_width(logits: np.ndarray, y: np.ndarray, threshold_logit: float, *,
+                         accuracy: float = BAND_ACCURACY, min_images: int = BAND_MIN_IMAGES) -> float | None:
+    """BAND_RULE's half-width in logits: the narrowest band around the threshold outside which
+    the calls are right at least `accuracy` of the time over at least `min_images` images.
+    None: no band is needed (every call meets it); inf: no band achieves it."""
+    logits, y = np.asarray(logits, np.float64), np.asarray(y)
+    distance = np.abs(logits - threshold_logit)
+    order = np.argsort(distance, kind="mergesort")
+    sorted_distance = distance[order]
+    correct = ((logits[order] >= threshold_logit) == (y[order] == 1)).astype(np.float64)
+    # outside[i]: the images farther than sorted_distance[i - 1], i.e. all but the i nearest.
+    right_outside = np.concatenate((np.cumsum(correct[::-1])[::-1], [0.0]))
+    count_outside = np.arange(len(order), -1, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        meets = (right_outside / count_outside >= accuracy) & (count_outside >= min_images)
+    if meets[0]:
+        return None
+    inside = np.flatnonzero(meets)
+    if not inside.size:
+        return float("inf")
+    first = int(inside[0])  # the `first` nearest images are uncertain
+    # Midway between the last image inside and the first outside; ties move the band outward.
+    while first < len(order) and sorted_distance[first] == sorted_distance[first - 1]:
+        first += 1
+    if first == len(order):
+        return float("inf")
+    return float((sorted_distance[first - 1] + sorted_distance[first]) / 2)
+
+
+def calibrated_head(train_x: np.ndarray, train_y: np.ndarray, folds: np.ndarray, val_x: np.ndarray,
+                    val_y: np.ndarray) -> tuple[SubtypeHead, dict]:
+    """The whole fit: penalty and weights on train, Platt, threshold and band on validation."""
+    l2, losses = choose_penalty(train_x, train_y, folds)
+    standardise = Standardiser.fit(train_x)
+    weights, bias = standardise.fold(*fit_logistic(standardise(train_x), train_y, l2))
+    a, b = platt(val_x @ weights + bias, val_y)
+    weights, bias = a * weights, a * bias + b
+    val_probability = logit_probability(val_x @ weights + bias)
+    threshold = round(metrics.balanced_accuracy_threshold(val_y, val_probability), 6)
+    threshold_logit = float(probability_logit(threshold))
+    half_width = uncertain_half_width(val_x @ weights + bias, val_y, threshold_logit)
+    band = None if half_width is None else (
+        round(float(logit_probability(threshold_logit - half_width)), 6),
+        round(float(logit_probability(threshold_logit + half_width)), 6))
+    head = SubtypeHead(weights, bias, threshold, band, SUBTYPES, THRESHOLD_RULE, BAND_RULE)
+    fit = {"penalty": l2, "held_out_log_loss": losses, "platt": {"a": a, "b": b},
+           # None: no band; "all": no band reaches the accuracy, every call is uncertain
+           "band_half_width_logit": None if half_width is None else
+           round(half_width, 4) if np.isfinite(half_width) else "all"}
+    return head, fit
+
+
+# -- features through the model ------------------------------------------------------------------
+def detect(model: PneumoniaModel, files: list[LabelledFile], description: str) -> tuple[np.ndarray, np.ndarray]:
+    """(P(pneumonia), pooled features) of files, decoded and run as the scorer does."""
+    pixels = np.empty((len(files), *model.input_shape), np.uint8)
+    for index, item in enumerate(tqdm(files, desc=description, unit="img", leave=False)):
+        pixels[index], _ = scoring.decode(item.path.read_bytes(), model.metadata.input)
+    probability, pooled = [], []
+    for start in range(0, len(files), BATCH):
+        prediction = model.predict(pixels[start:start + BATCH])
+        probability.append(prediction.probability.astype(np.float64))
+        pooled.append(ood.pooled_features(prediction.feature_map))
+    return np.concatenate(probability), np.concatenate(pooled)
+
+
+def _viral(files: list[LabelledFile]) -> np.ndarray:
+    return np.array([SUBTYPES.index(f.subtype) for f in files])
+
+
+def _round(summary: dict) -> dict:
+    return {name: (round(value, 4) if isinstance(value, float) else _round(value) if isinstance(value, dict)
+                   else value) for name, value in summary.items()}
+
+
+def cross_fitted(val_x: np.ndarray, val_y: np.ndarray, val_patients: list[str], weights: np.ndarray,
+                 bias: float) -> dict:
+    """Platt, threshold and band chosen on half of the validation patients and measured on the
+    other half, both ways: what those choices give on patients they did not see."""
+    patients = sorted(set(val_patients))
+    half = set(np.random.default_rng(0).permutation(patients)[: len(patients) // 2])
+    first = np.array([p in half for p in val_patients])
+    called = np.zeros(len(val_y), bool)
+    uncertain = np.zeros(len(val_y), bool)
+    for chosen in (first, ~first):
+        raw = val_x @ weights + bias
+        a, b = platt(raw[chosen], val_y[chosen])
+        probability = logit_probability(a * raw + b)
+        threshold = metrics.balanced_accuracy_threshold(val_y[chosen], probability[chosen])
+        logit_t = float(probability_logit(threshold))
+        width = uncertain_half_width(a * raw[chosen] + b, val_y[chosen], logit_t)
+        other = ~chosen
+        called[other] = probability[other] >= threshold
+        if width is not None:
+            uncertain[other] = np.abs(a * raw[other] + b - logit_t) <= width
+    summary = metrics.subtype_summary(val_y, called.astype(float), 0.5, uncertain, SUBTYPES)
+    # Of 0/1 calls at each half's own threshold: neither an AUC (unaffected by these choices) nor one threshold.
+    for meaningless in ("auc", "threshold"):
+        summary.pop(meaningless)
+    return _round(summary)
+
+
+def called_shares(head: SubtypeHead, probability: np.ndarray, pooled: np.ndarray, threshold: float,
+                  nih_labels: np.ndarray | None = None) -> dict:
+    """Among the images the detector calls PNEUMONIA: how many get each subtype or the warning."""
+    called = probability >= threshold
+    p = head.probability(pooled[called])
+    uncertain = head.uncertain(p)
+    subtypes = head.subtypes(p)
+    row = {"images": int(len(probability)), "called_pneumonia": int(called.sum()),
+           SUBTYPE_UNCERTAIN: int(uncertain.sum()),
+           f"{SUBTYPE_UNCERTAIN}_share": round(float(uncertain.mean()), 4) if called.any() else None,
+           **{name: int(np.sum((subtypes == name) & ~uncertain)) for name in head.labels}}
+    if nih_labels is not None:
+        row["by_label"] = {name: called_shares(head, probability[nih_labels == index], pooled[nih_labels == index],
+                                               threshold)
+                           for index, name in enumerate(("NORMAL", "PNEUMONIA"))}
+    return row
+
+
+# -- the model card ------------------------------------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def card_section(result: dict) -> str:
+    head, val = result["head"], result["validation"]["called_pneumonia"]
+    band = head["uncertain_band"]
+    nih = result.get("nih_half")
+    rows = [f"| {name} | {row['n']} | {row['auc']:.3f} | {_pct(row['accuracy'])} | "
+            f"{_pct(row['recall']['bacterial'])} | {_pct(row['recall']['viral'])} | {_pct(row['uncertain_share'])} | "
+            f"{_pct(row['accuracy_confident'])} |"
+            for name, row in (("validation pneumonias called PNEUMONIA", val),
+                              ("every validation pneumonia", result["validation"]["all_pneumonia"]))]
+    cross = result["validation"]["cross_fitted"]
+    lines = [
+        CARD_START,
+        "## Pneumonia subtype (bacterial or viral)",
+        "A PNEUMONIA result also carries `subtype` (`bacterial` or `viral`) and `subtype_probability`,",
+        "P(viral | pneumonia): a logistic head on the pooled last feature map (the vector the detection head",
+        "reads; flip-averaged where the score is), fitted by `make subtype` on this network's features of the",
+        f"training split's {result['fitted_on']['images']} pneumonias ({result['fitted_on']['bacterial']} bacterial, "
+        f"{result['fitted_on']['viral']} viral; L2 penalty {result['fit']['penalty']:g} chosen by held-out log loss",
+        "over folds of training patients), Platt-scaled on the validation pneumonias the model calls PNEUMONIA.",
+        f"Threshold {head['threshold']:.4f}: {head['threshold_rule']}.",
+        (f"Uncertain band {band[0]:.4f}..{band[1]:.4f} (`{SUBTYPE_UNCERTAIN}` in `warnings`, no `subtype`, the "
+         f"probability kept): {head['band_rule']}." if band else
+         f"No uncertain band: no run of validation images near the threshold fell below the band rule ({head['band_rule']})."),
+        "NORMAL and FAILED results carry no subtype. The heat map stays the detection's (evidence for PNEUMONIA);",
+        "it does not show where the subtype is read from.",
+        "",
+        "| validation (by patient) | n | AUC | accuracy | recall bacterial | recall viral | in the band | accuracy outside it |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Accuracy and recall count every image at the threshold; Platt scaling, the threshold and the band were",
+        "chosen on these images (the AUC is unaffected). Chosen on half of the validation patients and measured",
+        f"on the other half, both ways: accuracy {_pct(cross['accuracy'])}, recall bacterial "
+        f"{_pct(cross['recall']['bacterial'])}, viral {_pct(cross['recall']['viral'])}, "
+        f"{_pct(cross['uncertain_share'])} in the band.",
+    ]
+    if nih:
+        lines += [
+            "",
+            f"NIH ChestX-ray14 half (adults mostly, no subtype labels): of the {nih['called_pneumonia']} of "
+            f"{nih['images']} images called PNEUMONIA, {nih[SUBTYPE_UNCERTAIN]} "
+            f"({_pct(nih[f'{SUBTYPE_UNCERTAIN}_share'])}) are warned `{SUBTYPE_UNCERTAIN}`, {nih['bacterial']} "
+            f"called bacterial, {nih['viral']} viral.",
+        ]
+    lines += [
+        "",
+        "The subtype is learned from paediatric (1-5 years) images of one hospital (Guangzhou), labelled by the",
+        "dataset's graders; on adults or other sites it is unmeasured and the share above says only how often it",
+        "hesitates there. It is not a reason to give or withhold antibiotics.",
+        f"Numbers: [report/{REPORT_FILE}](report/{REPORT_FILE}).",
+        CARD_END,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m training.subtype", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=None, help="model folder (default: model/)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    args = parser.parse_args(argv)
+
+    model_dir = args.model_dir or default_model_dir()
+    model = PneumoniaModel(model_dir)
+    threshold = model.threshold
+    train_files, val_files = dataset_files(args.data / TRAINING_SET, *validation_split(model.metadata))
+    train_files = [f for f in train_files if f.subtype]
+    val_files = [f for f in val_files if f.subtype]
+    if not train_files or not val_files:
+        raise SystemExit(f"no bacteria/virus file names in {args.data / TRAINING_SET}: nothing to fit")
+    _, train_x = detect(model, train_files, "train pneumonias")
+    val_detection, val_x = detect(model, val_files, "validation pneumonias")
+    train_y, val_y = _viral(train_files), _viral(val_files)
+    called = val_detection >= threshold
+
+    head, fit = calibrated_head(train_x, train_y, patient_folds(train_files), val_x[called], val_y[called])
+    metadata = ModelMetadata.read(model_dir)
+    stored = SubtypeHead.from_dict(head.as_dict())  # measure what the scorer will read
+    val_patients = [patient_id(f.path) for f in val_files]
+
+    def summary(mask: np.ndarray) -> dict:
+        p = stored.probability(val_x[mask])
+        return _round(metrics.subtype_summary(val_y[mask], p, stored.threshold, stored.uncertain(p), SUBTYPES))
+
+    result = {
+        "model": {"version": model.version, "sha256": model.sha256},
+        "head": {key: value for key, value in stored.as_dict().items() if key not in ("weights",)},
+        "fitted_on": {"images": len(train_files), "patients": len({patient_id(f.path) for f in train_files}),
+                      **{name: int(np.sum(train_y == index)) for index, name in enumerate(SUBTYPES)}},
+        "fit": fit,
+        "validation": {
+            "patients": len(set(val_patients)),
+            "called_pneumonia": summary(called),
+            "all_pneumonia": summary(np.ones(len(val_y), bool)),
+            "cross_fitted": cross_fitted(val_x[called], val_y[called],
+                                         [p for p, c in zip(val_patients, called) if c], head.weights, head.bias),
+        },
+    }
+    external = args.data / EXTERNAL_SET
+    if external.is_dir():
+        nih_files = list_labelled(external)
+        nih_detection, nih_x = detect(model, nih_files, "NIH half")
+        result["nih_half"] = called_shares(stored, nih_detection, nih_x, threshold,
+                                           np.array([f.label for f in nih_files]))
+    result["validation"]["called_pneumonia_shares"] = called_shares(stored, val_detection, val_x, threshold)
+    result["command"] = "python -m training.subtype"
+    result["generated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    section = dataclasses.replace(stored, extra={
+        "features": "spatial mean of feature_map (flip-averaged where the detection score is)",
+        "fitted_on": result["fitted_on"], "penalty": fit["penalty"], "platt": fit["platt"],
+        "validation": {key: result["validation"]["called_pneumonia"][key]
+                       for key in ("n", "auc", "accuracy", "recall", "uncertain_share")},
+        "report": f"report/{REPORT_FILE}"})
+    dataclasses.replace(metadata, subtype=section).write(model_dir)
+    report = model_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    (report / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    update_model_card(model_dir / CARD_FILE, card_section(result), start=CARD_START, end=CARD_END)
+    print(json.dumps({"head": result["head"], "fit": fit, "validation": result["validation"],
+                      "nih_half": result.get("nih_half")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
