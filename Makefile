@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DATA ?= $(or $(PNEUMOSCAN_DATA),../shared/data)
 
-.PHONY: help venv test lint unit build chromium dicom3tools
+.PHONY: help venv test lint unit build chromium dicom3tools dcmtk orthanc
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9]+:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -98,7 +98,19 @@ dicom3tools: ## install dicom3tools (dciodvfy validates the structured reports)
 	@command -v dciodvfy >/dev/null || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dicom3tools)
 
-test: $(INSTALLED) $(CHECKOV) chromium dicom3tools ## lint, then every test (installs what they need)
+# dcmtk (echoscu, storescu, storescp) and Orthanc, as modality and PACS, talk DICOM to the
+# gateway in its tests; where a package cannot be installed, those tests skip and say so.
+dcmtk: ## install dcmtk (the gateway's tests send and receive DICOM with it)
+	@command -v storescu >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk) || \
+		echo "dcmtk could not be installed: the gateway's dcmtk tests will skip"
+
+orthanc: ## install Orthanc (the PACS of the gateway's round-trip test)
+	@command -v Orthanc >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc) || \
+		echo "orthanc could not be installed: the gateway's Orthanc test will skip"
+
+test: $(INSTALLED) $(CHECKOV) chromium dicom3tools dcmtk orthanc ## lint, then every test (installs what they need)
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 

@@ -35,7 +35,8 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "t
 STACK_OUTPUTS = {"bucket": "ImagesBucketName", "queue_url": "ScoringQueueUrl",
                  "dead_letter_queue_url": "DeadLetterQueueUrl", "table": "ResultsTableName",
                  "incoming_prefix": "IncomingPrefix", "batch_function_arn": "BatchEnqueueFunctionArn",
-                 "batch_role_arn": "BatchOperationsRoleArn"}
+                 "batch_role_arn": "BatchOperationsRoleArn", "return_queue_url": "ReturnQueueUrl",
+                 "return_dead_letter_queue_url": "ReturnDeadLetterQueueUrl"}
 
 
 class CommandError(ClickException):
@@ -67,6 +68,8 @@ class Target:
     incoming_prefix: str = DEFAULT_INCOMING_PREFIX
     batch_function_arn: str | None = None
     batch_role_arn: str | None = None
+    return_queue_url: str | None = None
+    return_dead_letter_queue_url: str | None = None
     source: str = "options"
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -77,10 +80,14 @@ class Target:
     def client(self, service: str) -> Any:
         """One cached client per service, standard retries; tests may swap entries in `_clients`."""
         if service not in self._clients:
-            credentials = LOCAL_CREDENTIALS if self.is_local else {}
-            self._clients[service] = boto3.session.Session(region_name=self.region).client(
-                service, endpoint_url=self.endpoint_url, config=RETRY_CONFIG, **credentials)
+            self._clients[service] = self.new_client(service, RETRY_CONFIG)
         return self._clients[service]
+
+    def new_client(self, service: str, config: Any) -> Any:
+        """A client of its own, with `config`'s timeouts and retries (not cached)."""
+        credentials = LOCAL_CREDENTIALS if self.is_local else {}
+        return boto3.session.Session(region_name=self.region).client(
+            service, endpoint_url=self.endpoint_url, config=config, **credentials)
 
     def to_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if not name.startswith("_")}
@@ -154,6 +161,7 @@ def resolve_target(stack: str | None = None, endpoint_url: str | None = None, re
         target = Target(bucket=bucket, table=table, region=region or _default_region(),
                         endpoint_url=endpoint_url, source="endpoint",
                         queue_url=local.get("queue_url") if same_stack else None,
+                        return_queue_url=local.get("return_queue_url") if same_stack else None,
                         incoming_prefix=local.get("incoming_prefix", DEFAULT_INCOMING_PREFIX)
                         if same_stack else DEFAULT_INCOMING_PREFIX)
         if same_stack:

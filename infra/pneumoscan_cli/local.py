@@ -107,6 +107,8 @@ class LocalStack:
         created = create_resources(self.settings, s3=target.client("s3"), sqs=target.client("sqs"),
                                    dynamodb=target.client("dynamodb"))
         target.queue_url, target.dead_letter_queue_url = created.queue_url, created.dead_letter_queue_url
+        target.return_queue_url = created.return_queue_url
+        target.return_dead_letter_queue_url = created.return_dead_letter_queue_url
 
     @property
     def queue_arn(self) -> str:

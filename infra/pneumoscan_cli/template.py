@@ -264,6 +264,9 @@ class StackSettings:
     function_memory_mb: int
     event_source: EventSourceSettings
     parameters: dict[str, Any] = field(default_factory=dict)
+    # The gateway's return path: the other queue the bucket notifies, and its dead-letter queue.
+    return_queue: QueueSettings | None = None
+    return_dead_letter_queue: QueueSettings | None = None
 
     @property
     def incoming_prefix(self) -> str:
@@ -274,17 +277,27 @@ class StackSettings:
 class CreatedQueues:
     queue_url: str
     dead_letter_queue_url: str
+    return_queue_url: str | None = None
+    return_dead_letter_queue_url: str | None = None
 
 
 def create_resources(settings: StackSettings, *, s3: Any, sqs: Any, dynamodb: Any,
                      notifications: bool = True) -> CreatedQueues:
-    """The queue and its dead-letter queue, the bucket (versioning, and its notifications to
-    the queue unless `notifications` is False) and the table, as the template defines them,
+    """The queue and its dead-letter queue, the gateway's return queue and its dead-letter queue,
+    the bucket (versioning, and its notifications to the queues unless `notifications` is False)
+    and the table, as the template defines them,
     on whatever endpoint the clients point at (the local stack's moto server, or moto in tests)."""
     # The dead-letter queue first: the main queue's RedrivePolicy points at its ARN.
     dead_letter_queue_url = sqs.create_queue(
         QueueName=settings.dead_letter_queue.name, Attributes=settings.dead_letter_queue.attributes)["QueueUrl"]
     queue_url = sqs.create_queue(QueueName=settings.queue.name, Attributes=settings.queue.attributes)["QueueUrl"]
+    return_queue_url = return_dead_letter_queue_url = None
+    if settings.return_queue is not None and settings.return_dead_letter_queue is not None:
+        return_dead_letter_queue_url = sqs.create_queue(
+            QueueName=settings.return_dead_letter_queue.name,
+            Attributes=settings.return_dead_letter_queue.attributes)["QueueUrl"]
+        return_queue_url = sqs.create_queue(
+            QueueName=settings.return_queue.name, Attributes=settings.return_queue.attributes)["QueueUrl"]
     s3.create_bucket(Bucket=settings.bucket)
     if settings.bucket_versioning:
         s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
@@ -292,7 +305,7 @@ def create_resources(settings: StackSettings, *, s3: Any, sqs: Any, dynamodb: An
         s3.put_bucket_notification_configuration(
             Bucket=settings.bucket, NotificationConfiguration={"QueueConfigurations": settings.bucket_notifications})
     dynamodb.create_table(**settings.table_definition)
-    return CreatedQueues(queue_url, dead_letter_queue_url)
+    return CreatedQueues(queue_url, dead_letter_queue_url, return_queue_url, return_dead_letter_queue_url)
 
 
 def _single(template: dict[str, Any], resource_type: str) -> str:
@@ -369,6 +382,25 @@ def _bucket_notifications(resolver: Resolver, bucket_id: str) -> list[dict[str, 
     return notifications
 
 
+def _return_queues(template: dict[str, Any], resolver: Resolver, bucket_id: str, scoring_queue_id: str
+                   ) -> tuple[QueueSettings | None, QueueSettings | None]:
+    """The queue other than the scoring queue that the bucket notifies (the structured reports'
+    return path), and its dead-letter queue; (None, None) for a template without one."""
+    configuration = (resolver.resource(bucket_id).get("Properties") or {}).get("NotificationConfiguration") or {}
+    others = {_queue_reference_id(entry.get("Queue")) for entry in configuration.get("QueueConfigurations") or []}
+    others.discard(scoring_queue_id)
+    if not others:
+        return None, None
+    if len(others) > 1:
+        raise TemplateError(f"the bucket notifies more queues than the scoring and return queues: {sorted(others)}")
+    queue_id = others.pop()
+    queue = _queue_settings(resolver, queue_id)
+    redrive = (template["Resources"][queue_id].get("Properties") or {}).get("RedrivePolicy")
+    if not redrive:
+        raise TemplateError(f"queue {queue_id} has no RedrivePolicy")
+    return queue, _queue_settings(resolver, _queue_reference_id(redrive["deadLetterTargetArn"]))
+
+
 def _table_definition(resolver: Resolver, table_id: str) -> dict[str, Any]:
     properties = resolver.resolve(resolver.resource(table_id).get("Properties") or {})
     definition: dict[str, Any] = {
@@ -413,6 +445,7 @@ def read_settings(template_path: Path | str = DEFAULT_TEMPLATE, *, stack_name: s
         environment.update({name: str(resolver.resolve(value)) for name, value in variables.items()})
 
     scaling = sqs_event.get("ScalingConfig") or {}
+    return_queue, return_dead_letter_queue = _return_queues(template, resolver, bucket_id, queue_id)
     return StackSettings(
         stack_name=stack_name,
         region=region,
@@ -437,4 +470,6 @@ def read_settings(template_path: Path | str = DEFAULT_TEMPLATE, *, stack_name: s
             maximum_concurrency=(int(scaling["MaximumConcurrency"]) if "MaximumConcurrency" in scaling else None),
         ),
         parameters=dict(resolver.parameters),
+        return_queue=return_queue,
+        return_dead_letter_queue=return_dead_letter_queue,
     )

@@ -1,6 +1,7 @@
 """The local stack's settings come from template.yaml: checked against an independent parse."""
 
 import json
+import re
 from pathlib import Path
 
 import cfnlint.decode.cfn_yaml
@@ -16,7 +17,12 @@ PARAMETERS = TEMPLATE["Parameters"]
 
 
 def _default(reference):
-    return PARAMETERS[reference["Ref"]]["Default"] if isinstance(reference, dict) else reference
+    """A prefix as the template writes it: a parameter, or a parameter and a folder (`!Sub`)."""
+    if not isinstance(reference, dict):
+        return reference
+    if "Ref" in reference:
+        return PARAMETERS[reference["Ref"]]["Default"]
+    return re.sub(r"\$\{(\w+)\}", lambda match: PARAMETERS[match.group(1)]["Default"], reference["Fn::Sub"])
 
 
 def test_queue_settings_match_the_template():
@@ -68,6 +74,19 @@ def test_notification_filter_matches_the_template():
         [{"Name": rule["Name"], "Value": _default(rule["Value"])} for rule in e["Filter"]["S3Key"]["Rules"]]
         for e in expected]
     assert settings.bucket_versioning == (bucket["VersioningConfiguration"]["Status"] == "Enabled")
+    assert [n["QueueArn"].rsplit(":", 1)[1] for n in settings.bucket_notifications] == [
+        settings.queue.name, settings.return_queue.name]
+
+
+def test_return_queues_come_from_the_template():
+    settings = read_settings(parameter_overrides={"ReturnMaxReceiveCount": "3"})
+    queue = RESOURCES["ReturnQueue"]["Properties"]
+    assert settings.return_queue.name == f"{LOCAL_STACK_NAME}-returnqueue"
+    assert settings.return_dead_letter_queue.name == f"{LOCAL_STACK_NAME}-returndeadletterqueue"
+    assert settings.return_queue.visibility_timeout == queue["VisibilityTimeout"]
+    assert json.loads(settings.return_queue.attributes["RedrivePolicy"]) == {
+        "deadLetterTargetArn": f"arn:aws:sqs:us-east-1:123456789012:{settings.return_dead_letter_queue.name}",
+        "maxReceiveCount": 3}
 
 
 def test_parameter_overrides_apply_and_unknown_ones_are_refused():

@@ -109,27 +109,65 @@ def test_images_bucket_is_locked_down(resources):
 
 def test_only_the_incoming_prefix_notifies_the_queue(template, resources):
     queue_configurations = resources["ImagesBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
-    assert len(queue_configurations) == 1
-    notification = queue_configurations[0]
+    assert len(queue_configurations) == 2
+    notification, returned = queue_configurations
     assert notification["Event"] == "s3:ObjectCreated:*"
     assert notification["Queue"] == {"Fn::GetAtt": ["ScoringQueue", "Arn"]}
     assert notification["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": {"Ref": "IncomingPrefix"}}]
+    # The structured reports, and nothing else the pipeline writes, notify the gateway's return queue.
+    assert returned["Event"] == "s3:ObjectCreated:*"
+    assert returned["Queue"] == {"Fn::GetAtt": ["ReturnQueue", "Arn"]}
+    assert returned["Filter"]["S3Key"]["Rules"] == [
+        {"Name": "prefix", "Value": {"Fn::Sub": f"${{ResultsPrefix}}{results.STRUCTURED_REPORT_FOLDER}"}}]
     parameters = template["Parameters"]
     assert parameters["IncomingPrefix"]["Default"] == results.DEFAULT_INCOMING_PREFIX
     assert parameters["ResultsPrefix"]["Default"] == results.RESULTS_PREFIX
     assert not results.RESULTS_PREFIX.startswith(results.DEFAULT_INCOMING_PREFIX)
 
 
-def test_queue_policy_names_the_bucket_that_notifies_it(resources):
+@pytest.mark.parametrize("policy_id, queue_id", [("ScoringQueuePolicy", "ScoringQueue"),
+                                                  ("ReturnQueuePolicy", "ReturnQueue")])
+def test_queue_policy_names_the_bucket_that_notifies_it(resources, policy_id, queue_id):
     """The bucket name is spelled twice to break the bucket <-> queue policy cycle: keep them equal."""
     bucket_name = resources["ImagesBucket"]["Properties"]["BucketName"]["Fn::Sub"]
-    allow = statements(resources["ScoringQueuePolicy"]["Properties"]["PolicyDocument"])[0]
+    policy = resources[policy_id]["Properties"]
+    assert policy["Queues"] == [{"Ref": queue_id}]
+    allow, = statements(policy["PolicyDocument"])
     source_arn = allow["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
     assert source_arn[0] == "arn:${AWS::Partition}:s3:::" + bucket_name[0]
     assert source_arn[1] == bucket_name[1]
     assert allow["Principal"] == {"Service": "s3.amazonaws.com"} and allow["Action"] == "sqs:SendMessage"
+    assert allow["Resource"] == {"Fn::GetAtt": [queue_id, "Arn"]}
     assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
-    assert resources["ImagesBucket"]["DependsOn"] == "ScoringQueuePolicy"
+    assert policy_id in resources["ImagesBucket"]["DependsOn"]
+
+
+def test_gateway_policy_allows_exactly_what_the_gateway_does(resources):
+    """Put under the incoming prefix, read the SRs, consume the return queue: nothing else."""
+    policy = resources["GatewayPolicy"]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    document = policy["Properties"]["PolicyDocument"]
+    assert all(s["Effect"] == "Allow" and "Condition" not in s for s in statements(document))
+    granted = {s["Sid"]: (sorted(as_list(s["Action"])), s["Resource"]) for s in statements(document)}
+    assert granted == {
+        "PutReceivedInstances": (["s3:PutObject"], {"Fn::Sub": "${ImagesBucket.Arn}/${IncomingPrefix}*"}),
+        "ReadStructuredReports": (["s3:GetObject"], {"Fn::Sub": "${ImagesBucket.Arn}/${ResultsPrefix}sr/*"}),
+        "ReceiveReturnNotifications": (
+            ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"],
+            {"Fn::GetAtt": ["ReturnQueue", "Arn"]}),
+        "UseDataKey": (["kms:Decrypt", "kms:GenerateDataKey"], {"Fn::GetAtt": ["DataKey", "Arn"]}),
+    }
+
+
+def test_return_queue_is_encrypted_and_dead_letters_after_its_tries(template, resources):
+    queue = resources["ReturnQueue"]["Properties"]
+    dead_letters = resources["ReturnDeadLetterQueue"]["Properties"]
+    assert queue["KmsMasterKeyId"] == dead_letters["KmsMasterKeyId"] == {"Ref": "DataKey"}
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["ReturnDeadLetterQueue", "Arn"]},
+                                      "maxReceiveCount": {"Ref": "ReturnMaxReceiveCount"}}
+    assert dead_letters["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+    for output in ("ReturnQueueUrl", "ReturnDeadLetterQueueUrl", "GatewayPolicyArn"):
+        assert output in template["Outputs"]
 
 
 def test_queue_redrive_and_timeouts(template, resources):
@@ -205,7 +243,10 @@ def test_table_key_design_matches_the_results_contract(resources):
 
 def test_alarms_watch_the_dlq_the_queue_age_and_function_errors(resources):
     alarms = {(r["Properties"]["Namespace"], r["Properties"]["MetricName"]): r["Properties"]
-              for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in r["Properties"]}
+              for logical_id, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"
+              and "MetricName" in r["Properties"] and logical_id != "ReturnDeadLetterQueueNotEmptyAlarm"}
+    assert resources["ReturnDeadLetterQueueNotEmptyAlarm"]["Properties"]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["ReturnDeadLetterQueue", "QueueName"]}
     assert alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]["Dimensions"][0]["Value"] == {
         "Fn::GetAtt": ["ScoringDeadLetterQueue", "QueueName"]}
     assert alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]["Dimensions"][0]["Value"] == {

@@ -1,0 +1,119 @@
+"""The round trip with Orthanc as the PACS: Orthanc sends a radiograph to `pneumoscan gateway`
+(its REST `/modalities/.../store`), the local stack scores it and writes the SR, the gateway
+sends the SR back, and Orthanc holds it in the radiograph's study (same Study Instance UID).
+
+Orthanc runs with its own configuration, storage and free ports in a temporary folder, its HTTP
+API refusing remote clients and its DICOM side accepting stores only from the gateway's AE
+title at 127.0.0.1 (Orthanc 1.10 has no option to bind to one address).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import pydicom
+import pytest
+
+from dicom_cases import radiograph, reference_pixels, to_bytes
+from gateway_harness import require_tool, start_gateway, wait_for
+
+STUDY = "1.2.826.0.1.3680043.8.498.22.100"
+SERIES = "1.2.826.0.1.3680043.8.498.22.101"
+SOP = "1.2.826.0.1.3680043.8.498.22.102"
+ORTHANC_STARTUP_S = 60
+ROUND_TRIP_S = 180
+HTTP_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Orthanc:
+    def __init__(self, folder):
+        self.http_port, self.dicom_port = _free_port(), _free_port()
+        folder.mkdir(parents=True)
+        self.config = folder / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "pneumoscan-test", "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"), "Plugins": [], "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
+            "DicomCheckModalityHost": True, "DicomModalities": {}, "StableAge": 1}))
+        self.log = folder / "orthanc.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen([require_tool("Orthanc", "orthanc"), str(self.config)], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(self._up, ORTHANC_STARTUP_S, "Orthanc's REST API")
+
+    def _up(self):
+        if self.process.poll() is not None:
+            pytest.fail(f"Orthanc exited:\n{self.log.read_text(errors='replace')}")
+        try:
+            return self.get("/system")
+        except (urllib.error.URLError, ConnectionError):
+            return None
+
+    def request(self, method, path, body=None, content_type="application/json"):
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
+                                         headers={"Content-Type": content_type} if data is not None else {})
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            payload = response.read()
+        return json.loads(payload) if payload[:1] in (b"{", b"[") else payload
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture()
+def orthanc(tmp_path):
+    pacs = Orthanc(tmp_path / "orthanc")
+    yield pacs
+    pacs.stop()
+
+
+def test_orthanc_sends_a_radiograph_and_gets_its_sr_back_in_the_study(local_stack, orthanc, tmp_path):
+    gateway = start_gateway(tmp_path / "spool", "--batch", "pacs", "--allow", "ORTHANC@127.0.0.1",
+                            "--return-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--return-wait", "1",
+                            env=local_stack.env)
+    try:
+        orthanc.request("PUT", "/modalities/pneumoscan", {"AET": gateway.ae_title, "Host": "127.0.0.1",
+                                                          "Port": gateway.port})
+        ds = radiograph(reference_pixels(), ViewPosition="PA", PatientID="TEST-22", PatientName="TEST^GATEWAY")
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, SOP
+        ds.file_meta.MediaStorageSOPInstanceUID = SOP
+        image = orthanc.request("POST", "/instances", to_bytes(ds), "application/dicom")
+        stored = orthanc.request("POST", "/modalities/pneumoscan/store", {"Resources": [image["ID"]],
+                                                                          "Synchronous": True})
+        assert stored.get("FailedInstancesCount", 0) == 0, stored
+
+        def sr_in_study():
+            return orthanc.request("POST", "/tools/find", {"Level": "Instance", "Expand": True,
+                                                           "Query": {"StudyInstanceUID": STUDY, "Modality": "SR"}})
+
+        found = wait_for(sr_in_study, ROUND_TRIP_S, "the structured report in Orthanc", interval_s=1)
+    finally:
+        gateway.stop()
+    report = pydicom.dcmread(io.BytesIO(orthanc.request("GET", f"/instances/{found[0]['ID']}/file")))
+    assert report.StudyInstanceUID == STUDY and report.Modality == "SR"
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == STUDY
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == SOP
+    status = gateway.status()
+    assert (status["received"], status["uploaded"], status["returned"], status["in_spool"]) == (1, 1, 1, 0), status
