@@ -114,8 +114,9 @@ test: $(INSTALLED) $(CHECKOV) chromium dicom3tools dcmtk orthanc ## lint, then e
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
-lint: $(INSTALLED) ## ruff (configured in pyproject.toml) and the docs' relative links
+lint: $(INSTALLED) ## ruff (configured in pyproject.toml), the scorer package's layers, the docs' relative links
 	$(VENV)/bin/ruff check .
+	$(PY) infra/check_layers.py
 	$(PY) infra/check_docs.py
 
 # The edit-run loop: no local stack, no training, no artifact build (about 6 minutes on 2 busy cores).

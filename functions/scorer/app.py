@@ -12,7 +12,7 @@ import dataclasses
 import gc
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import botocore.session
 from aws_lambda_powertools import Logger, Metrics
@@ -24,12 +24,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pneumoscan import results, telemetry
 from pneumoscan.events import MISSING_OBJECT_CODES, ObjectCreated, UnknownEvent, parse_message
+from pneumoscan.formats import DicomFacts
 from pneumoscan.model import ModelLoadError
 from pneumoscan.scoring import ImageRejected, ImageScore, Scorer, check_size
 from pneumoscan.settings import RETRY_CONFIG, Settings
-
-if TYPE_CHECKING:  # pydicom is imported only when a DICOM object arrives
-    from pneumoscan.dicom import DicomFacts
 
 
 settings = Settings.from_env()

@@ -21,8 +21,7 @@ try:  # typer vendors click from 0.2x on; its commands only recognise that click
 except ImportError:  # pragma: no cover - older typer on the real click
     from click import ClickException
 
-from pneumoscan.results import DEFAULT_INCOMING_PREFIX
-from pneumoscan.settings import RETRY_CONFIG
+from pneumoscan.settings import DEFAULT_INCOMING_PREFIX, RETRY_CONFIG
 
 from .template import REPO_ROOT
 

@@ -25,7 +25,7 @@ from urllib.parse import quote_plus
 import typer
 from rich.console import Console
 
-from pneumoscan.results import RESULTS_PREFIX
+from pneumoscan.settings import RESULTS_PREFIX
 
 from .aws import (
     BucketOption, CommandError, EndpointOption, RegionOption, StackOption, TableOption, Target, resolve_target,

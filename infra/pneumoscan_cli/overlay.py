@@ -63,7 +63,7 @@ def overlay(
         raise typer.Exit(1) from None
     try:
         decoded = decode_image(data, target_size=(overlays.OVERLAY_LONG_SIDE,) * 2)
-        png = overlays.overlay_from_item(item, decoded, positive_label=positive_label)
+        png = results.overlay_from_item(item, decoded, positive_label=positive_label)
     except (ValueError, ImageRejected) as exc:
         console.print(f"[red]{key}: {exc}[/red]")
         raise typer.Exit(1) from exc

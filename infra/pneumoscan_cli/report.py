@@ -132,7 +132,7 @@ def _fetch(s3: Any, bucket: str, key: str | None, version_id: str | None = None)
 def _overlay(s3: Any, bucket: str, item: dict[str, Any], decoded: DecodedImage | None,
              positive_label: str) -> bytes | None:
     if decoded is not None and item.get(results.HEAT_MAP):
-        return as_jpeg(overlays.overlay_from_item(item, decoded, positive_label=positive_label))
+        return as_jpeg(results.overlay_from_item(item, decoded, positive_label=positive_label))
     png = _fetch(s3, bucket, item.get(results.OVERLAY_KEY))
     return as_jpeg(png) if png else None
 

@@ -23,9 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoscan import telemetry
+from pneumoscan.formats import UID_MAX_CHARS, is_uid
 from pneumoscan.results import (
-    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, SUBTYPE, SUBTYPE_PROBABILITY, UID_MAX_CHARS,
-    attention_results, batch_results, is_uid, study_results, utc_timestamp,
+    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, SUBTYPE, SUBTYPE_PROBABILITY, attention_results,
+    batch_results, study_results, utc_timestamp,
 )
 
 from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL, SUBTYPES

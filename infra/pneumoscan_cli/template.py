@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pneumoscan.results import DEFAULT_INCOMING_PREFIX, INCOMING_PREFIX_ENV
+from pneumoscan.settings import DEFAULT_INCOMING_PREFIX, INCOMING_PREFIX_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"

@@ -10,13 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumoscan.model import PneumoniaModel
-from pneumoscan.results import (
-    DEFAULT_INCOMING_PREFIX,
-    OVERLAY_FOLDER,
-    RESULTS_PREFIX,
-    STRUCTURED_REPORT_FOLDER,
-    get_result,
-)
+from pneumoscan.results import OVERLAY_FOLDER, STRUCTURED_REPORT_FOLDER, get_result
+from pneumoscan.settings import DEFAULT_INCOMING_PREFIX, RESULTS_PREFIX
 from pneumoscan_cli.main import app
 
 from .conftest import real_xrays, start_stack, stop_stack

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_cases import (CASES, CASES_BY_NAME, SERIES_UID, SOP_UID, STUDY_UID, bare_dataset_bytes, radiograph,
                          reference_pixels, sixteen_bit, to_bytes)
 from image_cases import reference_bytes
-from pneumoscan import dicom, formats
+from pneumoscan import dicom, formats, results
 from pneumoscan.images import ImageRejected
 
 
@@ -74,9 +74,9 @@ def test_facts_are_the_identifiers_kept():
     result = dicom.decode(to_bytes(radiograph(reference_pixels(), ViewPosition="AP", PatientAge="045Y")))
     facts = result.dicom
     assert (facts.study_uid, facts.series_uid, facts.sop_uid) == (STUDY_UID, SERIES_UID, SOP_UID)
-    assert facts.item_fields() == {"study_uid": STUDY_UID, "series_uid": SERIES_UID, "sop_uid": SOP_UID,
-                                   "modality": "DX", "view_position": "AP", "patient_age_years": 45.0}
-    assert result.dicom.warnings() == (dicom.ADULT_PATIENT,)
+    assert results.dicom_fields(facts) == {"study_uid": STUDY_UID, "series_uid": SERIES_UID, "sop_uid": SOP_UID,
+                                           "modality": "DX", "view_position": "AP", "patient_age_years": 45.0}
+    assert dicom.header_warnings(result.dicom) == (dicom.ADULT_PATIENT,)
 
 
 @pytest.mark.parametrize(("text", "years"), [
@@ -100,7 +100,7 @@ def test_age_from_birth_and_study_dates_when_patient_age_is_absent():
     ("045Y", True), ("", False)])
 def test_adult_patient_warning_outside_the_training_band(age, warned):
     ds = radiograph(reference_pixels(), PatientAge=age)
-    assert (dicom.ADULT_PATIENT in dicom.decode(to_bytes(ds)).dicom.warnings()) == warned
+    assert (dicom.ADULT_PATIENT in dicom.header_warnings(dicom.decode(to_bytes(ds)).dicom)) == warned
 
 
 def _small(pixels: np.ndarray, **attributes) -> bytes:

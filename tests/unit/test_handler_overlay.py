@@ -15,6 +15,7 @@ from image_cases import FULLRES_DIR
 from pneumoscan import cam, overlay, results
 from pneumoscan.model import default_model_dir as model_dir
 from pneumoscan.scoring import decode_image
+from pneumoscan.settings import RESULTS_PREFIX
 
 DATA = FULLRES_DIR
 pytestmark = pytest.mark.skipif(
@@ -30,7 +31,7 @@ def _decoded(path: Path):
 
 
 def overlays(stack) -> list[str]:
-    listing = stack.s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix=results.RESULTS_PREFIX)
+    listing = stack.s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix=RESULTS_PREFIX)
     return [entry["Key"] for entry in listing.get("Contents", [])]
 
 
@@ -57,7 +58,7 @@ def test_by_default_the_heat_map_is_stored_in_the_item_and_no_png_is_written(han
     heat = cam.decode_heat(bytes(item[results.HEAT_MAP].value), float(item[results.CAM]["heat_peak"]))
     assert heat.shape == (14, 14) and heat.max() == pytest.approx(float(item[results.CAM]["heat_peak"]))
     # Drawn from the item where it is looked at: the same picture the function would have written.
-    drawn = Image.open(io.BytesIO(overlay.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
+    drawn = Image.open(io.BytesIO(results.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
     assert drawn.format == "PNG" and drawn.size == overlay.overlay_size((int(item["image_width"]),
                                                                          int(item["image_height"])))
 
@@ -79,7 +80,7 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(overlays_writt
     width, height = int(item["image_width"]), int(item["image_height"])
     # The overlay drawn later from the item is the picture written here: 16 stored heat levels
     # and a second palette quantisation make it close, not identical.
-    drawn = Image.open(io.BytesIO(overlay.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
+    drawn = Image.open(io.BytesIO(results.overlay_from_item(item, _decoded(XRAY), positive_label="PNEUMONIA")))
     assert drawn.size == picture.size
     difference = np.abs(np.asarray(drawn.convert("RGB"), np.int16) - np.asarray(picture.convert("RGB"), np.int16))
     assert float(difference.mean()) < 4.0
@@ -143,7 +144,7 @@ def test_a_key_near_s3s_limit_is_scored_with_an_overlay_key_that_fits(overlays_w
     assert not any(outcome.failed for outcome in outcomes)
     assert item["status"] == results.STATUS_SCORED
     assert len(item[results.OVERLAY_KEY].encode()) <= 1024
-    assert item[results.OVERLAY_KEY].startswith(f"{results.RESULTS_PREFIX}{results.OVERLAY_FOLDER}")
+    assert item[results.OVERLAY_KEY].startswith(f"{RESULTS_PREFIX}{results.OVERLAY_FOLDER}")
     assert overlays(stack) == [item[results.OVERLAY_KEY]]
 
 

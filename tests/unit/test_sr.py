@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -124,7 +125,7 @@ def test_no_patient_data_from_the_source_header(report):
 
 
 def test_a_source_without_uids_gets_no_report(source):
-    facts = dicom.DicomFacts(**{**source.dicom.__dict__, "study_uid": None})
+    facts = dataclasses.replace(source.dicom, study_uid=None)
     with pytest.raises(sr.ReportNotPossible, match="StudyInstanceUID"):
         sr.report_bytes(facts, SCORE)
 

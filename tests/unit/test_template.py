@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan import results
+from pneumoscan import results, settings
 from pneumoscan.telemetry import STATS_PREFIX
 from pneumoscan_cli.template import load_template
 
@@ -120,9 +120,9 @@ def test_only_the_incoming_prefix_notifies_the_queue(template, resources):
     assert returned["Filter"]["S3Key"]["Rules"] == [
         {"Name": "prefix", "Value": {"Fn::Sub": f"${{ResultsPrefix}}{results.STRUCTURED_REPORT_FOLDER}"}}]
     parameters = template["Parameters"]
-    assert parameters["IncomingPrefix"]["Default"] == results.DEFAULT_INCOMING_PREFIX
-    assert parameters["ResultsPrefix"]["Default"] == results.RESULTS_PREFIX
-    assert not results.RESULTS_PREFIX.startswith(results.DEFAULT_INCOMING_PREFIX)
+    assert parameters["IncomingPrefix"]["Default"] == settings.DEFAULT_INCOMING_PREFIX
+    assert parameters["ResultsPrefix"]["Default"] == settings.RESULTS_PREFIX
+    assert not settings.RESULTS_PREFIX.startswith(settings.DEFAULT_INCOMING_PREFIX)
 
 
 @pytest.mark.parametrize("policy_id, queue_id", [("ScoringQueuePolicy", "ScoringQueue"),

@@ -20,9 +20,9 @@ Only frontal chest radiographs are scored (see `check_scorable`); anything else 
                             frame without its end marker, a header that parses but cannot be
                             applied, a deflated dataset inflating past what its image needs
 
-Patient data: the header is parsed in memory and only the identifiers in `DicomFacts` (the
-study, series and instance UIDs, modality, view and age in years) leave this module, on the
-decoded image's `dicom`. pydicom's
+Patient data: the header is parsed in memory and only the identifiers in
+`pneumoscan.formats.DicomFacts` (the study, series and instance UIDs, modality, view and age in
+years) leave this module, on the decoded image's `dicom`. pydicom's
 own warnings can quote header values, so they are silenced while reading; error texts are
 written here and never quote a header value. A kept value must be valid for its kind (UIDs,
 code strings, the photometric interpretation's defined terms); one that is not is left out
@@ -38,7 +38,6 @@ import re
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -55,8 +54,8 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
                          ImplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGLSLossless,
                          JPEGLSNearLossless, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes)
 
-from pneumoscan.formats import SNIFF_BYTES, has_dicom_magic, looks_like_bare_dataset
-from pneumoscan import images, results
+from pneumoscan import images
+from pneumoscan.formats import SNIFF_BYTES, DicomFacts, has_dicom_magic, is_uid, looks_like_bare_dataset
 from pneumoscan.images import MAX_PIXELS, MIN_SIDE, DecodedImage, ImageRejected
 
 # Header values must never reach a log: pydicom's validation warnings quote them, and what it
@@ -105,39 +104,12 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
-@dataclass(frozen=True)
-class DicomFacts:
-    """The header facts kept with a result: identifiers to join back to the study, nothing else."""
-
-    study_uid: str | None
-    series_uid: str | None
-    sop_uid: str | None
-    sop_class_uid: str | None
-    modality: str | None
-    view_position: str | None
-    patient_age_years: float | None
-    transfer_syntax: str
-    photometric: str | None
-    bits_stored: int | None
-    rows: int | None
-    columns: int | None
-    # Keywords whose header value was no valid value of its kind (a UID with letters, a code
-    # string of 100,000 characters): left out above, so nothing unchecked is ever kept.
-    invalid: tuple[str, ...] = ()
-
-    def warnings(self) -> tuple[str, ...]:
-        """Warning codes the header alone gives (the image is still scored)."""
-        age = self.patient_age_years
-        if age is not None and not TRAINING_AGE_YEARS[0] <= age < TRAINING_AGE_YEARS[1]:
-            return (ADULT_PATIENT,)
-        return ()
-
-    def item_fields(self) -> dict:
-        """The attributes a result item records (absent values are left out)."""
-        fields = {results.STUDY_UID: self.study_uid, results.SERIES_UID: self.series_uid,
-                  results.SOP_UID: self.sop_uid, results.MODALITY: self.modality,
-                  results.VIEW_POSITION: self.view_position, results.PATIENT_AGE_YEARS: self.patient_age_years}
-        return {name: value for name, value in fields.items() if value is not None}
+def header_warnings(facts: DicomFacts) -> tuple[str, ...]:
+    """Warning codes the header alone gives (the image is still scored)."""
+    age = facts.patient_age_years
+    if age is not None and not TRAINING_AGE_YEARS[0] <= age < TRAINING_AGE_YEARS[1]:
+        return (ADULT_PATIENT,)
+    return ()
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -240,7 +212,7 @@ def facts_of(dataset: Dataset) -> DicomFacts:
         text = _text(dataset, keyword)
         if text is None and meta_keyword and meta is not None:
             text = _text(meta, meta_keyword)
-        if text is not None and not results.is_uid(text):
+        if text is not None and not is_uid(text):
             invalid.append(keyword)
             return None
         return text
@@ -264,7 +236,7 @@ def facts_of(dataset: Dataset) -> DicomFacts:
         modality=code_string("Modality"),
         view_position=code_string("ViewPosition"),
         patient_age_years=patient_age_years(dataset),
-        transfer_syntax=transfer_syntax if results.is_uid(transfer_syntax) else "unknown (no file meta)",
+        transfer_syntax=transfer_syntax if is_uid(transfer_syntax) else "unknown (no file meta)",
         photometric=photometric,
         bits_stored=_int(dataset, "BitsStored"),
         rows=_int(dataset, "Rows"),

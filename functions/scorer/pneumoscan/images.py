@@ -30,14 +30,12 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-if TYPE_CHECKING:  # pydicom is imported on the first DICOM object only
-    from .dicom import DicomFacts
+from .formats import DicomFacts
 
 SUPPORTED_FORMATS = ("JPEG", "PNG")
 # Pillow's JPEG factory reports multi-picture JPEGs (some camera/PACS exports) as MPO;
@@ -81,7 +79,7 @@ class ImageRejected(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-        # A refused DICOM object's identifiers (pneumoscan.dicom.DicomFacts), else None.
+        # A refused DICOM object's identifiers (pneumoscan.formats.DicomFacts), else None.
         self.dicom: DicomFacts | None = None
 
 
@@ -96,7 +94,7 @@ class DecodedImage:
     mode: str
     # What metadata was unusable and ignored (the image is as stored), else None.
     ignored_metadata: str | None = None
-    # A DICOM source's identifiers and header facts (pneumoscan.dicom.DicomFacts), else None.
+    # A DICOM source's identifiers and header facts (pneumoscan.formats.DicomFacts), else None.
     dicom: DicomFacts | None = None
 
 

@@ -2,21 +2,20 @@
 
 The X-ray is scaled to OVERLAY_LONG_SIDE on its long side, the heat painted over it
 with a perceptually ordered colour map, the hot region outlined, a colour bar to the
-right and a caption above. The maths of the heat is `pneumoscan.cam`.
+right and a caption above. The maths of the heat is `pneumoscan.cam`; a stored result's heat
+map is read back from its item by `pneumoscan.results.overlay_from_item`.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import results
-from .cam import CamSummary, HotRegion, decode_heat
+from .cam import CamSummary
 from .images import DecodedImage
 
 # Overlays are small enough to look at and cheap to encode; the X-ray part fits this box.
@@ -40,24 +39,6 @@ def caption(positive_label: str, probability: float, label: str, warnings: Seque
     if warnings:  # short enough for a portrait overlay's width
         return f"P = {probability:.3f}   {called}   WARNING: {', '.join(warnings)}"
     return f"P({positive_label.lower()}) = {probability:.3f}   {called}   (heat: evidence for {label})"
-
-
-def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positive_label: str) -> bytes:
-    """The overlay PNG of a stored result, drawn from the item's heat map over its decoded
-    source image (`scoring.decode_image`, at OVERLAY_LONG_SIDE or more): the same picture the
-    function would have put in S3, made where it is looked at. Raises ValueError when the
-    item has no heat map (failed, or scored by an older version that stored a PNG instead)."""
-    stored, summary_fields = item.get(results.HEAT_MAP), item.get(results.CAM) or {}
-    if not stored or "heat_peak" not in summary_fields:
-        raise ValueError("the result has no stored heat map")
-    heat = decode_heat(bytes(stored), float(summary_fields["heat_peak"]))
-    region = item.get(results.HOT_REGION)
-    summary = CamSummary(HotRegion(**{name: int(value) for name, value in region.items()}) if region else None,
-                         float(summary_fields.get("border_share", 0)),
-                         float(summary_fields.get("outside_chest_share", 0)))
-    title = caption(positive_label, float(item[results.PROBABILITY]), str(item[results.LABEL]),
-                    list(item.get(results.WARNINGS) or ()), item.get(results.SUBTYPE))
-    return overlay_png(decoded, heat, title=title, summary=summary)
 
 
 def overlay_png(decoded: DecodedImage, heat: np.ndarray, *, title: str, summary: CamSummary) -> bytes:

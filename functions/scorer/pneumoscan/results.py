@@ -37,18 +37,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import attribute_values
+from .settings import DEFAULT_INCOMING_PREFIX, RESULTS_PREFIX
 
 if TYPE_CHECKING:  # the CLI reads the table without loading LiteRT (or pydicom)
-    from .dicom import DicomFacts
+    from .formats import DicomFacts
+    from .images import DecodedImage
     from .model import ModelMetadata
     from .scoring import ImageScore
 
-TABLE_ENV = "RESULTS_TABLE"
-INCOMING_PREFIX_ENV = "INCOMING_PREFIX"
-DEFAULT_INCOMING_PREFIX = "incoming/"
-# Everything the pipeline itself writes to the bucket goes here, outside the
-# notification prefix, so it can never trigger another scoring.
-RESULTS_PREFIX = "results/"
 OVERLAY_FOLDER = "overlays/"
 STRUCTURED_REPORT_FOLDER = "sr/"
 # S3's limit on a key, in bytes of UTF-8: keys the pipeline derives must stay within it.
@@ -86,12 +82,10 @@ MODEL_VERSION = "model_version"
 MODEL_SHA256 = "model_sha256"
 TIMINGS_MS = "timings_ms"
 IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_FORMAT, IMAGE_MODE = "image_width", "image_height", "image_format", "image_mode"
-# A DICOM source's identifiers (pneumoscan.dicom.DicomFacts.item_fields), the only header values kept.
+# A DICOM source's identifiers (`dicom_fields`), the only header values kept.
 STUDY_UID, SERIES_UID, SOP_UID = "study_uid", "series_uid", "sop_uid"
-# Those UIDs are kept only as DICOM writes them (PS3.5 9.1): numeric components without leading
-# zeros, dot-separated, at most 64 characters; `study-index` is keyed by valid ones alone.
-UID_MAX_CHARS = 64
-_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
+# Those UIDs are kept only when valid (`pneumoscan.formats.is_uid`); `study-index` is keyed by
+# valid ones alone.
 MODALITY, VIEW_POSITION, PATIENT_AGE_YEARS = "modality", "view_position", "patient_age_years"
 SR_KEY = "sr_key"  # the DICOM Structured Report of a scored DICOM source
 SR_ERROR = "sr_error"  # why a scored DICOM source has no SR (the score stands)
@@ -120,11 +114,6 @@ UNKNOWN_EVENT_BATCH = "_unknown_event"
 MAX_ERROR_CHARS = 200
 # Fields of a scored item that are carried into `previous` when a newer model rescores it.
 PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, SUBTYPE, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
-
-
-def is_uid(text: str) -> bool:
-    """A valid DICOM UID (the form the study, series and instance UIDs are kept in)."""
-    return len(text) <= UID_MAX_CHARS and _UID.fullmatch(text) is not None
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -234,7 +223,7 @@ class Failure:
 
     reason: str
     error: str
-    # A refused DICOM object's identifiers (pneumoscan.dicom.DicomFacts): it still belongs to its study.
+    # A refused DICOM object's identifiers (pneumoscan.formats.DicomFacts): it still belongs to its study.
     dicom: DicomFacts | None = None
 
 
@@ -251,7 +240,7 @@ def object_item(object_key: str, *, batch: str, source: SourceObject, model: Mod
     if isinstance(outcome, Failure):
         item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: capped(outcome.error), WARNINGS: []})
         if outcome.dicom is not None:
-            item.update(outcome.dicom.item_fields())
+            item.update(dicom_fields(outcome.dicom))
     else:
         item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: capped(sr_error)})
     return _stamped(item, timings_ms, scored_at)
@@ -295,8 +284,37 @@ def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
     if overlay_key:
         fields[OVERLAY_KEY] = overlay_key
     if image.dicom is not None:
-        fields.update(image.dicom.item_fields())
+        fields.update(dicom_fields(image.dicom))
     return fields
+
+
+def dicom_fields(facts: DicomFacts) -> dict[str, Any]:
+    """The attributes an item records of a DICOM source's header (absent values are left out)."""
+    fields = {STUDY_UID: facts.study_uid, SERIES_UID: facts.series_uid, SOP_UID: facts.sop_uid,
+              MODALITY: facts.modality, VIEW_POSITION: facts.view_position,
+              PATIENT_AGE_YEARS: facts.patient_age_years}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positive_label: str) -> bytes:
+    """The overlay PNG of a stored result, drawn from the item's heat map over its decoded
+    source image (`scoring.decode_image`, at `overlay.OVERLAY_LONG_SIDE` or more): the same picture
+    the function would have put in S3, made where it is looked at. Raises ValueError when the
+    item has no heat map (failed, or scored by an older version that stored a PNG instead)."""
+    from . import overlay  # drawing and the heat map's maths: only for a reader that draws
+    from .cam import CamSummary, HotRegion, decode_heat
+
+    stored, summary_fields = item.get(HEAT_MAP), item.get(CAM) or {}
+    if not stored or "heat_peak" not in summary_fields:
+        raise ValueError("the result has no stored heat map")
+    heat = decode_heat(bytes(stored), float(summary_fields["heat_peak"]))
+    region = item.get(HOT_REGION)
+    summary = CamSummary(HotRegion(**{name: int(value) for name, value in region.items()}) if region else None,
+                         float(summary_fields.get("border_share", 0)),
+                         float(summary_fields.get("outside_chest_share", 0)))
+    title = overlay.caption(positive_label, float(item[PROBABILITY]), str(item[LABEL]), list(item.get(WARNINGS) or ()),
+                            item.get(SUBTYPE))
+    return overlay.overlay_png(decoded, heat, title=title, summary=summary)
 
 
 def _stamped(item: dict[str, Any], timings_ms: Mapping[str, float], scored_at: str | None) -> dict[str, Any]:

@@ -235,7 +235,10 @@ class Scorer:
         # caption carries the warnings beside the score it shows.
         evidence = Evidence(decoded, pixels, prediction, probability, label, positive)
         # The header's warnings (a DICOM patient's age) come first, then the checks'.
-        header_warnings = decoded.dicom.warnings() if decoded.dicom is not None else ()
+        header_warnings = ()
+        if decoded.dicom is not None:
+            from . import dicom  # loaded already: it decoded this image
+            header_warnings = dicom.header_warnings(decoded.dicom)
         field = prediction.lung_fields[0] if prediction.lung_fields else None
         lung_warnings = (lungs.LUNG_FIELD_NOT_FOUND,) if field is not None and not field.found else ()
         warnings = header_warnings + lung_warnings + tuple(

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 from botocore.config import Config
 
-from . import results
-
-TABLE_ENV = results.TABLE_ENV
+TABLE_ENV = "RESULTS_TABLE"
 IMAGES_BUCKET_ENV = "IMAGES_BUCKET"
-INCOMING_PREFIX_ENV = results.INCOMING_PREFIX_ENV
+INCOMING_PREFIX_ENV = "INCOMING_PREFIX"
 RESULTS_PREFIX_ENV = "RESULTS_PREFIX"
 OVERLAY_IMAGES_ENV = "OVERLAY_IMAGES"
 MAX_OBJECT_BYTES_ENV = "MAX_OBJECT_BYTES"
 INFERENCE_THREADS_ENV = "INFERENCE_THREADS"
 LOG_LEVEL_ENV = "LOG_LEVEL"
 STRUCTURED_REPORTS_ENV = "STRUCTURED_REPORTS"
+DEFAULT_INCOMING_PREFIX = "incoming/"
+# Everything the pipeline itself writes to the bucket goes here, outside the
+# notification prefix, so it can never trigger another scoring.
+RESULTS_PREFIX = "results/"
 # Whether a scored DICOM source gets a DICOM Structured Report under the results prefix.
 STRUCTURED_REPORT_SWITCH = {"on": True, "off": False}
 # Keys may carry patient identifiers: only this log level shows them in clear.
@@ -44,8 +46,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     table_name: str | None = None  # required by the function, not by offline scoring
-    incoming_prefix: str = results.DEFAULT_INCOMING_PREFIX
-    results_prefix: str = results.RESULTS_PREFIX
+    incoming_prefix: str = DEFAULT_INCOMING_PREFIX
+    results_prefix: str = RESULTS_PREFIX
     overlay_images: str = "none"  # one of OVERLAY_POLICIES
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     inference_threads: int = 1

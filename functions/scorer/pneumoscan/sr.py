@@ -30,7 +30,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pneumoscan.dicom import DicomFacts
+from pneumoscan.formats import DicomFacts
 from pneumoscan.scoring import WARNING_MEANINGS
 
 if TYPE_CHECKING:
