@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -22,8 +23,12 @@ RESOURCES, PARAMETERS = TEMPLATE["Resources"], TEMPLATE["Parameters"]
 
 
 def _value(value):
-    """A property's literal, or its Parameter's default."""
-    return PARAMETERS[value["Ref"]]["Default"] if isinstance(value, dict) and "Ref" in value else value
+    """A property's literal, its Parameter's default, or a `!Sub` of Parameters with their defaults."""
+    if isinstance(value, dict) and "Ref" in value:
+        return PARAMETERS[value["Ref"]]["Default"]
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        return re.sub(r"\$\{(\w+)\}", lambda match: str(PARAMETERS[match.group(1)]["Default"]), value["Fn::Sub"])
+    return value
 
 
 def _of_type(resource_type, having=None):
@@ -60,7 +65,17 @@ def test_local_resources_match_the_template(local_stack):
     notifications = s3.get_bucket_notification_configuration(Bucket=target.bucket)["QueueConfigurations"]
     expected = bucket["NotificationConfiguration"]["QueueConfigurations"]
     assert [n["Events"] for n in notifications] == [[e["Event"]] for e in expected]
-    assert [n["QueueArn"] for n in notifications] == [attributes["QueueArn"]] * len(expected)
+    queue_urls = {"ScoringQueue": target.queue_url, "ReturnQueue": target.return_queue_url}
+    assert [n["QueueArn"] for n in notifications] == [
+        sqs.get_queue_attributes(QueueUrl=queue_urls[e["Queue"]["Fn::GetAtt"][0]],
+                                 AttributeNames=["QueueArn"])["Attributes"]["QueueArn"] for e in expected]
+    returns = sqs.get_queue_attributes(QueueUrl=target.return_queue_url, AttributeNames=["All"])["Attributes"]
+    return_queue = RESOURCES["ReturnQueue"]["Properties"]
+    assert int(returns["VisibilityTimeout"]) == return_queue["VisibilityTimeout"]
+    assert int(json.loads(returns["RedrivePolicy"])["maxReceiveCount"]) == \
+        _value(return_queue["RedrivePolicy"]["maxReceiveCount"])
+    assert json.loads(returns["RedrivePolicy"])["deadLetterTargetArn"] == sqs.get_queue_attributes(
+        QueueUrl=target.return_dead_letter_queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert [sorted((rule["Name"].lower(), rule["Value"]) for rule in n["Filter"]["Key"]["FilterRules"])
             for n in notifications] == [
         sorted((rule["Name"].lower(), _value(rule["Value"])) for rule in e["Filter"]["S3Key"]["Rules"])
