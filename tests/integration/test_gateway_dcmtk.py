@@ -356,3 +356,21 @@ def test_tls_with_client_certificates(stack, gateway, tmp_path):
                                               str(certificates / "modality.pem"), *trusted))
     assert _stored(stored), stored.stdout + stored.stderr
     assert _keys(stack, "incoming/tls/") == [f"incoming/tls/{STUDY}/1.2.826.0.1.3680043.8.498.22.80.dcm"]
+
+
+def test_structured_reports_go_back_over_tls(stack, gateway, tmp_path):
+    """The PACS's certificate checked against --tls-ca, the gateway's own offered to it."""
+    certificates = _certificates(tmp_path)
+    _drain(stack, stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
+    storescp, port, received = _storescp(tmp_path, "+tls", str(certificates / "modality.key"),
+                                         str(certificates / "modality.pem"), "+cf", str(certificates / "ca.pem"))
+    try:
+        gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1",
+                "--tls-cert", str(certificates / "gateway.pem"), "--tls-key", str(certificates / "gateway.key"),
+                "--tls-ca", str(certificates / "ca.pem"))
+        report = _put_report(stack, tmp_path, "1.2.826.0.1.3680043.8.498.22.90")
+        files = wait_for(lambda: list(received.glob("*")), 30, "the SR at the PACS over TLS")
+    finally:
+        storescp.terminate()
+        storescp.wait(timeout=10)
+    assert pydicom.dcmread(files[0]).SOPInstanceUID == report.SOPInstanceUID
