@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import MEASURED_CORE, REPO_ROOT, SERVER_CORE, Sample, run_probe
-from pneumoscan import images
+from pneumoscan import scoring
 from pneumoscan.model import PneumoniaModel, default_model_dir
 
 PROBE = str(REPO_ROOT / "benchmarks" / "runtime_probe.py")
@@ -51,8 +51,7 @@ def _tflite214_failure() -> str:
 
 def model_inputs(samples: list[Sample], model: PneumoniaModel, folder: Path) -> Path:
     """The samples through the shipped decoder, saved once for every runtime to read."""
-    height, width, channels = model.input_shape
-    batch = np.stack([images.load_model_input(sample.data, height, width, channels)[0] for sample in samples])
+    batch = np.stack([scoring.decode(sample.data, model.metadata.input)[0] for sample in samples])
     path = folder / "inputs.npy"
     np.save(path, batch)
     return path

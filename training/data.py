@@ -1,7 +1,7 @@
 """Loading the training images once into uint8 arrays and splitting them by patient.
 
-Pixels come from `pneumoscan.images`, the decoder the Lambda uses, so training sees
-exactly what production sees.
+Pixels come from `pneumoscan.scoring.decode`, the preprocessing entry point the Lambda uses,
+so training sees exactly what production sees.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
-from pneumoscan.images import ImageRejected, load_model_input
+from pneumoscan.images import ImageRejected
 from pneumoscan.lungs import LungSegmenter, crop_input
+from pneumoscan.model import InputSpec
+from pneumoscan.scoring import decode
 
 # person1024_bacteria_2955.jpeg, person447_virus_921_1.jpeg -> pneumonia patient 1024
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
@@ -127,9 +129,10 @@ def load_images(files: list[LabelledFile], height: int, width: int, channels: in
                 description: str = "decoding") -> ImageSet:
     """Decode every file through the production path; a bad file stops training loudly."""
     images = np.empty((len(files), height, width, channels), dtype=np.uint8)
+    spec = InputSpec(height, width, channels)
     for index, item in enumerate(tqdm(files, desc=description, unit="img", leave=False)):
         try:
-            images[index], _ = load_model_input(item.path.read_bytes(), height, width, channels)
+            images[index], _ = decode(item.path.read_bytes(), spec)
         except ImageRejected as exc:
             raise ImageRejected(exc.reason, f"{item.path}: {exc.detail}") from exc
     return ImageSet(images, np.array([f.label for f in files], dtype=np.int64),

@@ -388,6 +388,8 @@ def to_model_input(image: Image.Image, height: int, width: int, channels: int) -
 
 def load_model_input(data: bytes, height: int, width: int, channels: int,
                      *, reduced_decode: bool = True) -> tuple[np.ndarray, DecodedImage]:
-    """Bytes -> model input array, the path every caller takes."""
+    """JPEG/PNG bytes -> model input array. Callers outside this module take
+    `pneumoscan.scoring.decode`, the one preprocessing entry point (the handler, the CLI,
+    training, the benchmarks), which sends DICOM to `pneumoscan.dicom` and the rest here."""
     decoded = decode(data, target_size=(width, height) if reduced_decode else None)
     return to_model_input(decoded.image, height, width, channels), decoded
