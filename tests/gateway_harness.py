@@ -108,6 +108,15 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2):
         time.sleep(interval_s)
 
 
+def drain(sqs, *queue_urls: str) -> None:
+    """Empty the queues of what earlier tests left (PurgeQueue allows one call a minute)."""
+    for url in queue_urls:
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
+                                              WaitTimeSeconds=0).get("Messages", []):
+            for message in messages:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
 def dcmtk(tool: str, *arguments: str, timeout_s: float = TOOL_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run a dcmtk tool; its verbose output is what the tests read the DIMSE statuses from."""
     path = require_tool(tool, "dcmtk")

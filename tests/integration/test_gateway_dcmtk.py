@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from dicom_cases import PHI_MARKERS, radiograph, reference_pixels, to_bytes
-from gateway_harness import dcmtk, require_tool, start_gateway, storescu, wait_for
+from gateway_harness import dcmtk, drain, require_tool, start_gateway, storescu, wait_for
 from pneumoscan import dicom, sr
 from pneumoscan_cli.aws import LOCAL_CREDENTIALS
 from pneumoscan_cli.template import create_resources, read_settings
@@ -251,16 +251,6 @@ def _storescp(tmp_path, *extra):
     return process, port, received
 
 
-def _drain(stack, *queue_urls):
-    """Empty the queues of what earlier tests left (PurgeQueue allows one call a minute)."""
-    sqs = stack.client("sqs")
-    for url in queue_urls:
-        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                              WaitTimeSeconds=0).get("Messages", []):
-            for message in messages:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-
-
 def _put_report(stack, tmp_path, sop_uid):
     facts = dicom.decode(_radiograph(tmp_path, sop_uid, name=f"{sop_uid}.dcm").read_bytes()).dicom
     body = sr.report_bytes(facts, SR_SCORE)
@@ -270,7 +260,7 @@ def _put_report(stack, tmp_path, sop_uid):
 
 
 def test_structured_reports_go_back_to_the_pacs_and_validate(stack, gateway, tmp_path):
-    _drain(stack, stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
+    drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
     storescp, port, received = _storescp(tmp_path)
     try:
         running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1")
@@ -294,7 +284,7 @@ def test_structured_reports_go_back_to_the_pacs_and_validate(stack, gateway, tmp
 
 
 def test_a_pacs_refusing_the_report_gets_retries_then_the_dead_letter_queue(stack, gateway, tmp_path):
-    _drain(stack, stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
+    drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
     storescp, port, received = _storescp(tmp_path, "--refuse")
     try:
         running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1",
@@ -361,7 +351,7 @@ def test_tls_with_client_certificates(stack, gateway, tmp_path):
 def test_structured_reports_go_back_over_tls(stack, gateway, tmp_path):
     """The PACS's certificate checked against --tls-ca, the gateway's own offered to it."""
     certificates = _certificates(tmp_path)
-    _drain(stack, stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
+    drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
     storescp, port, received = _storescp(tmp_path, "+tls", str(certificates / "modality.key"),
                                          str(certificates / "modality.pem"), "+cf", str(certificates / "ca.pem"))
     try:

@@ -20,13 +20,14 @@ import pydicom
 import pytest
 
 from dicom_cases import radiograph, reference_pixels, to_bytes
-from gateway_harness import require_tool, start_gateway, wait_for
+from gateway_harness import drain, require_tool, start_gateway, wait_for
 
 STUDY = "1.2.826.0.1.3680043.8.498.22.100"
 SERIES = "1.2.826.0.1.3680043.8.498.22.101"
 SOP = "1.2.826.0.1.3680043.8.498.22.102"
 ORTHANC_STARTUP_S = 60
 ROUND_TRIP_S = 180
+SCORER_IDLE_S = 300
 HTTP_TIMEOUT_S = 60
 
 
@@ -88,7 +89,23 @@ def orthanc(tmp_path):
     pacs.stop()
 
 
+def _only_this_tests_reports_to_return(stack):
+    """The session's stack notifies its return queue of every SR the earlier tests' DICOMs got, and
+    the gateway returns whatever that queue holds; so once the scorer is idle (no SR still to come
+    from them), the queue is emptied."""
+    sqs = stack.target.client("sqs")
+
+    def scorer_idle():
+        attributes = sqs.get_queue_attributes(QueueUrl=stack.target.queue_url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return all(count == "0" for count in attributes.values())
+
+    wait_for(scorer_idle, SCORER_IDLE_S, "the scoring queue to empty", interval_s=1)
+    drain(sqs, stack.target.return_queue_url)
+
+
 def test_orthanc_sends_a_radiograph_and_gets_its_sr_back_in_the_study(local_stack, orthanc, tmp_path):
+    _only_this_tests_reports_to_return(local_stack)
     gateway = start_gateway(tmp_path / "spool", "--batch", "pacs", "--allow", "ORTHANC@127.0.0.1",
                             "--return-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--return-wait", "1",
                             env=local_stack.env)
