@@ -195,6 +195,7 @@ come from the dataset's graders, not from a clinical reference standard. The mod
 "neither": any image that decodes gets a score; the `out_of_distribution` warning (fitted by
 `make ood`, section above) is what says that a score means little. The collection hold-out above
 is a proxy for the blind shift, not a measurement of it.
+{_lung_limits(metadata)}
 """
     (model_dir / "MODEL_CARD.md").write_text(card)
 
@@ -228,6 +229,21 @@ def _lung_field_section(metadata: dict) -> str:
   {_pct(spec['min_height'])} high, centre within {_pct(spec['max_centre_offset'])} of the image centre) gives the
   default crop {spec['fallback']} and the warning `lung_field_not_found`. Masks passing the checks on this
   model's images: {shares or 'not recorded'}."""
+
+
+def _lung_limits(metadata: dict) -> str:
+    if not metadata.get("lung_field"):
+        return ""
+    return """
+What this model was and was not trained on: the classifier only on the Kermany paediatric training split
+(less the patient block above); the lung segmenter only on adult X-rays with lung masks (COVID-19 image data
+collection); no NIH image trained either network (the `adult_like_image` head was fitted on the NIH half and the
+lung-mask images, see its section). Reading the lung crop instead of the whole frame was chosen by the
+robustness check over 3 seeds per recipe: blacking out the frame or framing wider barely moves it, where the
+whole-image recipe lost 31 and 42 points of specificity; inside the collection it costs about 7 points of
+specificity and 0.012 of AUC on the patient block against the whole-image recipe
+([training/EXPERIMENTS.md](../training/EXPERIMENTS.md)). On adults of another hospital (the NIH half) its AUC is
+at chance: it has never seen an adult, and nearly every such image is warned."""
 
 
 def _block_section(block: dict | None) -> str:

@@ -254,7 +254,10 @@ def write_spec(spec: LungFieldSpec, folder: Path) -> Path:
 
 
 def read_spec(folder: Path) -> LungFieldSpec:
-    return LungFieldSpec.from_dict(json.loads((folder / SPEC_FILE).read_text()))
+    """The spec beside a segmenter trained here, or the `lung_field` of a published model folder."""
+    if (folder / SPEC_FILE).is_file():
+        return LungFieldSpec.from_dict(json.loads((folder / SPEC_FILE).read_text()))
+    return LungFieldSpec.from_dict(json.loads((folder / "model.json").read_text())["lung_field"])
 
 
 def calibration_images(kermany_dir: Path, mask_images: np.ndarray, size: int, seed: int, count: int = 200

@@ -138,6 +138,10 @@ def model_table(meta: ModelMetadata) -> str:
     lines = ["| measured on | images | AUC | sensitivity | specificity |", "|---|---|---|---|---|",
              f"| validation, by patient (int8; the collection it was trained on) | {val['n']} | {val['auc']:.3f} | "
              f"{val['sensitivity'] * 100:.1f} % | {val['specificity'] * 100:.1f} % |"]
+    if block := metrics.get("patient_block_hold_out"):
+        lines.append(f"| the lowest-numbered {block['fraction']:.0%} of each collection's patients, never trained or "
+                     f"validated on (int8) | {block['n']} | {block['auc']:.3f} | {block['sensitivity'] * 100:.1f} % | "
+                     f"{block['specificity'] * 100:.1f} % |")
     held_out: dict[str, list[dict]] = {}
     for run in metrics.get("collection_hold_out", []):
         held_out.setdefault(run["held_out_collection"], []).append(run)

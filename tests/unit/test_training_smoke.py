@@ -92,3 +92,27 @@ def test_parity_gate():
     swapped = np.array([0.1, 0.2, 0.8, 0.3, 0.7, 0.9])
     result = check_parity(labels, keras_scores, swapped, 0.5)
     assert not result["passed"] and result["label_agreement"] == pytest.approx(4 / 6)
+
+
+def test_lung_crop_run_ships_its_segmenter_and_scores_its_patient_block(tmp_path):
+    """The shipped recipe in small: the bundled segmenter crops, the block is held out and scored."""
+    from pneumoscan.model import default_model_dir
+    from training.pipeline import RunOptions, run
+    from training.train import TrainConfig
+
+    bundled = default_model_dir()
+    if not (bundled / "lungs.tflite").is_file():
+        pytest.skip(f"no bundled lung segmenter in {bundled}")
+    options = RunOptions(data_dir=DATA / TRAINING_SET, model_dir=tmp_path / "model", run_dir=tmp_path / "run",
+                         limit_per_class=8, enforce_parity=False, version="0.0.0-lungs", reference_models=False,
+                         segmenter_dir=bundled, hold_out_block=0.15)
+    metadata = run(TrainConfig(epochs=1, batch_size=8), options)["metadata"]
+    assert metadata["lung_field"]["file"] == "lungs.tflite"
+    assert (options.model_dir / "lungs.tflite").read_bytes() == (bundled / "lungs.tflite").read_bytes()
+    block = metadata["metrics"]["patient_block_hold_out"]
+    assert block["n"] == 16 and block["fraction"] == 0.15
+    assert set(metadata["training"]["lung_field"]) >= {"train", "val", "block"}
+    model = PneumoniaModel(options.model_dir)
+    image = next((DATA / TRAINING_SET / "val" / "NORMAL").glob("*.jpeg"))
+    pixels, _ = load_model_input(image.read_bytes(), 224, 224, 1)
+    assert len(model.predict(pixels).lung_fields) == 1
