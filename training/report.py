@@ -242,7 +242,8 @@ lung-mask images, see its section). Reading the lung crop instead of the whole f
 robustness check over 3 seeds per recipe: blacking out the frame or framing wider barely moves it, where the
 whole-image recipe lost 31 and 42 points of specificity; inside the collection it costs about 7 points of
 specificity and 0.012 of AUC on the patient block against the whole-image recipe
-([training/EXPERIMENTS.md](../training/EXPERIMENTS.md)). On adults of another hospital (the NIH half) its AUC is
+([training/EXPERIMENTS.md](../training/EXPERIMENTS.md); every run's figures, mean and spread over seeds:
+[report/seeds.json](report/seeds.json), written by `python -m training.compare`). On adults of another hospital (the NIH half) its AUC is
 at chance: it has never seen an adult, and nearly every such image is warned."""
 
 
