@@ -60,24 +60,44 @@ def library_problems(root: Path, arch: str) -> list[str]:
     return problems
 
 
+def model_files(metadata: object) -> dict[str, str | None]:
+    """Every file model.json names, as {name: sha256 or None}: the network (top-level `file`) and
+    each section with its own `file` (`ood`, `lung_field`, ...), wherever it sits in the tree."""
+    files: dict[str, str | None] = {}
+    if isinstance(metadata, dict):
+        if isinstance(metadata.get("file"), str):
+            digest = metadata.get("sha256")
+            files[metadata["file"]] = digest if isinstance(digest, str) else None
+        for value in metadata.values():
+            files.update(model_files(value))
+    elif isinstance(metadata, list):
+        for value in metadata:
+            files.update(model_files(value))
+    return files
+
+
 def model_problems(root: Path) -> list[str]:
     metadata_path = root / "model" / "model.json"
     if not metadata_path.is_file():
         return ["model/model.json is missing"]
     metadata = json.loads(metadata_path.read_text())
-    # The network and the out-of-distribution statistics fitted on its features.
-    expected = {metadata["file"]: metadata["sha256"]}
     if "ood" not in metadata:
         return ["model.json has no 'ood' entry (out-of-distribution statistics)"]
-    expected[metadata["ood"]["file"]] = metadata["ood"]["sha256"]
+    # The network, the out-of-distribution statistics, the lung segmenter: whatever model.json names.
+    expected = model_files(metadata)
+    problems = []
     for name, digest in expected.items():
         path = root / "model" / name
         if not path.is_file():
-            return [f"model/{name} is missing"]
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            return [f"model/{name} does not match the sha256 in model.json"]
+            problems.append(f"model/{name} is missing")
+        elif digest is None:
+            problems.append(f"model.json names model/{name} without its sha256")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"model/{name} does not match the sha256 in model.json")
     extra = sorted(p.name for p in (root / "model").iterdir() if p.name not in {"model.json", *expected})
-    return [f"model/ holds files the function never reads: {extra}"] if extra else []
+    if extra:
+        problems.append(f"model/ holds files the function never reads: {extra}")
+    return problems
 
 
 def bundling_problems(root: Path) -> list[str]:
@@ -142,8 +162,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ELF_MACHINES), default="aarch64")
     parser.add_argument("--max-mb", type=float, default=100, help="budget for the unzipped size (10^6 bytes)")
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("--list-model-files", type=Path, metavar="MODEL_JSON",
+                        help="print the files this model.json names, one a line, and exit (the Makefile copies them)")
+    parser.add_argument("folder", type=Path, nargs="?")
     args = parser.parse_args(argv)
+    if args.list_model_files:
+        print("\n".join(model_files(json.loads(args.list_model_files.read_text()))))
+        return 0
+    if args.folder is None:
+        parser.error("the artifact folder is required")
     root = args.folder
     size = tree_size(root)
     problems = [*wheel_problems(root, args.arch), *library_problems(root, args.arch), *model_problems(root),

@@ -58,7 +58,8 @@ def test_sam_build_produces_a_checked_arm64_artifact_under_120_mb(sam_build):
     size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
     assert size < 120e6
     metadata = json.loads((artifact / "model" / "model.json").read_text())
-    assert sorted(p.name for p in (artifact / "model").iterdir()) == sorted(["model.json", metadata["file"], metadata["ood"]["file"]])
+    named = [metadata["file"], metadata["ood"]["file"]] + ([metadata["lung_field"]["file"]] if "lung_field" in metadata else [])
+    assert sorted(p.name for p in (artifact / "model").iterdir()) == sorted(["model.json", *named])
     assert not any((artifact / name).exists() for name in ("boto3", "botocore", "tests"))
     assert (artifact / "app.py").is_file() and (artifact / "pneumoscan" / "images.py").is_file()
     built_template = (build_dir / "template.yaml").read_text()

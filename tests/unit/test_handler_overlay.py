@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs the shared data folder and a model in model/ (or $PNEUMOSCAN_MODEL_DIR)")
 
 XRAY = DATA / "NORMAL" / "IM-0214-0001.jpeg"
-POSITIVE_XRAY = DATA / "PNEUMONIA" / "person1374_bacteria_3506.jpeg"  # P ~0.95 with the first model
+POSITIVE_XRAY = DATA / "PNEUMONIA" / "person1091_bacteria_3031.jpeg"  # P ~1.0 with model 2026.12.02-1
 
 
 def _decoded(path: Path):

@@ -114,11 +114,17 @@ def test_promote_adds_a_hold_out_run_and_keeps_the_rows_of_other_runs(tmp_path):
 
     source = tmp_path / "export"
     shutil.copytree(default_model_dir(), source)
-    before = ModelMetadata.read(source).metrics["collection_hold_out"]
-    assert {"NORMAL2", "IM"} <= {row["held_out_collection"] for row in before}
     labels = np.r_[np.zeros(50, int), np.ones(50, int)]
     scores = np.linspace(0.01, 0.99, 100)
     block = proxy_metrics(labels, scores, np.zeros(20, int), np.full(20, 0.2), labels[:4], scores[:4])
+    # Another run's row, recorded before (the bundled model may have none of its own).
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / RESULT_FILE).write_text(json.dumps({"held_out_collection": "IM", "epochs": 1, "training_seconds": 1.0,
+                                                 "single": block, "flip_average": block}))
+    promote(source, source, proxy_results=(other / RESULT_FILE,))
+    before = ModelMetadata.read(source).metrics["collection_hold_out"]
+    assert str(other) in {row["run"] for row in before}
     run = tmp_path / "holdout"
     run.mkdir()
     (run / RESULT_FILE).write_text(json.dumps({"held_out_collection": "NORMAL2", "epochs": 1, "training_seconds": 1.0,

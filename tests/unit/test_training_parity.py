@@ -27,21 +27,25 @@ pytestmark = [pytest.mark.slow,
 def test_committed_int8_model_keeps_parity_and_its_recorded_metrics():
     import keras
 
-    from training.data import dataset_files, load_images
+    from training.data import dataset_files, load_images, lung_crops, split_patient_block
     from training.pipeline import MIN_SENSITIVITY, check_parity, predict_int8
 
     model = PneumoniaModel()
     config = model.metadata.training["config"]
     _, val_files = dataset_files(DATA, config["val_fraction"], config.get("split_seed", config["seed"]))
+    if block := model.metadata.training.get("patient_block_hold_out"):
+        val_files, _ = split_patient_block(val_files, block)
     val = load_images(val_files, *model.input_shape)
     int8_scores = predict_int8(model, val.images)
+    # The float network reads what the int8 one read: the lung crop of each image.
+    network_input = lung_crops(val, model.lungs).crops.images if model.lungs is not None else val.images
     float_model = keras.saving.load_model(REFERENCE)
     if model.metadata.flip_average is not None:
         # The reference is the single network; the int8 scores average it with the mirror
         # image where that can change the label, so they are held to the averaged network.
         from training.ensemble import flip_averaged
         float_model = flip_averaged(float_model)
-    keras_scores = float_model.predict(val.images.astype(np.float32), batch_size=64,
+    keras_scores = float_model.predict(network_input.astype(np.float32), batch_size=64,
                                        verbose=0)["probability"].ravel()
 
     parity = check_parity(val.labels, keras_scores, int8_scores, model.threshold)
