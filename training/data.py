@@ -41,8 +41,9 @@ def patient_id(path: Path | str) -> str:
 
 def patient_number(path: Path | str) -> int | None:
     """The number in a file name's patient id (person1024 -> 1024, normal115 -> 115)."""
-    match = re.search(r"(\d+)$", patient_id(path))
-    return int(match.group(1)) if match and not patient_id(path).startswith("file:") else None
+    patient = patient_id(path)
+    match = re.search(r"(\d+)$", patient)
+    return int(match.group(1)) if match and not patient.startswith("file:") else None
 
 
 def split_patient_block(files: list[LabelledFile], fraction: float

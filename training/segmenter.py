@@ -166,7 +166,7 @@ def _augment(config: SegmenterConfig):
 def train_segmenter(train: MaskSet, val: MaskSet, config: SegmenterConfig) -> keras.Model:
     keras.utils.set_random_seed(config.seed)
     model = build_segmenter(config.size, config.widths)
-    trainer = keras.Model(model.inputs, model.outputs[0] if isinstance(model.outputs, list) else model.outputs)
+    trainer = keras.Model(model.inputs, model.get_layer(MASK_OUTPUT).output)
     steps = math.ceil(len(train.names) / config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps, alpha=0.02)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=segmentation_loss)

@@ -101,6 +101,19 @@ def write_state(target: Target, **extra: Any) -> Path:
     return path
 
 
+def process_alive(pid: int | None) -> bool:
+    """Whether the process a state file names still runs (one of another user's counts as running)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_state() -> dict[str, Any]:
     path = state_path()
     try:

@@ -30,8 +30,8 @@ from pneumoscan_gateway.spool import InvalidName, Spool, check_batch
 from pneumoscan_gateway.storage import (DEFAULT_RETRY_INTERVAL_S, DEFAULT_UPLOAD_DEADLINE_S, AllowedPeer, StorageSCP,
                                         Uploader, utc_day)
 
-from .aws import (BucketOption, CommandError, EndpointOption, RegionOption, StackOption, Target, resolve_target,
-                  state_dir)
+from .aws import (BucketOption, CommandError, EndpointOption, RegionOption, StackOption, Target, process_alive,
+                  resolve_target, state_dir)
 
 console = Console(stderr=True)
 app = typer.Typer(help="DICOM gateway: receive radiographs from the PACS (C-STORE), return the structured reports.")
@@ -189,7 +189,7 @@ def status(
         raise CommandError(f"no gateway has run with the spool {spool_root} ({STATUS_FILE} not found)")
     counters = Counters.load(spool_root)
     counts = counters.counts
-    running = _alive(saved.get("pid"))
+    running = process_alive(saved.get("pid"))
     report = {"running": running, "address": saved.get("address"), "ae_title": saved.get("ae_title"),
               "return_to": saved.get("return_to"), "received": counts.received, "uploaded": counts.uploaded,
               "returned": counts.returned, "failed": counts.failed, "in_spool": Spool(spool_root).count(),
@@ -204,15 +204,3 @@ def status(
     for name in ("received", "uploaded", "returned", "failed", "in_spool", "upload_failed", "return_failed", "refused"):
         table.add_row(name.replace("_", " "), str(report[name]))
     Console().print(table)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from pneumoscan.model import MODEL_DIR_ENV, default_model_dir
 
-from .aws import LOCAL_CREDENTIALS, CommandError, Target, read_state, state_dir, state_path, write_state
+from .aws import LOCAL_CREDENTIALS, CommandError, Target, process_alive, read_state, state_dir, state_path, write_state
 from .template import (DEFAULT_TEMPLATE, LAMBDA_DEFAULT_TIMEOUT, StackSettings, TemplateError, create_resources,
                        read_settings)
 
@@ -278,23 +278,11 @@ def running_state() -> dict[str, Any] | None:
         state = read_state()
     except Exception:  # noqa: BLE001 - no file, or an unreadable one: nothing runs
         return None
-    if _alive(state.get("pid")):
+    if process_alive(state.get("pid")):
         return state
     with suppress(FileNotFoundError):
         state_path().unlink()
     return None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @app.command("status")
@@ -316,9 +304,9 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for it to 
         return
     os.kill(state["pid"], signal.SIGINT)
     deadline = time.monotonic() + timeout
-    while _alive(state["pid"]) and time.monotonic() < deadline:
+    while process_alive(state["pid"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(state["pid"]):
+    if process_alive(state["pid"]):
         console.print(f"[red]process {state['pid']} is still running after {timeout:.0f}s[/red]")
         raise typer.Exit(1)
     console.print("stopped")

@@ -7,7 +7,7 @@ import pytest
 
 from pneumoscan import cam
 from pneumoscan.lungs import (MAX_FRAME_TRIM, Box, LungFieldSpec, box_from_mask, crop_and_resize, crop_input, frame_box,
-                             lung_field, within)
+                             lung_field, percentile_spread, within)
 
 SPEC = LungFieldSpec(file="lungs.tflite", sha256="0" * 64, size_bytes=1)
 
@@ -104,3 +104,9 @@ def test_no_band_is_the_whole_image_and_a_blank_image_keeps_most_of_itself():
 
 def test_a_box_within_a_box():
     assert within(Box(0.1, 0.2, 0.9, 1.0), Box(0.0, 0.0, 0.5, 0.5)).as_list() == pytest.approx([0.1, 0.2, 0.5, 0.6])
+
+
+def test_percentile_spread_is_numpys():
+    rows = np.random.default_rng(7).integers(0, 256, (60, 224)).astype(np.uint8)
+    expected = np.diff(np.percentile(rows, (5, 95), axis=1), axis=0)[0]
+    assert np.allclose(percentile_spread(rows), expected, rtol=0, atol=1e-9)
