@@ -132,8 +132,7 @@ def _score_object(created: ObjectCreated) -> None:
         _report_duplicate()
         return
 
-    source = results.SourceObject(bucket=created.bucket, version_id=created.version_id, etag=created.etag,
-                                  uploaded_at=created.event_time)
+    source = results.SourceObject(version_id=created.version_id, etag=created.etag, uploaded_at=created.event_time)
     overlay_key, sr_key, sr_error, timings = None, None, None, {}
     start = time.perf_counter()
     try:
@@ -244,7 +243,9 @@ def _put_derived(created: ObjectCreated, key: str, body: bytes, content_type: st
     except (BotoCoreError, ClientError) as exc:
         logger.exception("derived object not written; the image is scored without it", extra={"derived": key})
         metrics.add_metric(name=error_metric, unit=MetricUnit.Count, value=1)
-        return f"not written ({type(exc).__name__}: {exc})"[:500]
+        # S3's error code (SlowDown, AccessDenied) or botocore's error type: one short fixed clause.
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        return f"not written ({code or type(exc).__name__})"
     return None
 
 
@@ -256,7 +257,9 @@ def _write_structured_report(created: ObjectCreated, score: ImageScore) -> tuple
     try:
         body = sr.report_for(score, model.metadata)
     except Exception as exc:  # noqa: BLE001 - an SR is an output of the score, not a condition for it
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        # The SR's own refusals say which header element was unusable, by name; anything else
+        # (highdicom's checks) may quote the header, so only its type is kept.
+        error = str(exc) if isinstance(exc, sr.ReportNotPossible) else f"not made ({type(exc).__name__})"
         logger.warning("no structured report; the image is scored without it", extra={"error": error})
         metrics.add_metric(name="StructuredReportErrors", unit=MetricUnit.Count, value=1)
         return None, error

@@ -133,7 +133,7 @@ def _overlay(s3: Any, bucket: str, item: dict[str, Any], decoded: DecodedImage |
              positive_label: str) -> bytes | None:
     if decoded is not None and item.get(results.HEAT_MAP):
         return as_jpeg(results.overlay_from_item(item, decoded, positive_label=positive_label))
-    png = _fetch(s3, bucket, item.get(results.OVERLAY_KEY))
+    png = _fetch(s3, bucket, results.derived_key(item, results.OVERLAY_KEY))
     return as_jpeg(png) if png else None
 
 

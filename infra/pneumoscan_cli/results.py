@@ -25,8 +25,8 @@ from rich.table import Table
 from pneumoscan import telemetry
 from pneumoscan.formats import UID_MAX_CHARS, is_uid
 from pneumoscan.results import (
-    KEY, LABEL, SCORED_AT, STATUS_FAILED, STATUS_SCORED, SUBTYPE, SUBTYPE_PROBABILITY, attention_results,
-    batch_results, study_results, utc_timestamp,
+    KEY, LABEL, OVERLAY_KEY, SCORED_AT, SR_KEY, STATUS_FAILED, STATUS_SCORED, SUBTYPE, SUBTYPE_PROBABILITY,
+    attention_results, batch_results, derived_key, study_results, utc_timestamp,
 )
 
 from pneumoscan_eval.datasets import LABELS, POSITIVE_LABEL, SUBTYPES
@@ -72,13 +72,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def readable(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the CLI shows it: numbers as int/float, and the S3 keys of its SR and overlay
+    in full (the item keeps their folder: `pneumoscan.results.derived_key`)."""
+    item = _plain(item)
+    for attribute in (SR_KEY, OVERLAY_KEY):
+        if item.get(attribute) and KEY in item:
+            item[attribute] = derived_key(item, attribute)
+    return item
+
+
 def batch_items(target: Target, batch: str, *, projection: list[str] | None = None,
                 key_between: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Every item of one batch (or the part with an object key in `key_between`), in object-key order:
     one paginated Query on the table."""
     for item in batch_results(target.client("dynamodb"), target.table, batch, fields=projection,
                               key_between=key_between):
-        yield _plain(item)
+        yield readable(item)
 
 
 def subtype_shown(item: dict[str, Any]) -> str | None:
@@ -115,7 +125,7 @@ def find_results(target: Target, *, batch: str | None = None, study: str | None 
         start = utc_timestamp(since) if since else ""
         end = utc_timestamp(until)
         items = (batch_items(target, batch) if batch is not None
-                 else map(_plain, study_results(target.client("dynamodb"), target.table, study)))
+                 else map(readable, study_results(target.client("dynamodb"), target.table, study)))
         return [item for item in items
                 if matches(item, label, status, warned, subtype) and start <= item.get(SCORED_AT, "") <= end]
     if label == Label.normal and not warned:
@@ -123,7 +133,7 @@ def find_results(target: Target, *, batch: str | None = None, study: str | None 
             "without --batch only positive, failed and warned results are indexed by time: "
             "read NORMAL scores with --batch (or the warned ones with --warned)")
     window = attention_results(target.client("dynamodb"), target.table, since or until - DEFAULT_WINDOW, until)
-    return [item for item in map(_plain, window) if matches(item, label, status, warned, subtype)]
+    return [item for item in map(readable, window) if matches(item, label, status, warned, subtype)]
 
 
 # -- parsing and printing --------------------------------------------------------------------

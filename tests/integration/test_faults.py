@@ -232,7 +232,7 @@ def test_a_rescore_with_a_newer_model_replaces_the_item_and_keeps_the_previous_s
     assert new["model_version"] == "2099.01.01-1" and new["model_sha256"] != old["model_sha256"]
     assert new["previous"]["model_version"] == old["model_version"]
     assert new["previous"]["probability"] == old["probability"]
-    assert new["previous"]["scored_at"] == old["scored_at"]
+    assert new["previous"]["label"] == old["label"]
 
     upgraded.process(messages)  # the rescore itself delivered twice
     assert stack.item(keys["rescored.jpeg"])["write_id"] == new["write_id"]

@@ -56,7 +56,7 @@ def test_xrays_are_scored_with_the_bundled_model(uploaded_batch):
     for item in scored:
         assert 0.0 <= item["probability"] <= 1.0
         assert item["label"] == model.label(item["probability"])
-        assert (item["model_version"], item["model_sha256"]) == (model.version, model.sha256)
+        assert (item["model_version"], item["model_sha256"]) == (model.version, model.sha256[:16])
         assert item["batch"] == BATCH
         assert ("attention_day" in item) == (item["label"] == "PNEUMONIA" or bool(item.get("warnings")))
         with Image.open(folder / item["object_key"].removeprefix(f"incoming/{BATCH}/")) as original:

@@ -208,6 +208,19 @@ def test_a_batch_name_with_a_slash_is_refused(target, tmp_path):
     assert "one folder name" in result.output
 
 
+def test_json_shows_the_whole_keys_of_the_report_and_overlay_of_items_old_and_new(target):
+    """Items keep the folder of a derived object (the key is held once); those written before
+    kept its whole key. Either way the CLI shows where the object is."""
+    new, old = "incoming/d/new.dcm", "incoming/d/old.dcm"
+    _put(_item(new, "d", "NORMAL", 0.1) | {"sr_key": "results/sr/", "overlay_key": "results/overlays/"},
+         _item(old, "d", "NORMAL", 0.1) | {"sr_key": f"results/sr/{old}.dcm",
+                                          "overlay_key": f"results/overlays/{old}.png"})
+    result = runner.invoke(app, ["results", "--batch", "d", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert {item["object_key"]: (item["sr_key"], item["overlay_key"]) for item in json.loads(result.stdout)} == {
+        key: (f"results/sr/{key}.dcm", f"results/overlays/{key}.png") for key in (new, old)}
+
+
 def _rescored(key, batch, label, probability, previous_label, previous_probability=None, previous_status="SCORED"):
     item = _item(key, batch, label, probability) | {"model_version": "2026.11.26-1"}
     previous = {"status": previous_status, "model_version": "2026.11.25-3", "scored_at": utc_timestamp(NOW)}

@@ -34,14 +34,17 @@ def test_a_dicom_radiograph_is_scored_with_its_identifiers_and_a_structured_repo
         STUDY_UID, SERIES_UID, SOP_UID)
     assert (item[results.MODALITY], item[results.VIEW_POSITION], item[results.PATIENT_AGE_YEARS]) == ("DX", "AP", 45)
     assert item[results.WARNINGS][0] == "adult_patient"
-    assert item[results.SR_KEY] == f"results/sr/{key}.dcm"
-    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[results.SR_KEY])
+    # The item names the SR's folder; the key, held once, gives the rest.
+    assert item[results.SR_KEY] == "results/sr/"
+    sr_key = results.derived_key(item, results.SR_KEY)
+    assert sr_key == f"results/sr/{key}.dcm"
+    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=sr_key)
     assert stored["ContentType"] == "application/dicom"
     report = pydicom.dcmread(io.BytesIO(stored["Body"].read()))
     assert report.StudyInstanceUID == STUDY_UID and report.Modality == "SR"
     # The SR's own S3 event would be a scoring of it: the notification filter stops it.
     assert stack.queue_depth(stack.queue_url) == 0
-    assert stack.item(item[results.SR_KEY]) is None
+    assert stack.item(sr_key) is None
 
 
 def test_a_refused_dicom_keeps_its_study_and_gets_no_report(handler_stack):
@@ -110,8 +113,9 @@ def test_a_dicom_key_near_s3s_limit_gets_a_structured_report_key_that_fits(handl
     item = stack.item(key)
     assert not any(outcome.failed for outcome in outcomes)
     assert item[results.STATUS] == results.STATUS_SCORED
-    assert len(item[results.SR_KEY].encode()) <= 1024 and item[results.SR_KEY].startswith("results/sr/")
-    stack.s3.head_object(Bucket=stack.settings.bucket, Key=item[results.SR_KEY])
+    sr_key = results.derived_key(item, results.SR_KEY)
+    assert len(sr_key.encode()) <= 1024 and sr_key.startswith("results/sr/")
+    stack.s3.head_object(Bucket=stack.settings.bucket, Key=sr_key)
 
 
 def test_a_structured_report_that_cannot_be_written_never_costs_the_score(handler_stack, monkeypatch):

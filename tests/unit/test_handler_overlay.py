@@ -72,9 +72,12 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(overlays_writt
     item = stack.item(key)
 
     assert item["status"] == results.STATUS_SCORED and "overlay" in item["timings_ms"]
-    assert item[results.OVERLAY_KEY] == f"results/overlays/{key}.png"
-    assert overlays(stack) == [item[results.OVERLAY_KEY]]
-    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=item[results.OVERLAY_KEY])
+    # The item names the overlay's folder; the key, held once, gives the rest.
+    assert item[results.OVERLAY_KEY] == "results/overlays/"
+    overlay_key = results.derived_key(item, results.OVERLAY_KEY)
+    assert overlay_key == f"results/overlays/{key}.png"
+    assert overlays(stack) == [overlay_key]
+    stored = stack.s3.get_object(Bucket=stack.settings.bucket, Key=overlay_key)
     assert stored["ContentType"] == "image/png"
     picture = Image.open(io.BytesIO(stored["Body"].read()))
     width, height = int(item["image_width"]), int(item["image_height"])
@@ -91,11 +94,12 @@ def test_scored_image_gets_an_overlay_that_never_triggers_scoring(overlays_writt
     assert 0 <= box["y"] < box["y"] + box["height"] <= height
     shares = item[results.CAM]
     assert 0 <= shares["border_share"] <= 1 and 0 <= shares["outside_chest_share"] <= 1
-    assert shares["outside_chest"] == (shares["outside_chest_share"] > cam.OUTSIDE_CHEST_FLAG)
+    # The shortcut flag is the share against cam.OUTSIDE_CHEST_FLAG: not stored beside it.
+    assert "outside_chest" not in shares and set(shares) == {"border_share", "outside_chest_share", "heat_peak"}
 
     # The overlay's own S3 event would be a second scoring: the notification filter stops it.
     assert stack.queue_depth(stack.queue_url) == 0
-    assert stack.item(item[results.OVERLAY_KEY]) is None
+    assert stack.item(overlay_key) is None
 
 
 def test_failed_image_gets_no_overlay(handler_stack):
@@ -143,9 +147,10 @@ def test_a_key_near_s3s_limit_is_scored_with_an_overlay_key_that_fits(overlays_w
     item = stack.item(key)
     assert not any(outcome.failed for outcome in outcomes)
     assert item["status"] == results.STATUS_SCORED
-    assert len(item[results.OVERLAY_KEY].encode()) <= 1024
-    assert item[results.OVERLAY_KEY].startswith(f"{RESULTS_PREFIX}{results.OVERLAY_FOLDER}")
-    assert overlays(stack) == [item[results.OVERLAY_KEY]]
+    overlay_key = results.derived_key(item, results.OVERLAY_KEY)
+    assert len(overlay_key.encode()) <= 1024
+    assert overlay_key.startswith(f"{RESULTS_PREFIX}{results.OVERLAY_FOLDER}")
+    assert overlays(stack) == [overlay_key]
 
 
 def test_overlay_keys_keep_the_object_key_while_it_fits_and_differ_for_different_keys():
@@ -169,7 +174,7 @@ def test_overlays_for_positives_only_keep_every_items_heat_summary(handler_stack
     normal, pneumonia = stack.item(normal_key), stack.item(pneumonia_key)
     assert (normal["label"], pneumonia["label"]) == ("NORMAL", "PNEUMONIA"), "pick X-rays the model gets right"
     assert results.OVERLAY_KEY not in normal and results.CAM in normal and results.HOT_REGION in normal
-    assert overlays(stack) == [pneumonia[results.OVERLAY_KEY]]
+    assert overlays(stack) == [results.derived_key(pneumonia, results.OVERLAY_KEY)]
     assert app.settings.overlay_images == "positives"
 
 

@@ -46,7 +46,7 @@ def _dicom_of(path) -> bytes:
 
 def _finding_codes(stack, item) -> set[str]:
     report = pydicom.dcmread(io.BytesIO(stack.s3.get_object(Bucket=stack.settings.bucket,
-                                                            Key=item[results.SR_KEY])["Body"].read()))
+                                                            Key=results.derived_key(item, results.SR_KEY))["Body"].read()))
     codes = set()
 
     def walk(dataset):

@@ -85,9 +85,23 @@ def test_rescore_with_a_newer_model_keeps_the_previous_score(store):
     assert store.save(scored(model_sha="sha-b", probability=0.2), seen) == "rescored"
     item = store.current("incoming/b/x.png")
     assert item["model_sha256"] == "sha-b" and item["probability"] == Decimal("0.2")
-    assert item["previous"]["model_sha256"] == "sha-a"
-    assert item["previous"]["probability"] == Decimal("0.9")
-    assert "previous" not in item["previous"]
+    # What `results --changes` shows of the superseded score, and nothing else.
+    assert item["previous"] == {"status": results.STATUS_SCORED, "label": "PNEUMONIA", "probability": Decimal("0.9"),
+                                "model_version": "model-sha-a"}
+
+
+def test_an_item_names_its_model_by_16_hex_digits_and_items_with_all_64_still_match(store):
+    sha = "c298d01e658cc65a80e09d42db9f1317262ba469c7f7493ba3f6cc55d3f2f663"
+    assert results.model_id(sha) == "c298d01e658cc65a"
+    for stored in (sha, sha[:16]):  # an item written before, and one written now
+        assert store.already_done({"model_sha256": stored, "model_version": "v", "version_id": "v1"},
+                                  version_id="v1", etag=None, model_sha256=sha, model_version="v")
+    other = "c298d01e658cc65b" + sha[16:]
+    assert not results.same_model(sha, other) and not results.same_model(None, sha)
+    # A rescore by the same model file, whichever way the earlier item named it, keeps no `previous`.
+    store.save(scored(model_sha=sha), None)
+    assert store.save(scored(model_sha=sha[:16], version_id="v2"), store.current("incoming/b/x.png")) == "written"
+    assert "previous" not in store.current("incoming/b/x.png")
 
 
 def test_a_stale_read_cannot_overwrite_a_newer_write(store):

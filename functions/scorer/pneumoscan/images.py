@@ -159,10 +159,11 @@ def _orientation(info: dict) -> tuple[int, str | None]:
             warnings.simplefilter("ignore")  # "tag had too many entries" and the like
             orientation = carrier.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception as exc:  # noqa: BLE001 - any parser error in metadata leaves the image as stored
-        return 1, f"EXIF/XMP metadata unreadable, orientation not applied ({type(exc).__name__}: {exc})"[:300]
+        # The parser's message may quote the metadata: the note names its type only.
+        return 1, f"EXIF/XMP metadata unreadable ({type(exc).__name__}), orientation not applied"
     if isinstance(orientation, int) and not isinstance(orientation, bool) and 1 <= orientation <= 8:
         return orientation, None
-    return 1, f"EXIF orientation {orientation!r} is not a number from 1 to 8, not applied"[:300]
+    return 1, "the EXIF orientation is not a number from 1 to 8, not applied"
 
 
 def _open_header(data: bytes) -> ImageFile.ImageFile:

@@ -15,8 +15,9 @@ Reads served without a Scan:
   4. one DICOM study       -> Query `study-index` (study_uid = :s); sparse, DICOM items only.
 
 A large batch is one partition key. DynamoDB serves up to 1000 write units a second per
-partition and an item under 1 KB is one unit. The event source's MaximumConcurrency bounds
-the writers: 10 invocations by default, each writing one item per image at ~50-70 ms of
+partition and an item under 1 KB is one unit (an item holds its key once, and its other
+attributes are bounded: docs/results.md, "Item size"). The event source's MaximumConcurrency
+bounds the writers: 10 invocations by default, each writing one item per image at ~50-70 ms of
 handler time per image, so one batch is written at ~150-200 items a second, a fifth of the
 limit; about 50 concurrent invocations would reach it. Past that, adaptive capacity splits a
 partition that stays hot on its sort key (`object_key`, distinct per item), and throttled
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -73,7 +74,6 @@ SUBTYPE = "subtype"
 SUBTYPE_PROBABILITY = "subtype_probability"
 REASON = "reason"
 ERROR = "error"
-BUCKET = "bucket"
 VERSION_ID = "version_id"
 ETAG = "etag"
 SIZE_BYTES = "size_bytes"
@@ -87,16 +87,24 @@ STUDY_UID, SERIES_UID, SOP_UID = "study_uid", "series_uid", "sop_uid"
 # Those UIDs are kept only when valid (`pneumoscan.formats.is_uid`); `study-index` is keyed by
 # valid ones alone.
 MODALITY, VIEW_POSITION, PATIENT_AGE_YEARS = "modality", "view_position", "patient_age_years"
+# Where a scored source's derived objects are: the folder under the results prefix
+# (`results/sr/`), never the whole key, which would hold the object key a second time. The
+# object's key follows from the item's own (`derived_key`); items written before kept the
+# whole key there, which `derived_key` reads as it is.
 SR_KEY = "sr_key"  # the DICOM Structured Report of a scored DICOM source
 SR_ERROR = "sr_error"  # why a scored DICOM source has no SR (the score stands)
 IGNORED_METADATA = "ignored_metadata"  # EXIF/XMP that could not be used (the image is scored as stored)
-OVERLAY_KEY = "overlay_key"
+OVERLAY_KEY = "overlay_key"  # the PNG heat-map overlay, when `OverlayImages` asks for one
+_DERIVED_SUFFIXES = {SR_KEY: ".dcm", OVERLAY_KEY: ".png"}
 OVERLAY_ERROR = "overlay_error"
 HOT_REGION = "hot_region"
-CAM = "cam"  # {border_share, outside_chest_share, outside_chest, heat_peak}
+CAM = "cam"  # {border_share, outside_chest_share, heat_peak}
 HEAT_MAP = "heat_map"  # the heat on the model's feature grid, one byte a cell (pneumoscan.cam.encode_heat)
 PREVIOUS = "previous"
 WRITE_ID = "write_id"
+# Random bytes of a write's token (11 characters of URL-safe base64): 64 bits, so two writers
+# racing on one item never draw the same.
+WRITE_ID_BYTES = 8
 
 STATUS_SCORED = "SCORED"
 STATUS_FAILED = "FAILED"
@@ -109,11 +117,19 @@ ROOT_BATCH = "_root"
 UNKNOWN_EVENT_KEY_PREFIX = "sqs-message/"
 UNKNOWN_EVENT_BATCH = "_unknown_event"
 
-# Error texts (`error`, `sr_error`, `overlay_error`) are written by the code, never quoted from
-# the input; this bounds them all the same.
+# Texts an item keeps are written by the code, never quoted from the input; these bound them
+# all the same. A FAILED item's `error` is the whole story of the failure and has the room a
+# failure leaves; the notes of a SCORED item (`sr_error`, `overlay_error`, `ignored_metadata`)
+# sit beside a heat map, DICOM identifiers and warnings, and are one short clause.
 MAX_ERROR_CHARS = 200
-# Fields of a scored item that are carried into `previous` when a newer model rescores it.
-PREVIOUS_FIELDS = (STATUS, PROBABILITY, LABEL, SUBTYPE, THRESHOLD, MODEL_VERSION, MODEL_SHA256, SCORED_AT, REASON)
+MAX_NOTE_CHARS = 80
+# The model's file is named by the first 16 hex digits of its SHA-256 (64 bits: no two models
+# collide), not by all 64, 48 bytes more in every item.
+MODEL_SHA256_CHARS = 16
+# Stage timings to 0.1 ms, as fine as the latency metrics read them.
+TIMING_DECIMALS = 1
+# Of the superseded score a rescore keeps under `previous`: what `results --changes` shows.
+PREVIOUS_FIELDS = (STATUS, LABEL, PROBABILITY, SUBTYPE, REASON, MODEL_VERSION)
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -157,17 +173,40 @@ def with_index_keys(item: dict, positive_label: str = POSITIVE_LABEL) -> dict:
 
 def overlay_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
     """`results/overlays/<object key>.png`: outside the incoming prefix, so never rescored."""
-    return _derived_key(object_key, results_prefix + OVERLAY_FOLDER, ".png")
+    return _derived_key(object_key, results_prefix + OVERLAY_FOLDER, _DERIVED_SUFFIXES[OVERLAY_KEY])
 
 
 def structured_report_key(object_key: str, results_prefix: str = RESULTS_PREFIX) -> str:
     """`results/sr/<object key>.dcm`: outside the incoming prefix, so never rescored."""
-    return _derived_key(object_key, results_prefix + STRUCTURED_REPORT_FOLDER, ".dcm")
+    return _derived_key(object_key, results_prefix + STRUCTURED_REPORT_FOLDER, _DERIVED_SUFFIXES[SR_KEY])
+
+
+def derived_key(item: Mapping[str, Any], attribute: str) -> str | None:
+    """The S3 key of a result's SR (`SR_KEY`) or overlay (`OVERLAY_KEY`), or None without one.
+    The item holds the folder (`results/sr/`); an item written before held the whole key."""
+    stored = item.get(attribute)
+    if not stored:
+        return None
+    stored = str(stored)
+    if not stored.endswith("/"):
+        return stored
+    return _derived_key(str(item[KEY]), stored, _DERIVED_SUFFIXES[attribute])
+
+
+def _derived_folder(derived: str, object_key: str, attribute: str) -> str:
+    """What an item keeps of a derived object's key: its folder, from which `derived_key` makes
+    the key again."""
+    suffix = _DERIVED_SUFFIXES[attribute]
+    for name in (object_key, hashlib.sha256(object_key.encode()).hexdigest()):
+        folder = derived.removesuffix(name + suffix)
+        if folder != derived and folder.endswith("/") and _derived_key(object_key, folder, suffix) == derived:
+            return folder
+    raise ValueError(f"{attribute} is no <folder>/<object key or its sha256>{suffix} of its object")
 
 
 def _derived_key(object_key: str, folder: str, suffix: str) -> str:
     """`<folder><object key><suffix>`, or `<folder><sha256 of the key><suffix>` where that
-    would pass S3's key limit (the item names the key either way)."""
+    would pass S3's key limit (an item keeps the folder, `derived_key` makes the key again)."""
     readable = f"{folder}{object_key}{suffix}"
     if len(readable.encode()) <= S3_MAX_KEY_BYTES:
         return readable
@@ -210,7 +249,6 @@ def version_key(version: str) -> tuple:
 class SourceObject:
     """What S3 said about the object a result is for (from its event, then its head)."""
 
-    bucket: str | None = None
     version_id: str | None = None
     etag: str | None = None
     uploaded_at: str | None = None
@@ -231,26 +269,43 @@ def object_item(object_key: str, *, batch: str, source: SourceObject, model: Mod
                 outcome: ImageScore | Failure, timings_ms: Mapping[str, float],
                 overlay_key: str | None = None, sr_key: str | None = None, sr_error: str | None = None,
                 scored_at: str | None = None) -> dict[str, Any]:
-    """The one item of an object: where it came from, which model, and its score or failure."""
+    """The one item of an object: where it came from, which model, and its score or failure.
+
+    `overlay_key` and `sr_key` are the derived objects' keys; the item keeps their folder
+    (`derived_key` makes them again). The bucket is the stack's one images bucket (events of
+    any other are refused before this), so no item repeats it."""
     item: dict[str, Any] = {
-        KEY: object_key, BATCH: batch, BUCKET: source.bucket, VERSION_ID: source.version_id,
+        KEY: object_key, BATCH: batch, VERSION_ID: source.version_id,
         ETAG: source.etag, UPLOADED_AT: source.uploaded_at, SIZE_BYTES: source.size_bytes,
-        MODEL_VERSION: model.version, MODEL_SHA256: model.sha256, THRESHOLD: model.threshold,
+        MODEL_VERSION: model.version, MODEL_SHA256: model_id(model.sha256), THRESHOLD: model.threshold,
     }
     if isinstance(outcome, Failure):
         item.update({STATUS: STATUS_FAILED, REASON: outcome.reason, ERROR: capped(outcome.error), WARNINGS: []})
         if outcome.dicom is not None:
             item.update(dicom_fields(outcome.dicom))
     else:
-        item.update(_score_fields(outcome, overlay_key), **{SR_KEY: sr_key, SR_ERROR: capped(sr_error)})
+        item.update(_score_fields(outcome, object_key, overlay_key),
+                    **{SR_KEY: sr_key and _derived_folder(sr_key, object_key, SR_KEY),
+                       SR_ERROR: capped(sr_error, MAX_NOTE_CHARS)})
     return _stamped(item, timings_ms, scored_at)
 
 
-def capped(text: str | None) -> str | None:
-    """An error text as an item keeps it: one short line, so that the item stays one write unit."""
-    if text is None or len(text) <= MAX_ERROR_CHARS:
+def capped(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """A text as an item keeps it: one line of at most `limit` characters."""
+    if text is None or len(text) <= limit:
         return text
-    return text[:MAX_ERROR_CHARS - 3] + "..."
+    return text[:limit - 3] + "..."
+
+
+def model_id(sha256: str) -> str:
+    """How an item names the model file: the first MODEL_SHA256_CHARS hex digits of its SHA-256."""
+    return sha256[:MODEL_SHA256_CHARS]
+
+
+def same_model(stored: object, sha256: str) -> bool:
+    """Whether an item's `model_sha256` (16 hex digits, or all 64 in items written before) names
+    the model file with this SHA-256."""
+    return bool(stored) and model_id(str(stored)) == model_id(sha256)
 
 
 def unknown_event_item(message_id: str, error: str, model: ModelMetadata,
@@ -258,31 +313,31 @@ def unknown_event_item(message_id: str, error: str, model: ModelMetadata,
     """A message that is no S3 notification, recorded once under its message id (never retried)."""
     item = {KEY: f"{UNKNOWN_EVENT_KEY_PREFIX}{message_id}", BATCH: UNKNOWN_EVENT_BATCH, STATUS: STATUS_FAILED,
             REASON: "unknown_event", ERROR: capped(error), ETAG: message_id,
-            MODEL_VERSION: model.version, MODEL_SHA256: model.sha256}
+            MODEL_VERSION: model.version, MODEL_SHA256: model_id(model.sha256)}
     return _stamped(item, {}, scored_at)
 
 
-def _score_fields(score: ImageScore, overlay_key: str | None) -> dict[str, Any]:
+def _score_fields(score: ImageScore, object_key: str, overlay_key: str | None) -> dict[str, Any]:
     image = score.image
     fields: dict[str, Any] = {
         STATUS: STATUS_SCORED, PROBABILITY: score.probability, LABEL: score.label,
         SUBTYPE: score.subtype, SUBTYPE_PROBABILITY: score.subtype_probability, WARNINGS: list(score.warnings),
-        IMAGE_WIDTH: image.width, IMAGE_HEIGHT: image.height,
-        IMAGE_FORMAT: image.format, IMAGE_MODE: image.mode, IGNORED_METADATA: image.ignored_metadata,
+        IMAGE_WIDTH: image.width, IMAGE_HEIGHT: image.height, IMAGE_FORMAT: image.format, IMAGE_MODE: image.mode,
+        IGNORED_METADATA: capped(image.ignored_metadata, MAX_NOTE_CHARS),
     }
     if score.heat_map_error is not None:
-        fields[OVERLAY_ERROR] = capped(score.heat_map_error)
+        fields[OVERLAY_ERROR] = capped(score.heat_map_error, MAX_NOTE_CHARS)
     if score.heat_map is not None:
         summary = score.heat_map.summary
+        # `outside_chest_share` above cam.OUTSIDE_CHEST_FLAG is the shortcut flag: not stored twice.
         fields[CAM] = {"border_share": round(summary.border_share, 4),
                        "outside_chest_share": round(summary.outside_chest_share, 4),
-                       "outside_chest": summary.outside_chest,
                        "heat_peak": float(f"{score.heat_map.peak:.4g}")}
         fields[HEAT_MAP] = score.heat_map.stored()
         if summary.hot_region is not None:
             fields[HOT_REGION] = summary.hot_region.as_dict()
     if overlay_key:
-        fields[OVERLAY_KEY] = overlay_key
+        fields[OVERLAY_KEY] = _derived_folder(overlay_key, object_key, OVERLAY_KEY)
     if image.dicom is not None:
         fields.update(dicom_fields(image.dicom))
     return fields
@@ -319,7 +374,8 @@ def overlay_from_item(item: Mapping[str, Any], decoded: DecodedImage, *, positiv
 
 def _stamped(item: dict[str, Any], timings_ms: Mapping[str, float], scored_at: str | None) -> dict[str, Any]:
     # The index keys (attention_day) are set by the writer, which knows the positive label.
-    item.update({TIMINGS_MS: dict(timings_ms), SCORED_AT: scored_at or utc_timestamp()})
+    item.update({TIMINGS_MS: {stage: round(ms, TIMING_DECIMALS) for stage, ms in timings_ms.items()},
+                 SCORED_AT: scored_at or utc_timestamp()})
     return {name: value for name, value in item.items() if value is not None}
 
 
@@ -368,8 +424,8 @@ class ResultStore:
         if not item or item.get("reason") == OBJECT_MISSING:
             # "Deleted before it could be scored" says nothing about an upload that can be read.
             return False
-        same_model = item.get("model_sha256") == model_sha256
-        if not same_model and version_key(str(item.get("model_version", ""))) <= version_key(model_version):
+        older = version_key(str(item.get(MODEL_VERSION, ""))) <= version_key(model_version)
+        if not same_model(item.get(MODEL_SHA256), model_sha256) and older:
             return False
         if version_id and item.get("version_id"):
             return item["version_id"] == version_id
@@ -382,9 +438,9 @@ class ResultStore:
         "duplicate" (an identical result landed first). Raises ConcurrentWrite when a
         different result landed first.
         """
-        item = with_index_keys(dict(item, write_id=uuid.uuid4().hex, **primary_key(item[KEY], self.incoming_prefix)),
-                               self.positive_label)
-        rescored = bool(seen) and seen.get("model_sha256") != item.get("model_sha256")
+        item = with_index_keys(dict(item, write_id=secrets.token_urlsafe(WRITE_ID_BYTES),
+                                    **primary_key(item[KEY], self.incoming_prefix)), self.positive_label)
+        rescored = bool(seen) and not same_model(seen.get(MODEL_SHA256), item.get(MODEL_SHA256, ""))
         if rescored:
             item["previous"] = previous_score(seen)
         if seen is None:

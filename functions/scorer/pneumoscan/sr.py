@@ -168,11 +168,11 @@ def _source_reference(facts: DicomFacts) -> Dataset:
             ("SOPInstanceUID", facts.sop_uid), ("SOPClassUID", facts.sop_class_uid))
     invalid = [name for name, _ in uids if name in facts.invalid]
     if invalid:
-        raise ReportNotPossible(f"the source header's {', '.join(invalid)} is no valid UID: an SR cannot "
-                                "reference it")
+        # Kept as the item's `sr_error`, one short clause (results.MAX_NOTE_CHARS) even naming all four.
+        raise ReportNotPossible(f"{', '.join(invalid)} is no valid UID")
     missing = [name for name, value in uids if not value]
     if missing:
-        raise ReportNotPossible(f"the source header has no {', '.join(missing)}: an SR cannot reference it")
+        raise ReportNotPossible(f"header lacks {', '.join(missing)}")
     source = Dataset()
     source.StudyInstanceUID = facts.study_uid
     source.SeriesInstanceUID = facts.series_uid
