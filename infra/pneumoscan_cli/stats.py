@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumoscan import telemetry
-from pneumoscan.results import days_between
+from pneumoscan.results import ROOT_BATCH, days_between
 
 from pneumoscan_eval.datasets import SUBTYPES
 
@@ -59,6 +59,16 @@ def group_of(item: dict[str, Any], by: GroupBy) -> str:
     hour = str(item[telemetry.HOUR])
     return {GroupBy.day: hour[:10], GroupBy.hour: hour, GroupBy.batch: str(item[telemetry.SOURCE_BATCH]),
             GroupBy.model: str(item[telemetry.MODEL])}[by]
+
+
+def shown_rows(rows: list[dict[str, Any]], by: GroupBy, incoming_prefix: str) -> list[dict[str, Any]]:
+    """The rows as the table and the HTML page show them: the uploads directly under the incoming
+    prefix, which the table keeps as batch `_root`, by where they are. JSON and CSV keep `_root`,
+    the name `--batch` takes."""
+    if by != GroupBy.batch:
+        return rows
+    label = f"(directly under {incoming_prefix})"
+    return [dict(row, batch=label) if row["batch"] == ROOT_BATCH else row for row in rows]
 
 
 def histogram_percentile(counts: Counter, prefix: str, bounds: tuple[int, ...], percentile: float) -> str | int | None:
@@ -142,7 +152,8 @@ def stats_table(rows: list[dict[str, Any]], by: GroupBy, title: str) -> Table:
     return table
 
 
-def print_stats(rows: list[dict[str, Any]], by: GroupBy, output: OutputFormat, title: str) -> None:
+def print_stats(rows: list[dict[str, Any]], by: GroupBy, output: OutputFormat, title: str,
+                incoming_prefix: str) -> None:
     if output == OutputFormat.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -153,7 +164,7 @@ def print_stats(rows: list[dict[str, Any]], by: GroupBy, output: OutputFormat, t
         writer.writeheader()
         writer.writerows({**r, **{name: json.dumps(r[name], sort_keys=True) for name in nested}} for r in rows)
     else:
-        Console().print(stats_table(rows, by, title))
+        Console().print(stats_table(shown_rows(rows, by, incoming_prefix), by, title))
 
 
 def stats(
@@ -185,9 +196,9 @@ def stats(
              and (model is None or item[telemetry.MODEL] == model))
     rows = summarize(items, by)
     title = f"pneumoscan {_hour(start)}:00 to {_hour(end)}:59 UTC, by {by.value}"
-    print_stats(rows, by, output, title=title)
+    print_stats(rows, by, output, title=title, incoming_prefix=target.incoming_prefix)
     if html is not None:
-        html.write_text(stats_page(rows, by.value, title), encoding="utf-8")
+        html.write_text(stats_page(shown_rows(rows, by, target.incoming_prefix), by.value, title), encoding="utf-8")
         Console(stderr=True).print(f"wrote {html}")
     if output == OutputFormat.table and not rows:
         Console(stderr=True).print("no images scored in this window")

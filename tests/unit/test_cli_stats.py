@@ -185,3 +185,25 @@ def test_each_subtypes_share_of_the_positives(target):
     assert "bacterial/viral/uncertain" in shown.stdout and "50.0%/25.0%/25.0%" in shown.stdout
     as_csv = runner.invoke(app, ["stats", "--since", "2026-11-20", "--until", "2026-11-20T23:00", "--format", "csv"])
     assert '"{""bacterial"": 0.5, ""uncertain"": 0.25, ""viral"": 0.25}"' in as_csv.stdout
+
+
+def test_uploads_directly_under_the_incoming_prefix_are_shown_by_where_they_are(target, tmp_path):
+    key = f"{target.incoming_prefix}chest.jpeg"  # no batch folder
+    item = scored(results.batch_of(key, target.incoming_prefix), "2026-11-21T08") | {results.KEY: key}
+    tally = telemetry.BatchTally(positive_label="PNEUMONIA")
+    tally.observe(item)
+    table = boto3.resource("dynamodb", region_name=SETTINGS.region).Table(SETTINGS.table)
+    for request in tally.counter_updates():
+        table.update_item(**request)
+    arguments = ["stats", "--since", "2026-11-21", "--until", "2026-11-21T23:00", "--by", "batch"]
+
+    shown = runner.invoke(app, [*arguments, "--html", str(tmp_path / "stats.html")], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    label = f"(directly under {target.incoming_prefix})"
+    assert label in shown.stdout and results.ROOT_BATCH not in shown.stdout
+    assert f"<td>{label}</td><td>1</td>" in (tmp_path / "stats.html").read_text()
+    # JSON keeps the stored name, the one --batch (and `results --batch`) takes.
+    as_json = runner.invoke(app, [*arguments, "--format", "json"])
+    assert [row["batch"] for row in json.loads(as_json.stdout)] == [results.ROOT_BATCH]
+    narrowed = runner.invoke(app, [*arguments, "--batch", results.ROOT_BATCH, "--format", "json"])
+    assert [row["images"] for row in json.loads(narrowed.stdout)] == [1]
