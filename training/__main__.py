@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                              "and validation, and score the export on them")
     parser.add_argument("--box-jitter", type=float, default=defaults.box_jitter,
                         help="lung crops: each crop edge moves by up to this share of the box (default %(default)s)")
+    parser.add_argument("--subtype-weight", type=float, default=defaults.subtype_weight,
+                        help="train a bacterial/viral head with the network, at this share of the loss "
+                             "(default %(default)s: the detector alone)")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="use only N images per class and split (smoke tests)")
     parser.add_argument("--no-reference", action="store_true",
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                                  val_fraction=args.val_fraction, dropout=args.dropout,
                                  label_smoothing=args.label_smoothing,
                                  widths=tuple(int(w) for w in args.widths.split(",")),
-                                 augment=AUGMENT_PRESETS[args.augment], box_jitter=args.box_jitter)
+                                 augment=AUGMENT_PRESETS[args.augment], box_jitter=args.box_jitter,
+                                 subtype_weight=args.subtype_weight)
     options = RunOptions(data_dir=args.data, model_dir=args.model_dir, run_dir=args.run_dir,
                          limit_per_class=args.limit_per_class,
                          reference_models=not args.no_reference, version=args.version,

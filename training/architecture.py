@@ -13,6 +13,9 @@ from keras import layers
 FEATURE_MAP_LAYER = "feature_map"
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
+# The pneumonia subtype head: P(viral | pneumonia) from the same pooled features.
+SUBTYPE_LOGIT_LAYER = "subtype_logit"
+SUBTYPE_LAYER = "subtype"
 # Keras' default 0.99 lags far behind on a ~140-step epoch: weight decay keeps shrinking
 # the conv weights (BN makes their scale free), the running variance trails the real
 # one, and in inference mode activations fade layer by layer into a constant output.
@@ -46,12 +49,17 @@ def _conv_block(x, filters: int, *, separable: bool, name: str, output_name: str
 
 
 def build_model(height: int = 224, width: int = 224, channels: int = 1, *,
-                widths: tuple[int, ...] = (32, 64, 128, 192, 256), dropout: float = 0.3) -> keras.Model:
+                widths: tuple[int, ...] = (32, 64, 128, 192, 256), dropout: float = 0.3,
+                subtype_head: bool = False) -> keras.Model:
     """Stem at stride 2, five two-conv blocks, 2x2 pooling between them, GAP, one dense unit.
 
     He initialisation keeps activation variance through the ReLUs; weight decay is the
     optimizer's (AdamW). The feature map of the last block (14x14 for 224 input) is a
     second output; the dense layer's weights turn it into a class activation map.
+    With `subtype_head`, a second dense unit on the same pooled features gives P(viral |
+    pneumonia) as a third output: trained jointly, so the trunk learns what tells the two
+    apart, yet it stays a linear read of the pooled feature map, which the scorer computes
+    from the exported feature map without a third graph output.
     """
     inputs = keras.Input((height, width, channels), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
@@ -71,5 +79,24 @@ def build_model(height: int = 224, width: int = 224, channels: int = 1, *,
     pooled = layers.Dropout(dropout, name="dropout")(pooled)
     logit = layers.Dense(1, name=LOGIT_LAYER)(pooled)
     probability = layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)
-    return keras.Model(inputs, {PROBABILITY_LAYER: probability, FEATURE_MAP_LAYER: feature_map},
-                       name="pneumoscan_cnn")
+    outputs = {PROBABILITY_LAYER: probability, FEATURE_MAP_LAYER: feature_map}
+    if subtype_head:
+        subtype_logit = layers.Dense(1, name=SUBTYPE_LOGIT_LAYER)(pooled)
+        outputs[SUBTYPE_LAYER] = layers.Activation("sigmoid", name=SUBTYPE_LAYER)(subtype_logit)
+    return keras.Model(inputs, outputs, name="pneumoscan_cnn")
+
+
+def detector(model: keras.Model) -> keras.Model:
+    """The exported contract's two outputs (probability, feature map) of a model with or
+    without the subtype head; the layers are shared, not copied."""
+    return keras.Model(model.inputs, {PROBABILITY_LAYER: model.get_layer(PROBABILITY_LAYER).output,
+                                      FEATURE_MAP_LAYER: model.get_layer(FEATURE_MAP_LAYER).output},
+                       name=model.name)
+
+
+def subtype_dense(model: keras.Model) -> keras.layers.Dense | None:
+    """The subtype head's dense layer, None for a model trained without it."""
+    try:
+        return model.get_layer(SUBTYPE_LOGIT_LAYER)
+    except ValueError:
+        return None

@@ -6,6 +6,7 @@ so training sees exactly what production sees.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumoscan_eval.datasets import LABELS, LabelledFile, list_labelled
+from pneumoscan_eval.datasets import LABELS, SUBTYPES, LabelledFile, list_labelled
 from pneumoscan.images import ImageRejected
 from pneumoscan.lungs import LungSegmenter, crop_input
 from pneumoscan.model import InputSpec
@@ -118,6 +119,8 @@ class ImageSet:
     # Lung crops as (left, top, right, bottom) fractions of each image, when training reads
     # jittered crops of `images` rather than the images themselves.
     boxes: np.ndarray | None = None
+    # Each image's index into SUBTYPES (0 bacterial, 1 viral), -1 where unknown (every normal).
+    subtypes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,7 +140,12 @@ def load_images(files: list[LabelledFile], height: int, width: int, channels: in
         except ImageRejected as exc:
             raise ImageRejected(exc.reason, f"{item.path}: {exc.detail}") from exc
     return ImageSet(images, np.array([f.label for f in files], dtype=np.int64),
-                    [str(f.path) for f in files])
+                    [str(f.path) for f in files], subtypes=subtype_indices(files))
+
+
+def subtype_indices(files: list[LabelledFile]) -> np.ndarray:
+    """Each file's index into SUBTYPES, -1 where its name or folder names none."""
+    return np.array([SUBTYPES.index(f.subtype) if f.subtype else -1 for f in files], dtype=np.int64)
 
 
 def dataset_files(data_dir: Path | str, val_fraction: float, seed: int
@@ -181,4 +189,4 @@ def lung_crops(images: ImageSet, segmenter: LungSegmenter, description: str = "l
         crops[index] = crop_input(pixels, field.crop)
         boxes[index] = (field.crop.left, field.crop.top, field.crop.right, field.crop.bottom)
         found[index], areas[index] = field.found, field.area
-    return LungCrops(ImageSet(crops, images.labels, images.paths, boxes), found, areas)
+    return LungCrops(dataclasses.replace(images, images=crops, boxes=boxes), found, areas)

@@ -23,7 +23,7 @@ from pneumoscan.lungs import LungSegmenter
 from pneumoscan.model import (FEATURE_MAP_OUTPUT, METADATA_FILE, PROBABILITY_OUTPUT, CamWeights, FlipAverage,
                               InputSpec, ModelMetadata, PneumoniaModel)
 
-from .architecture import LOGIT_LAYER
+from .architecture import LOGIT_LAYER, detector, subtype_dense
 from .augment import AugmentConfig
 from .calibration import fit_platt, fold_into_dense
 from .data import ImageSet, collection, dataset_files, load_images, lung_crops, patient_id, split_patient_block
@@ -280,6 +280,10 @@ def finalize(model: keras.Model, split: Split, history: list[dict], config: Trai
     """Calibrate, export int8, check parity, pick the threshold, write model/ and the report."""
     from .report import write_model_card, write_report
 
+    # The subtype head ships as weights on the pooled features (`training.subtype` calibrates
+    # them); the network exported and kept is the detector's two-output contract.
+    trained_subtype = subtype_dense(model)
+    model = detector(model)
     train, val, train_files, val_files = split.train, split.val, split.train_files, split.val_files
     # The int8 model scores the scorer's inputs (the whole stretched image: it crops the lungs
     # itself); the Keras network reads the crops directly.
@@ -394,6 +398,7 @@ def finalize(model: keras.Model, split: Split, history: list[dict], config: Trai
             "test_time_flip_average": options.flip_average,
             "lung_field": split.lung_field,
             "patient_block_hold_out": options.hold_out_block or None,
+            "subtype_head": None if trained_subtype is None else trained_subtype_head(trained_subtype, config),
         },
         metrics={"val": val_summary,
                  "val_keras": metrics.summarize(val.labels, keras_scores, threshold).as_dict(),
@@ -418,6 +423,15 @@ def finalize(model: keras.Model, split: Split, history: list[dict], config: Trai
     _publish(stage, options.model_dir)
     PneumoniaModel(options.model_dir)  # the published folder loads and its checksum matches
     return {"metadata": metadata, "report": report}
+
+
+def trained_subtype_head(dense: keras.layers.Dense, config: TrainConfig) -> dict:
+    """The jointly trained subtype unit as `training.subtype` reads it (before its calibration)."""
+    kernel, bias = dense.get_weights()
+    return {"weights": kernel.ravel().astype(float).tolist(), "bias": float(bias[0]),
+            "loss_weight": config.subtype_weight,
+            "note": "P(viral | pneumonia) = sigmoid(weights . pooled feature_map + bias), trained with the "
+                    "network on the training pneumonias whose file names give the subtype; uncalibrated"}
 
 
 def promote(source: Path, model_dir: Path, version: str | None = None,
