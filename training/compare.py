@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .robustness import REPORT_FILE as ROBUSTNESS_FILE
+from .subtype import REPORT_FILE as SUBTYPE_FILE
 
 # (column, where in a run's figures, scale): the instruments in the order they are read.
 INSTRUMENTS = (
@@ -32,6 +33,11 @@ INSTRUMENTS = (
     ("occluded: AUC change", ("robustness", "validation", "frame_occluded", "auc"), 1),
     ("zoomed out: specificity change", ("robustness", "validation", "zoom_out_black", "specificity"), 100),
     ("NIH AUC", ("robustness", "nih", "clean", "auc"), 1),
+    ("subtype val AUC", ("subtype", "validation", "called_pneumonia", "auc"), 1),
+    ("subtype val AUC, refit head", ("subtype", "validation", "other_head", "refit", "auc"), 1),
+    ("subtype block AUC", ("subtype", "patient_block", "called_pneumonia", "auc"), 1),
+    ("subtype block AUC, refit head", ("subtype", "patient_block", "other_head", "refit", "auc"), 1),
+    ("subtype block accuracy", ("subtype", "patient_block", "called_pneumonia", "accuracy"), 100),
 )
 
 
@@ -51,6 +57,9 @@ def run_figures(model_dir: Path) -> dict:
         figures["robustness"] = {name: {variant: row if variant == "clean" else row["change"]
                                         for variant, row in block["variants"].items()}
                                  for name, block in report["sets"].items()}
+    subtype_file = model_dir / "report" / SUBTYPE_FILE
+    if subtype_file.is_file():
+        figures["subtype"] = json.loads(subtype_file.read_text())
     return figures
 
 

@@ -38,7 +38,7 @@ from pneumoscan_eval import metrics
 from pneumoscan_eval.datasets import SUBTYPES, LabelledFile, list_labelled
 from tqdm import tqdm
 
-from .data import dataset_files, patient_id
+from .data import dataset_files, patient_id, split_patient_block
 from .ood import patient_folds
 from .shortcut_check import CARD_FILE, DEFAULT_DATA, TRAINING_SET, update_model_card, validation_split
 
@@ -48,17 +48,17 @@ CARD_START, CARD_END = "<!-- subtype -->", "<!-- /subtype -->"
 BATCH = 64
 # The L2 penalties tried (on standardised features, mean log loss + penalty / 2 * |w|^2).
 PENALTIES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-# The uncertain band: the narrowest logit band around the threshold (symmetric) outside which the
-# validation calls are right at least BAND_ACCURACY of the time (over at least BAND_MIN_IMAGES
-# images): a subtype is given only where it is that reliable, else `subtype_uncertain`.
-BAND_ACCURACY = 0.90
-BAND_MIN_IMAGES = 20
+# The uncertain band: where an image moves the odds of viral against bacterial by less than
+# BAND_EVIDENCE times either way from the threshold's odds (calibrated logit within
+# ln(BAND_EVIDENCE) of the threshold's). An accuracy rule (the band outside which validation
+# calls are right 90 % of the time) needs validation labels cleaner than the file names'
+# subtype: with them it withheld every subtype, however good the network.
+BAND_EVIDENCE = 1.5
 THRESHOLD_RULE = ("P(viral | pneumonia) >= threshold is viral: the highest balanced accuracy (mean of the "
                   "two subtypes' recall) on the validation pneumonias the model calls PNEUMONIA, after Platt "
                   "scaling there; midway to the next lower probability")
-BAND_RULE = (f"the narrowest logit band around the threshold, the same width each side, outside which the "
-             f"validation pneumonias called PNEUMONIA are subtyped right at least {BAND_ACCURACY:.0%} of the time "
-             f"(over at least {BAND_MIN_IMAGES} images); its edge midway between the nearest images in and out")
+BAND_RULE = (f"calibrated P(viral | pneumonia) whose odds are within {BAND_EVIDENCE:g} times the threshold's odds "
+             f"either way (logit within ln {BAND_EVIDENCE:g} of the threshold's): evidence too weak for either subtype")
 
 
 # -- the fit (pure numpy, no model) --------------------------------------------------------------
@@ -141,56 +141,49 @@ def platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), b
 
 
-def uncertain_half_width(logits: np.ndarray, y: np.ndarray, threshold_logit: float, *,
-                         accuracy: float = BAND_ACCURACY, min_images: int = BAND_MIN_IMAGES) -> float | None:
-    """BAND_RULE's half-width in logits: the narrowest band around the threshold outside which
-    the calls are right at least `accuracy` of the time over at least `min_images` images.
-    None: no band is needed (every call meets it); inf: no band achieves it."""
-    logits, y = np.asarray(logits, np.float64), np.asarray(y)
-    distance = np.abs(logits - threshold_logit)
-    order = np.argsort(distance, kind="mergesort")
-    sorted_distance = distance[order]
-    correct = ((logits[order] >= threshold_logit) == (y[order] == 1)).astype(np.float64)
-    # outside[i]: the images farther than sorted_distance[i - 1], i.e. all but the i nearest.
-    right_outside = np.concatenate((np.cumsum(correct[::-1])[::-1], [0.0]))
-    count_outside = np.arange(len(order), -1, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        meets = (right_outside / count_outside >= accuracy) & (count_outside >= min_images)
-    if meets[0]:
-        return None
-    inside = np.flatnonzero(meets)
-    if not inside.size:
-        return float("inf")
-    first = int(inside[0])  # the `first` nearest images are uncertain
-    # Midway between the last image inside and the first outside; ties move the band outward.
-    while first < len(order) and sorted_distance[first] == sorted_distance[first - 1]:
-        first += 1
-    if first == len(order):
-        return float("inf")
-    return float((sorted_distance[first - 1] + sorted_distance[first]) / 2)
+def uncertain_band(threshold: float, evidence: float = BAND_EVIDENCE) -> tuple[float, float]:
+    """BAND_RULE's band in probability around `threshold`."""
+    logit = float(probability_logit(threshold))
+    half_width = float(np.log(evidence))
+    return (round(float(logit_probability(logit - half_width)), 6),
+            round(float(logit_probability(logit + half_width)), 6))
 
 
-def calibrated_head(train_x: np.ndarray, train_y: np.ndarray, folds: np.ndarray, val_x: np.ndarray,
-                    val_y: np.ndarray) -> tuple[SubtypeHead, dict]:
-    """The whole fit: penalty and weights on train, Platt, threshold and band on validation."""
+def refit_weights(train_x: np.ndarray, train_y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    """(weights, bias, fit record) of a logistic head fitted on frozen training features: the
+    penalty by held-out log loss over folds of patients, the standardisation folded in."""
     l2, losses = choose_penalty(train_x, train_y, folds)
     standardise = Standardiser.fit(train_x)
     weights, bias = standardise.fold(*fit_logistic(standardise(train_x), train_y, l2))
+    return weights, bias, {"method": "refit", "penalty": l2, "held_out_log_loss": losses}
+
+
+def calibrate(weights: np.ndarray, bias: float, val_x: np.ndarray, val_y: np.ndarray,
+              fit: dict | None = None) -> tuple[SubtypeHead, dict]:
+    """Platt scaling, threshold and band on validation, for a head's raw (weights, bias)."""
     a, b = platt(val_x @ weights + bias, val_y)
     weights, bias = a * weights, a * bias + b
     val_probability = logit_probability(val_x @ weights + bias)
     threshold = round(metrics.balanced_accuracy_threshold(val_y, val_probability), 6)
-    threshold_logit = float(probability_logit(threshold))
-    half_width = uncertain_half_width(val_x @ weights + bias, val_y, threshold_logit)
-    band = None if half_width is None else (
-        round(float(logit_probability(threshold_logit - half_width)), 6),
-        round(float(logit_probability(threshold_logit + half_width)), 6))
-    head = SubtypeHead(weights, bias, threshold, band, SUBTYPES, THRESHOLD_RULE, BAND_RULE)
-    fit = {"penalty": l2, "held_out_log_loss": losses, "platt": {"a": a, "b": b},
-           # None: no band; "all": no band reaches the accuracy, every call is uncertain
-           "band_half_width_logit": None if half_width is None else
-           round(half_width, 4) if np.isfinite(half_width) else "all"}
+    head = SubtypeHead(weights, bias, threshold, uncertain_band(threshold), SUBTYPES, THRESHOLD_RULE, BAND_RULE)
+    fit = {**(fit or {}), "platt": {"a": a, "b": b}}
     return head, fit
+
+
+def calibrated_head(train_x: np.ndarray, train_y: np.ndarray, folds: np.ndarray, val_x: np.ndarray,
+                    val_y: np.ndarray) -> tuple[SubtypeHead, dict]:
+    """The whole refit: penalty and weights on train, Platt, threshold and band on validation."""
+    weights, bias, fit = refit_weights(train_x, train_y, folds)
+    return calibrate(weights, bias, val_x, val_y, fit)
+
+
+def trained_weights(metadata: ModelMetadata) -> tuple[np.ndarray, float] | None:
+    """The subtype unit trained with the network (`python -m training --subtype-weight`), as
+    the run recorded it in model.json `training.subtype_head`; None for a detector alone."""
+    section = metadata.training.get("subtype_head")
+    if not section:
+        return None
+    return np.asarray(section["weights"], np.float64), float(section["bias"])
 
 
 # -- features through the model ------------------------------------------------------------------
@@ -230,12 +223,10 @@ def cross_fitted(val_x: np.ndarray, val_y: np.ndarray, val_patients: list[str], 
         a, b = platt(raw[chosen], val_y[chosen])
         probability = logit_probability(a * raw + b)
         threshold = metrics.balanced_accuracy_threshold(val_y[chosen], probability[chosen])
-        logit_t = float(probability_logit(threshold))
-        width = uncertain_half_width(a * raw[chosen] + b, val_y[chosen], logit_t)
+        low, high = uncertain_band(threshold)
         other = ~chosen
         called[other] = probability[other] >= threshold
-        if width is not None:
-            uncertain[other] = np.abs(a * raw[other] + b - logit_t) <= width
+        uncertain[other] = (probability[other] >= low) & (probability[other] <= high)
     summary = metrics.subtype_summary(val_y, called.astype(float), 0.5, uncertain, SUBTYPES)
     # Of 0/1 calls at each half's own threshold: neither an AUC (unaffected by these choices) nor one threshold.
     for meaningless in ("auc", "threshold"):
@@ -266,38 +257,54 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _how_fitted(result: dict) -> str:
+    fitted_on, fit = result["fitted_on"], result["fit"]
+    images = (f"the training split's {fitted_on['images']} pneumonias ({fitted_on['bacterial']} bacterial, "
+              f"{fitted_on['viral']} viral)")
+    if fit["method"] == "trained":
+        other = result["validation"].get("other_head", {}).get("refit")
+        return (f"trained with the network on {images} at {fit['loss_weight']:g} of the loss "
+                "(`python -m training --subtype-weight`; class-balanced, normals weighted zero), so the trunk learns "
+                "what tells the two apart"
+                + (f" (a logistic head refitted on the frozen features reaches validation AUC {other['auc']:.3f})"
+                   if other else "") + ";")
+    return (f"fitted by `make subtype` on this network's frozen features of {images}; L2 penalty "
+            f"{fit['penalty']:g} chosen by held-out log loss over folds of training patients;")
+
+
 def card_section(result: dict) -> str:
     head, val = result["head"], result["validation"]["called_pneumonia"]
     band = head["uncertain_band"]
     nih = result.get("nih_half")
+    table = [("validation pneumonias called PNEUMONIA", val),
+             ("every validation pneumonia", result["validation"]["all_pneumonia"])]
+    if "patient_block" in result:
+        table.append(("patient block pneumonias called PNEUMONIA", result["patient_block"]["called_pneumonia"]))
     rows = [f"| {name} | {row['n']} | {row['auc']:.3f} | {_pct(row['accuracy'])} | "
             f"{_pct(row['recall']['bacterial'])} | {_pct(row['recall']['viral'])} | {_pct(row['uncertain_share'])} | "
             f"{_pct(row['accuracy_confident'])} |"
-            for name, row in (("validation pneumonias called PNEUMONIA", val),
-                              ("every validation pneumonia", result["validation"]["all_pneumonia"]))]
+            for name, row in table]
     cross = result["validation"]["cross_fitted"]
     lines = [
         CARD_START,
         "## Pneumonia subtype (bacterial or viral)",
         "A PNEUMONIA result also carries `subtype` (`bacterial` or `viral`) and `subtype_probability`,",
-        "P(viral | pneumonia): a logistic head on the pooled last feature map (the vector the detection head",
-        "reads; flip-averaged where the score is), fitted by `make subtype` on this network's features of the",
-        f"training split's {result['fitted_on']['images']} pneumonias ({result['fitted_on']['bacterial']} bacterial, "
-        f"{result['fitted_on']['viral']} viral; L2 penalty {result['fit']['penalty']:g} chosen by held-out log loss",
-        "over folds of training patients), Platt-scaled on the validation pneumonias the model calls PNEUMONIA.",
+        "P(viral | pneumonia): a logistic unit on the pooled last feature map (the vector the detection head",
+        "reads; flip-averaged where the score is), " + _how_fitted(result),
+        "Platt-scaled on the validation pneumonias the model calls PNEUMONIA.",
         f"Threshold {head['threshold']:.4f}: {head['threshold_rule']}.",
-        (f"Uncertain band {band[0]:.4f}..{band[1]:.4f} (`{SUBTYPE_UNCERTAIN}` in `warnings`, no `subtype`, the "
-         f"probability kept): {head['band_rule']}." if band else
-         f"No uncertain band: no run of validation images near the threshold fell below the band rule ({head['band_rule']})."),
+        f"Uncertain band {band[0]:.4f}..{band[1]:.4f} (`{SUBTYPE_UNCERTAIN}` in `warnings`, no `subtype`, the "
+        f"probability kept): {head['band_rule']}.",
         "NORMAL and FAILED results carry no subtype. The heat map stays the detection's (evidence for PNEUMONIA);",
         "it does not show where the subtype is read from.",
         "",
-        "| validation (by patient) | n | AUC | accuracy | recall bacterial | recall viral | in the band | accuracy outside it |",
+        "| pneumonias (by patient) | n | AUC | accuracy | recall bacterial | recall viral | in the band | accuracy outside it |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Accuracy and recall count every image at the threshold; Platt scaling, the threshold and the band were",
-        "chosen on these images (the AUC is unaffected). Chosen on half of the validation patients and measured",
+        "chosen on the validation images (the AUC is unaffected); the patient block (the lowest-numbered patients,",
+        "never trained, validated or calibrated on) measures them on patients none of them saw. Chosen on half of the validation patients and measured",
         f"on the other half, both ways: accuracy {_pct(cross['accuracy'])}, recall bacterial "
         f"{_pct(cross['recall']['bacterial'])}, viral {_pct(cross['recall']['viral'])}, "
         f"{_pct(cross['uncertain_share'])} in the band.",
@@ -325,6 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m training.subtype", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="model folder (default: model/)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--head", choices=("trained", "refit"), default=None,
+                        help="the unit trained with the network (default where model.json records one) or a "
+                             "logistic head refitted on the frozen features")
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or default_model_dir()
@@ -333,6 +343,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_files, val_files = dataset_files(args.data / TRAINING_SET, *validation_split(model.metadata))
     train_files = [f for f in train_files if f.subtype]
     val_files = [f for f in val_files if f.subtype]
+    # The network's patient block (never trained or validated on) stays out of the fit and the
+    # calibration, and measures them on patients they did not see.
+    block_fraction = model.metadata.training.get("patient_block_hold_out") or 0.0
+    train_files, train_block = split_patient_block(train_files, block_fraction)
+    val_files, val_block = split_patient_block(val_files, block_fraction)
+    block_files = train_block + val_block
     if not train_files or not val_files:
         raise SystemExit(f"no bacteria/virus file names in {args.data / TRAINING_SET}: nothing to fit")
     _, train_x = detect(model, train_files, "train pneumonias")
@@ -340,14 +356,31 @@ def main(argv: list[str] | None = None) -> dict:
     train_y, val_y = _viral(train_files), _viral(val_files)
     called = val_detection >= threshold
 
-    head, fit = calibrated_head(train_x, train_y, patient_folds(train_files), val_x[called], val_y[called])
     metadata = ModelMetadata.read(model_dir)
+    trained = trained_weights(metadata)
+    method = args.head or ("trained" if trained else "refit")
+    if method == "trained" and trained is None:
+        raise SystemExit(f"{model_dir} records no subtype unit trained with the network: use --head refit")
+    refit = refit_weights(train_x, train_y, patient_folds(train_files))
+    if method == "trained":
+        head, fit = calibrate(*trained, val_x[called], val_y[called],
+                              {"method": "trained", "loss_weight": metadata.training["subtype_head"].get("loss_weight")})
+    else:
+        head, fit = calibrate(*refit[:2], val_x[called], val_y[called], refit[2])
     stored = SubtypeHead.from_dict(head.as_dict())  # measure what the scorer will read
     val_patients = [patient_id(f.path) for f in val_files]
 
-    def summary(mask: np.ndarray) -> dict:
-        p = stored.probability(val_x[mask])
-        return _round(metrics.subtype_summary(val_y[mask], p, stored.threshold, stored.uncertain(p), SUBTYPES))
+    def summary(x: np.ndarray, y: np.ndarray) -> dict:
+        p = stored.probability(x)
+        return _round(metrics.subtype_summary(y, p, stored.threshold, stored.uncertain(p), SUBTYPES))
+
+    def other_head(x: np.ndarray, y: np.ndarray) -> dict:
+        """The other head's AUC, beside the one shipped (an AUC needs no calibration)."""
+        other = refit[:2] if method == "trained" else trained
+        if other is None:
+            return {}
+        p = logit_probability(x @ other[0] + other[1])
+        return {"refit" if method == "trained" else "trained": {"auc": round(metrics.roc_auc(y, p), 4)}}
 
     result = {
         "model": {"version": model.version, "sha256": model.sha256},
@@ -357,12 +390,21 @@ def main(argv: list[str] | None = None) -> dict:
         "fit": fit,
         "validation": {
             "patients": len(set(val_patients)),
-            "called_pneumonia": summary(called),
-            "all_pneumonia": summary(np.ones(len(val_y), bool)),
+            "called_pneumonia": summary(val_x[called], val_y[called]),
+            "all_pneumonia": summary(val_x, val_y),
             "cross_fitted": cross_fitted(val_x[called], val_y[called],
                                          [p for p, c in zip(val_patients, called) if c], head.weights, head.bias),
+            "other_head": other_head(val_x[called], val_y[called]),
         },
     }
+    if block_files:
+        block_detection, block_x = detect(model, block_files, "patient block pneumonias")
+        block_y, block_called = _viral(block_files), block_detection >= threshold
+        result["patient_block"] = {"fraction": block_fraction,
+                                   "patients": len({patient_id(f.path) for f in block_files}),
+                                   "called_pneumonia": summary(block_x[block_called], block_y[block_called]),
+                                   "all_pneumonia": summary(block_x, block_y),
+                                   "other_head": other_head(block_x[block_called], block_y[block_called])}
     external = args.data / EXTERNAL_SET
     if external.is_dir():
         nih_files = list_labelled(external)
@@ -375,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     section = dataclasses.replace(stored, extra={
         "features": "spatial mean of feature_map (flip-averaged where the detection score is)",
-        "fitted_on": result["fitted_on"], "penalty": fit["penalty"], "platt": fit["platt"],
+        "fitted_on": result["fitted_on"], "method": method, "penalty": fit.get("penalty"), "platt": fit["platt"],
         "validation": {key: result["validation"]["called_pneumonia"][key]
                        for key in ("n", "auc", "accuracy", "recall", "uncertain_share")},
         "report": f"report/{REPORT_FILE}"})

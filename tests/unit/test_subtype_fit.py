@@ -76,20 +76,12 @@ def test_the_balanced_accuracy_threshold_splits_the_classes_midway():
         metrics.balanced_accuracy_threshold([1, 1], [0.2, 0.4])
 
 
-def test_the_band_is_the_narrowest_outside_which_calls_meet_the_accuracy():
-    # 40 coin flips near the threshold, 100 right calls far from it.
-    rng = np.random.default_rng(2)
-    near = rng.uniform(-0.5, 0.5, 40)
-    far = np.r_[rng.uniform(2, 4, 50), rng.uniform(-4, -2, 50)]
-    logits = np.r_[near, far]
-    y = np.r_[rng.integers(0, 2, 40), np.ones(50, int), np.zeros(50, int)]
-    width = subtype.uncertain_half_width(logits, y, 0.0, accuracy=0.95, min_images=20)
-    assert 0.3 < width < 2.0
-    outside = np.abs(logits) > width
-    assert np.mean((logits[outside] >= 0) == (y[outside] == 1)) >= 0.95
-    # every call right: no band; nothing right enough anywhere: the band takes everything
-    assert subtype.uncertain_half_width(far, y[40:], 0.0) is None
-    assert subtype.uncertain_half_width(near, 1 - (near >= 0), 0.0) == float("inf")
+def test_the_uncertain_band_is_weak_evidence_either_way_of_the_threshold():
+    low, high = subtype.uncertain_band(0.3)
+    odds = lambda p: p / (1 - p)  # noqa: E731
+    assert odds(high) / odds(0.3) == pytest.approx(subtype.BAND_EVIDENCE, rel=1e-4)
+    assert odds(0.3) / odds(low) == pytest.approx(subtype.BAND_EVIDENCE, rel=1e-4)
+    assert low < 0.3 < high and subtype.uncertain_band(0.5) == pytest.approx((0.4, 0.6))
 
 
 def test_the_whole_fit_gives_a_head_that_holds_its_contract():
@@ -102,7 +94,10 @@ def test_the_whole_fit_gives_a_head_that_holds_its_contract():
     p = head.probability(val_x)
     assert metrics.roc_auc(val_y, p) > 0.9
     confident = ~head.uncertain(p)
-    assert np.mean((p[confident] >= head.threshold) == (val_y[confident] == 1)) >= subtype.BAND_ACCURACY
+    # Outside the band the calls are surer than over all images, and the band holds the threshold.
+    assert (np.mean((p[confident] >= head.threshold) == (val_y[confident] == 1))
+            > np.mean((p >= head.threshold) == (val_y == 1)))
+    assert head.uncertain_band == subtype.uncertain_band(head.threshold)
     assert fit["penalty"] in subtype.PENALTIES
     assert SubtypeHead.from_dict(head.as_dict()).as_dict() == head.as_dict()
 
@@ -130,3 +125,22 @@ def test_the_summary_counts_recall_confusion_and_the_band():
     assert summary["confusion"] == {"true bacterial": {"called bacterial": 2, "called viral": 1},
                                     "true viral": {"called bacterial": 0, "called viral": 2}}
     assert summary["uncertain"] == 2 and summary["accuracy_confident"] == pytest.approx(2 / 3)
+
+
+def test_a_unit_trained_with_the_network_is_calibrated_not_refitted():
+    from pneumoscan.model import ModelMetadata
+
+    val_x, val_y = _features(300, separation=2.0, seed=6)
+    direction = np.linalg.lstsq(val_x, val_y - 0.5, rcond=None)[0]
+    head, fit = subtype.calibrate(3 * direction, 0.1, val_x, val_y, {"method": "trained"})
+    # Platt rescales a logit without reordering it: the AUC is the raw unit's.
+    assert metrics.roc_auc(val_y, head.probability(val_x)) == pytest.approx(metrics.roc_auc(val_y, val_x @ direction))
+    assert fit["method"] == "trained" and set(fit["platt"]) == {"a", "b"}
+    assert np.allclose(head.weights / np.linalg.norm(head.weights), direction / np.linalg.norm(direction))
+    metadata = ModelMetadata.from_dict({"name": "m", "version": "1", "file": "m.tflite", "sha256": "0" * 64,
+                                        "size_bytes": 1, "input": {"height": 224, "width": 224, "channels": 1},
+                                        "labels": ["NORMAL", "PNEUMONIA"],
+                                        "training": {"subtype_head": {"weights": [1.0, 2.0], "bias": 0.5}}})
+    weights, bias = subtype.trained_weights(metadata)
+    assert weights.tolist() == [1.0, 2.0] and bias == 0.5
+    assert subtype.trained_weights(ModelMetadata.from_dict({**metadata.to_dict(), "training": {}})) is None

@@ -84,3 +84,49 @@ def test_flip_averaging_is_the_mean_of_the_two_logits_with_an_aligned_map():
     np.testing.assert_allclose(averaged.predict(images[:, :, ::-1, :], verbose=0)[FEATURE_MAP_LAYER],
                                averaged.predict(images, verbose=0)[FEATURE_MAP_LAYER][:, :, ::-1, :],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_the_subtype_unit_is_a_linear_read_of_the_pooled_features_the_export_keeps():
+    """The scorer computes the subtype from the exported feature map alone: the trained unit
+    must be exactly sigmoid(weights . spatial mean + bias), and the detector keeps two outputs."""
+    from pneumoscan.model import SubtypeHead
+    from training.architecture import SUBTYPE_LAYER, detector, subtype_dense
+    from training.pipeline import trained_subtype_head
+    from training.train import TrainConfig
+
+    model = build_model(widths=TINY, subtype_head=True)
+    images = _images()
+    outputs = model.predict(images, verbose=0)
+    dense = subtype_dense(model)
+    dense.set_weights([np.random.default_rng(1).normal(size=(8, 1)).astype(np.float32), np.array([0.3], np.float32)])
+    outputs = model.predict(images, verbose=0)
+    recorded = trained_subtype_head(dense, TrainConfig(subtype_weight=0.5))
+    head = SubtypeHead(np.asarray(recorded["weights"]), recorded["bias"], 0.5)
+    np.testing.assert_allclose(head.probability(outputs[FEATURE_MAP_LAYER].mean(axis=(1, 2))),
+                               outputs[SUBTYPE_LAYER].ravel(), rtol=1e-4, atol=1e-5)
+    exported = detector(model)
+    assert set(exported.output) == {PROBABILITY_LAYER, FEATURE_MAP_LAYER}
+    np.testing.assert_allclose(exported.predict(images, verbose=0)[PROBABILITY_LAYER], outputs[PROBABILITY_LAYER])
+    assert subtype_dense(build_model(widths=TINY)) is None and recorded["loss_weight"] == 0.5
+
+
+def test_subtype_loss_weights_balance_the_subtypes_and_skip_the_rest():
+    from training.train import subtype_weights
+
+    labels = np.array([0, 0, 1, 1, 1, 1, 1])
+    subtypes = np.array([-1, -1, 0, 0, 0, 1, -1])  # the last pneumonia's name gives no subtype
+    weights = subtype_weights(labels, subtypes)
+    assert weights[[0, 1, 6]].tolist() == [0, 0, 0]
+    assert weights[2:5].sum() == pytest.approx(weights[5]) and weights.sum() == pytest.approx(4)
+    with pytest.raises(ValueError, match="both subtypes"):
+        subtype_weights(labels, np.array([-1, -1, 0, 0, 0, 0, 0]))
+
+
+def test_history_keeps_the_detectors_names_beside_the_subtypes(tmp_path):
+    from training.train import read_history
+
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,loss,probability_auc,probability_loss,subtype_auc,val_probability_auc,val_subtype_loss\n"
+                   "0,0.9,0.8,0.6,0.7,0.75,0.5\n")
+    assert read_history(log) == [{"epoch": 0.0, "loss": 0.9, "auc": 0.8, "detection_loss": 0.6, "subtype_auc": 0.7,
+                                  "val_auc": 0.75, "val_subtype_loss": 0.5}]
