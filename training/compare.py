@@ -33,11 +33,13 @@ INSTRUMENTS = (
     ("occluded: AUC change", ("robustness", "validation", "frame_occluded", "auc"), 1),
     ("zoomed out: specificity change", ("robustness", "validation", "zoom_out_black", "specificity"), 100),
     ("NIH AUC", ("robustness", "nih", "clean", "auc"), 1),
+    # The subtype head `make subtype` ships, and the unit trained with the network beside it.
     ("subtype val AUC", ("subtype", "validation", "called_pneumonia", "auc"), 1),
-    ("subtype val AUC, refit head", ("subtype", "validation", "other_head", "refit", "auc"), 1),
+    ("subtype val AUC, trained unit", ("subtype", "validation", "other_head", "trained", "auc"), 1),
     ("subtype block AUC", ("subtype", "patient_block", "called_pneumonia", "auc"), 1),
-    ("subtype block AUC, refit head", ("subtype", "patient_block", "other_head", "refit", "auc"), 1),
+    ("subtype block AUC, trained unit", ("subtype", "patient_block", "other_head", "trained", "auc"), 1),
     ("subtype block accuracy", ("subtype", "patient_block", "called_pneumonia", "accuracy"), 100),
+    ("subtype block: share in the band", ("subtype", "patient_block", "called_pneumonia", "uncertain_share"), 100),
 )
 
 

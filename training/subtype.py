@@ -1,14 +1,18 @@
 """Fit the pneumonia subtype head (bacterial or viral) of the model in a folder and measure it.
 
-    python -m training.subtype [--model-dir model] [--data ../shared/data]
+    python -m training.subtype [--model-dir model] [--data ../shared/data] [--head refit|trained]
 
 The head is a logistic regression on the pooled features the detection head reads (the
 spatial mean of `feature_map`, flip-averaged where the detection score is), so it runs on
 what inference computes anyway. Its numbers belong to one network: refit after every model.
+A network trained with `--subtype-weight` learned features that tell the subtypes apart; the
+unit it was trained with is in model.json `training.subtype_head` and measured beside the
+refitted head (`--head trained` ships it instead).
 
 1. Features: every pneumonia of the model's own by-patient split (model.json
    `training.config`: val_fraction, split_seed), through the shipped int8 model; the
-   subtype is the file name's (`person*_bacteria_*`, `person*_virus_*`).
+   subtype is the file name's (`person*_bacteria_*`, `person*_virus_*`). The network's
+   patient block (`training.patient_block_hold_out`) is set aside.
 2. Fit on the training split's pneumonias: features standardised, L2-penalised logistic
    regression by Newton's method, the penalty chosen by held-out log loss over folds of
    training patients; the standardisation is then folded into the weights.
@@ -16,8 +20,9 @@ what inference computes anyway. Its numbers belong to one network: refit after e
    Platt scaling of the logit (folded into the weights and bias), the threshold (highest
    balanced accuracy) and the uncertain band (module constants state the rules).
 4. Written: model.json `subtype`, `model/report/subtype.json` and the model card's section;
-   measured on validation and, without subtype labels, on the NIH half (the share of the
-   images called PNEUMONIA that would be warned `subtype_uncertain`).
+   measured on validation, on the patient block (patients neither the network nor the head
+   saw) and, without subtype labels, on the NIH half (the share of the images called
+   PNEUMONIA that would be warned `subtype_uncertain`).
 """
 
 from __future__ import annotations
@@ -261,15 +266,23 @@ def _how_fitted(result: dict) -> str:
     fitted_on, fit = result["fitted_on"], result["fit"]
     images = (f"the training split's {fitted_on['images']} pneumonias ({fitted_on['bacterial']} bacterial, "
               f"{fitted_on['viral']} viral)")
+    other = result["validation"].get("other_head", {})
+    block_other = result.get("patient_block", {}).get("other_head", {})
     if fit["method"] == "trained":
-        other = result["validation"].get("other_head", {}).get("refit")
-        return (f"trained with the network on {images} at {fit['loss_weight']:g} of the loss "
-                "(`python -m training --subtype-weight`; class-balanced, normals weighted zero), so the trunk learns "
-                "what tells the two apart"
-                + (f" (a logistic head refitted on the frozen features reaches validation AUC {other['auc']:.3f})"
-                   if other else "") + ";")
-    return (f"fitted by `make subtype` on this network's frozen features of {images}; L2 penalty "
+        text = (f"the unit trained with the network on {images} at {fit['loss_weight']:g} of the loss "
+                "(`python -m training --subtype-weight`; class-balanced, normals weighted zero);")
+        if "refit" in other:
+            text += f" a logistic head refitted on the frozen features reaches validation AUC {other['refit']['auc']:.3f};"
+        return text
+    text = (f"fitted by `make subtype` on this network's frozen int8 features of {images}; L2 penalty "
             f"{fit['penalty']:g} chosen by held-out log loss over folds of training patients;")
+    if "trained" in other:
+        text += (" the network was trained with a subtype unit beside its detection head "
+                 "(`python -m training --subtype-weight`), so its features carry the subtype; that unit reaches "
+                 f"validation AUC {other['trained']['auc']:.3f}"
+                 + (f" and patient-block AUC {block_other['trained']['auc']:.3f}" if "trained" in block_other else "")
+                 + ", this head is shipped instead;")
+    return text
 
 
 def card_section(result: dict) -> str:
@@ -332,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m training.subtype", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="model folder (default: model/)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--head", choices=("trained", "refit"), default=None,
-                        help="the unit trained with the network (default where model.json records one) or a "
-                             "logistic head refitted on the frozen features")
+    parser.add_argument("--head", choices=("refit", "trained"), default="refit",
+                        help="a logistic head fitted on the network's frozen features (default: it measured better "
+                             "on the patient block, EXPERIMENTS.md), or the unit trained with the network")
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or default_model_dir()
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     metadata = ModelMetadata.read(model_dir)
     trained = trained_weights(metadata)
-    method = args.head or ("trained" if trained else "refit")
+    method = args.head
     if method == "trained" and trained is None:
         raise SystemExit(f"{model_dir} records no subtype unit trained with the network: use --head refit")
     refit = refit_weights(train_x, train_y, patient_folds(train_files))
