@@ -124,9 +124,9 @@ unit: $(INSTALLED) ## the unit tests only, no integration or slow ones
 	$(PY) -m pytest tests/unit -m "not integration and not slow"
 
 # Full training + int8 export + report into model/: the lung segmenter if runs/segmenter has none
-# (8.8 min measured), then 5 epochs of the classifier on lung crops with the patient block held out
-# (16.4 min for the shipped network's run on 2 cores shared with a second training run), then the
-# fits and checks below (~10 min); resumes runs/latest.
+# (8.8 min measured), then 10 epochs of the classifier on lung crops with the patient block held out
+# and a bacterial/viral unit trained beside its detection head (15.3 min for the shipped network's
+# run on 2 cores, other jobs beside it), then the fits and checks below (~12 min); resumes runs/latest.
 # The lung-field segmenter, trained on the lung masks (~9 min on 2 cores): make train crops
 # every image to the lungs it finds, and ships it beside the classifier.
 SEGMENTER := runs/segmenter/model
@@ -139,7 +139,7 @@ $(SEGMENTER)/lung_field.json: | $(INSTALLED)
 .PHONY: train
 train: $(INSTALLED) $(SEGMENTER)/lung_field.json ## train and export the model into model/, then make ood, population, shortcut, robustness and subtype
 	$(PY) -m training --data $(DATA)/chest_xray --model-dir model --run-dir runs/latest \
-		--segmenter $(SEGMENTER) --augment lung-context --hold-out-block 0.15 \
+		--segmenter $(SEGMENTER) --augment lung-context --hold-out-block 0.15 --subtype-weight 1.5 --epochs 10 \
 		$(if $(PROXY_RESULTS),--proxy $(PROXY_RESULTS))
 	$(MAKE) --no-print-directory ood
 	$(MAKE) --no-print-directory population
@@ -183,7 +183,7 @@ robustness: $(INSTALLED) ## how the model's figures move when only the frame of 
 	$(PY) -m training.robustness --data $(DATA) --model-dir model $(ROBUSTNESS_ARGS)
 
 # Bacterial or viral: the subtype head on the pooled features of the model in model/ (it belongs to
-# one network: refit after every new model) -> model.json `subtype`, report/subtype.json (~1 min).
+# one network: refit after every new model) -> model.json `subtype`, report/subtype.json (~3 min).
 .PHONY: subtype
 subtype: $(INSTALLED) ## fit the pneumonia subtype head (bacterial/viral) of model/ and measure it
 	$(PY) -m training.subtype --data $(DATA) --model-dir model

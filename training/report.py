@@ -149,7 +149,7 @@ Class-weighted loss (both classes equal total weight), augmentation of geometry
 (rotation, independent x/y zoom = aspect, translation, flip) and intensity (gamma,
 contrast, brightness, blur/sharpen, noise){_acquisition_line(training['config']['augment'])}, AdamW with weight decay, dropout, cosine
 schedule, {training['epochs']} epochs, {training['seconds'] / 60:.1f} min on 2 CPU cores (shared with
-other jobs). Platt scaling on the validation logits, folded into the dense layer. What was
+other jobs).{_subtype_unit_line(training)} Platt scaling on the validation logits, folded into the dense layer. What was
 tried and what it did to validation: [training/EXPERIMENTS.md](../training/EXPERIMENTS.md);
 how to reproduce: `make train` ([training/README.md](../training/README.md)).
 
@@ -262,6 +262,15 @@ on {block['n']} images.
 | collection | n | specificity | sensitivity |
 |---|---|---|---|
 {rows}"""
+
+
+def _subtype_unit_line(training: dict) -> str:
+    weight = training["config"].get("subtype_weight")
+    if not weight:
+        return ""
+    return (f" A bacterial/viral unit on the same pooled features was trained beside the detection head, at "
+            f"{weight:g} of the loss (the pneumonias whose file names give the subtype, class-balanced), so that "
+            "the features carry the subtype; the shipped subtype head is fitted on them afterwards (below).")
 
 
 def _acquisition_line(augment: dict) -> str:

@@ -262,27 +262,27 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _how_fitted(result: dict) -> str:
+def _how_fitted(result: dict) -> tuple[str, str]:
+    """(how the shipped head was fitted, what the other head measured) for the card."""
     fitted_on, fit = result["fitted_on"], result["fit"]
     images = (f"the training split's {fitted_on['images']} pneumonias ({fitted_on['bacterial']} bacterial, "
               f"{fitted_on['viral']} viral)")
     other = result["validation"].get("other_head", {})
     block_other = result.get("patient_block", {}).get("other_head", {})
+
+    def auc_of(name: str) -> str:
+        return (f"validation AUC {other[name]['auc']:.3f}"
+                + (f" and patient-block AUC {block_other[name]['auc']:.3f}" if name in block_other else ""))
+
     if fit["method"] == "trained":
-        text = (f"the unit trained with the network on {images} at {fit['loss_weight']:g} of the loss "
-                "(`python -m training --subtype-weight`; class-balanced, normals weighted zero);")
-        if "refit" in other:
-            text += f" a logistic head refitted on the frozen features reaches validation AUC {other['refit']['auc']:.3f};"
-        return text
-    text = (f"fitted by `make subtype` on this network's frozen int8 features of {images}; L2 penalty "
-            f"{fit['penalty']:g} chosen by held-out log loss over folds of training patients;")
-    if "trained" in other:
-        text += (" the network was trained with a subtype unit beside its detection head "
-                 "(`python -m training --subtype-weight`), so its features carry the subtype; that unit reaches "
-                 f"validation AUC {other['trained']['auc']:.3f}"
-                 + (f" and patient-block AUC {block_other['trained']['auc']:.3f}" if "trained" in block_other else "")
-                 + ", this head is shipped instead;")
-    return text
+        return (f"the unit trained with the network on {images} at {fit['loss_weight']:g} of the loss "
+                "(`python -m training --subtype-weight`; class-balanced, normals weighted zero),",
+                f" A logistic head refitted on the frozen features reaches {auc_of('refit')}." if "refit" in other else "")
+    return (f"fitted by `make subtype` on this network's frozen int8 features of {images} (L2 penalty "
+            f"{fit['penalty']:g}, chosen by held-out log loss over folds of training patients),",
+            " The network was trained with a subtype unit beside its detection head (`python -m training "
+            "--subtype-weight`), so that its features carry the subtype; that unit itself reaches "
+            f"{auc_of('trained')}, and this head is shipped instead." if "trained" in other else "")
 
 
 def card_section(result: dict) -> str:
@@ -298,13 +298,14 @@ def card_section(result: dict) -> str:
             f"{_pct(row['accuracy_confident'])} |"
             for name, row in table]
     cross = result["validation"]["cross_fitted"]
+    fitted, other_head = _how_fitted(result)
     lines = [
         CARD_START,
         "## Pneumonia subtype (bacterial or viral)",
         "A PNEUMONIA result also carries `subtype` (`bacterial` or `viral`) and `subtype_probability`,",
         "P(viral | pneumonia): a logistic unit on the pooled last feature map (the vector the detection head",
-        "reads; flip-averaged where the score is), " + _how_fitted(result),
-        "Platt-scaled on the validation pneumonias the model calls PNEUMONIA.",
+        "reads; flip-averaged where the score is), " + fitted,
+        "then Platt-scaled on the validation pneumonias the model calls PNEUMONIA." + other_head,
         f"Threshold {head['threshold']:.4f}: {head['threshold_rule']}.",
         f"Uncertain band {band[0]:.4f}..{band[1]:.4f} (`{SUBTYPE_UNCERTAIN}` in `warnings`, no `subtype`, the "
         f"probability kept): {head['band_rule']}.",
