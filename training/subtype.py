@@ -318,8 +318,9 @@ def card_section(result: dict) -> str:
         "",
         "Accuracy and recall count every image at the threshold; Platt scaling, the threshold and the band were",
         "chosen on the validation images (the AUC is unaffected); the patient block (the lowest-numbered patients,",
-        "never trained, validated or calibrated on) measures them on patients none of them saw. Chosen on half of the validation patients and measured",
-        f"on the other half, both ways: accuracy {_pct(cross['accuracy'])}, recall bacterial "
+        "never trained, validated or calibrated on) measures them on patients none of them saw.",
+        "Chosen on half of the validation patients and measured on the other half, both ways:",
+        f"accuracy {_pct(cross['accuracy'])}, recall bacterial "
         f"{_pct(cross['recall']['bacterial'])}, viral {_pct(cross['recall']['viral'])}, "
         f"{_pct(cross['uncertain_share'])} in the band.",
     ]
