@@ -16,6 +16,12 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DATA / TRAINING_SET).is_dir(), reason="needs the shared data folder")]
 
 
+def _history(run_dir):
+    from training.train import read_history
+
+    return read_history(run_dir / "history.csv")[0]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     from training.pipeline import RunOptions, run
@@ -106,8 +112,13 @@ def test_lung_crop_run_ships_its_segmenter_and_scores_its_patient_block(tmp_path
     options = RunOptions(data_dir=DATA / TRAINING_SET, model_dir=tmp_path / "model", run_dir=tmp_path / "run",
                          limit_per_class=8, enforce_parity=False, version="0.0.0-lungs", reference_models=False,
                          segmenter_dir=bundled, hold_out_block=0.15)
-    metadata = run(TrainConfig(epochs=1, batch_size=8), options)["metadata"]
+    metadata = run(TrainConfig(epochs=1, batch_size=8, subtype_weight=1.5), options)["metadata"]
     assert metadata["lung_field"]["file"] == "lungs.tflite"
+    # The subtype unit trained beside the detector is recorded; the export keeps two outputs.
+    unit = metadata["training"]["subtype_head"]
+    assert len(unit["weights"]) == TrainConfig().widths[-1] and unit["loss_weight"] == 1.5
+    assert set(metadata["outputs"]) == {"probability", "feature_map"}
+    assert {"subtype_auc", "val_subtype_auc", "auc", "val_auc"} <= set(_history(options.run_dir))
     assert (options.model_dir / "lungs.tflite").read_bytes() == (bundled / "lungs.tflite").read_bytes()
     block = metadata["metrics"]["patient_block_hold_out"]
     assert block["n"] == 16 and block["fraction"] == 0.15
