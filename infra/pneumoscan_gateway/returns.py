@@ -162,13 +162,36 @@ class ReturnPath:
         return association
 
     def _associate(self, sop_class: str) -> Any:
+        from pynetdicom import evt
+        from pynetdicom.pdu import A_ASSOCIATE_RJ
+
         self.ae.requested_contexts = []
         self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # pynetdicom's requesting thread can find the connection already closed by the PACS's
+        # A-ASSOCIATE-RJ (its reader thread closes it on receipt) and then reports a failed
+        # connection, not the rejection: the reject PDU is taken where the reader decodes it.
+        rejects: list[Any] = []
+
+        def received(event: Any) -> None:
+            if isinstance(event.pdu, A_ASSOCIATE_RJ):
+                rejects.append(event.pdu)
+
         association = self.ae.associate(self.destination.host, self.destination.port,
-                                        ae_title=self.destination.ae_title, tls_args=self.tls_args)
+                                        ae_title=self.destination.ae_title, tls_args=self.tls_args,
+                                        evt_handlers=[(evt.EVT_PDU_RECV, received)])
         if not association.is_established:
+            if rejects:
+                raise DeliveryFailed(f"association rejected ({_rejection(rejects[0])})")
             raise DeliveryFailed("association rejected" if association.is_rejected else "no association")
         return association
+
+
+def _rejection(pdu: Any) -> str:
+    """The A-ASSOCIATE-RJ's result, source and reason (PS3.8 9.3.4), as pynetdicom names them."""
+    try:
+        return f"{pdu.result_str}; source: {pdu.source_str}; reason: {pdu.reason_str}"
+    except ValueError:  # a value the standard does not define: the numbers
+        return f"result {pdu.result}; source {pdu.source}; reason {pdu.reason_diagnostic}"
 
 
 def _reason(exc: BaseException) -> str:

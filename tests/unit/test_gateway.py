@@ -1,14 +1,16 @@
-"""The gateway's parts without a network: names, spool, counters, upload races, return retries."""
+"""The gateway's parts without a network: names, spool, counters, upload races, return retries
+(and the return path's association with an SCP on loopback, in this process)."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 from dicom_cases import CASES
 from pneumoscan_gateway.counters import Counters
-from pneumoscan_gateway.returns import SQS_MAX_VISIBILITY_S, Destination, ReturnPath, backoff_s
+from pneumoscan_gateway.returns import SQS_MAX_VISIBILITY_S, DeliveryFailed, Destination, ReturnPath, backoff_s
 from pneumoscan_gateway.spool import InvalidName, Spool, relative_key
 from pneumoscan_gateway.storage import SCORED_TRANSFER_SYNTAXES, AllowedPeer, Uploader
 
@@ -150,6 +152,38 @@ def test_a_failed_return_is_put_back_with_its_backoff_and_a_test_event_is_acknow
     assert returns.poll_once() == 1
     assert sqs.deleted == ["test"] and sqs.visibility == [("sr", 40)]
     assert counters.counts.return_failed == 1 and counters.counts.returned == 0
+
+
+def test_a_rejected_association_is_named_so_even_when_the_connection_closed_first(tmp_path):
+    """pynetdicom's reader thread closes the connection as the A-ASSOCIATE-RJ arrives; the
+    requesting thread, held here until then, finds it closed and reports a failed connection."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(ComprehensiveSRStorage)
+    pacs.require_calling_aet = ["MODALITY"]
+    server = pacs.start_server(("127.0.0.1", 0), block=False)
+    try:
+        returns = ReturnPath(sqs=None, s3=None, queue_url="q", bucket="bucket",
+                             destination=Destination("PACS", "127.0.0.1", server.server_address[1]),
+                             calling_ae_title="PNEUMOSCAN", counters=Counters.load(tmp_path))
+        closed, held = threading.Event(), []
+        associate = returns.ae.associate
+
+        def closed_first(*arguments, evt_handlers=(), **options):
+            handlers = [*evt_handlers, (evt.EVT_CONN_CLOSE, lambda _: closed.set()),
+                        (evt.EVT_REQUESTED, lambda _: held.append(closed.wait(10)))]
+            return associate(*arguments, evt_handlers=handlers, **options)
+
+        returns.ae.associate = closed_first
+        with pytest.raises(DeliveryFailed) as failed:
+            returns._associate(ComprehensiveSRStorage)
+    finally:
+        server.shutdown()
+    assert held == [True]  # the connection was closed before the requesting thread went on
+    assert str(failed.value) == ("association rejected (Rejected (Permanent); source: DUL service-user; "
+                                 "reason: Calling AE title not recognised)")
 
 
 def test_the_gateway_does_not_import_the_lambda_handler():
