@@ -1,7 +1,8 @@
 """`pneumoscan gateway` as its own process for the tests, and the DICOM tools that talk to it.
 
 The gateway listens on 127.0.0.1 on a port it picks itself (`--port 0`) and says which in its
-status file; every wait here is bounded.
+status file; a PACS (storescp, Orthanc) is given free ports and waited for until it listens;
+every wait here is bounded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from pneumoscan_gateway.counters import STATUS_FILE
 GATEWAY_STARTUP_S = 60
 GATEWAY_STOP_S = 30
 TOOL_TIMEOUT_S = 60
+TOOL_STARTUP_S = 60
 
 
 def require_tool(name: str, package: str) -> str:
@@ -96,16 +99,50 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2):
-    """Poll `condition` until it returns something truthy; fails after `timeout_s`."""
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2, detail=None):
+    """Poll `condition` until it returns something truthy; fails after `timeout_s`, with what
+    `detail()` returns (a log) if given."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f":\n{detail()}" if detail else ""))
         time.sleep(interval_s)
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """`count` distinct ports nothing is bound to on 127.0.0.1 now, for a tool that takes its port
+    as an argument (storescp, Orthanc) to bind a moment later; `wait_listening` then tells."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:  # all held at once: no port is handed out twice
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def wait_listening(process: subprocess.Popen, port: int, log_path: Path, what: str,
+                   timeout_s: float = TOOL_STARTUP_S) -> None:
+    """Until `port` on 127.0.0.1 accepts a connection (the tool logs one dropped before any
+    association); fails with the tool's log if it exits first (say, it could not bind the port)
+    or never listens."""
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode} before listening on 127.0.0.1:{port}:\n{log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(listening, timeout_s, f"{what} to listen on 127.0.0.1:{port}", interval_s=0.1, detail=log)
 
 
 def drain(sqs, *queue_urls: str) -> None:

@@ -19,7 +19,8 @@ import pydicom
 import pytest
 
 from dicom_cases import PHI_MARKERS, radiograph, reference_pixels, to_bytes
-from gateway_harness import dcmtk, drain, require_tool, start_gateway, storescu, wait_for
+from gateway_harness import (dcmtk, drain, free_ports, require_tool, start_gateway, storescu, wait_for,
+                             wait_listening)
 from pneumoscan import dicom, sr
 from pneumoscan_cli.aws import LOCAL_CREDENTIALS
 from pneumoscan_cli.template import create_resources, read_settings
@@ -239,16 +240,30 @@ def test_a_gateway_killed_mid_association_replays_its_spool_without_a_duplicate(
     assert _keys(stack, "incoming/killed/") == [key]
 
 
-def _storescp(tmp_path, *extra):
-    received = tmp_path / "received"
-    received.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([require_tool("storescp", "dcmtk"), "-v", "-aet", "RETURNPACS", "-od", str(received),
-                                *extra, str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return process, port, received
+class Storescp:
+    """storescp as the PACS the SRs go back to, listening before the gateway is told its port."""
+
+    def __init__(self, tmp_path, *extra):
+        self.received = tmp_path / "received"
+        self.received.mkdir()
+        self.log_path = tmp_path / "storescp.log"
+        [self.port] = free_ports()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [require_tool("storescp", "dcmtk"), "-v", "-aet", "RETURNPACS", "-od", str(self.received), *extra,
+                 str(self.port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_listening(self.process, self.port, self.log_path, "storescp")
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 def _put_report(stack, tmp_path, sop_uid):
@@ -261,14 +276,13 @@ def _put_report(stack, tmp_path, sop_uid):
 
 def test_structured_reports_go_back_to_the_pacs_and_validate(stack, gateway, tmp_path):
     drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
-    storescp, port, received = _storescp(tmp_path)
+    pacs = Storescp(tmp_path)
     try:
-        running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1")
+        running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{pacs.port}", "--return-wait", "1")
         report = _put_report(stack, tmp_path, "1.2.826.0.1.3680043.8.498.22.60")
-        files = wait_for(lambda: list(received.glob("*")), 30, "the SR at the PACS")
+        files = wait_for(lambda: list(pacs.received.glob("*")), 30, "the SR at the PACS")
     finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
+        pacs.stop()
     returned = pydicom.dcmread(files[0])
     assert returned.SOPInstanceUID == report.SOPInstanceUID and returned.StudyInstanceUID == STUDY
     assert returned.Modality == "SR"
@@ -285,9 +299,9 @@ def test_structured_reports_go_back_to_the_pacs_and_validate(stack, gateway, tmp
 
 def test_a_pacs_refusing_the_report_gets_retries_then_the_dead_letter_queue(stack, gateway, tmp_path):
     drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
-    storescp, port, received = _storescp(tmp_path, "--refuse")
+    pacs = Storescp(tmp_path, "--refuse")
     try:
-        running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1",
+        running = gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{pacs.port}", "--return-wait", "1",
                           "--return-backoff", "1")
         _put_report(stack, tmp_path, "1.2.826.0.1.3680043.8.498.22.70")
         sqs = stack.client("sqs")
@@ -298,14 +312,18 @@ def test_a_pacs_refusing_the_report_gets_retries_then_the_dead_letter_queue(stac
             return [m for m in messages if "ObjectCreated" in m["Body"]]
 
         dead = wait_for(dead_letters, 60, "the refused SR's notification in the return dead-letter queue")
+        log = running.log()  # its tries, all made while storescp listened
     finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
+        pacs.stop()
     assert "1.2.826.0.1.3680043.8.498.22.70" in dead[0]["Body"]
-    assert not list(received.glob("*"))
+    assert not list(pacs.received.glob("*"))
     status = running.status()
     assert status["returned"] == 0 and status["return_failed"] >= RETURN_TRIES, status
-    assert "association rejected" in running.log()
+    # Every try was answered by the refusal, none taken for a failed connection.
+    tries = [line for line in log.splitlines() if "not delivered" in line]
+    assert len(tries) >= RETURN_TRIES, log
+    assert all("association rejected (Rejected (Permanent); source: DUL service-user; reason: No reason given)"
+               in line for line in tries), log + pacs.log()
 
 
 def _certificates(folder):
@@ -352,15 +370,14 @@ def test_structured_reports_go_back_over_tls(stack, gateway, tmp_path):
     """The PACS's certificate checked against --tls-ca, the gateway's own offered to it."""
     certificates = _certificates(tmp_path)
     drain(stack.client("sqs"), stack.queues.return_queue_url, stack.queues.return_dead_letter_queue_url)
-    storescp, port, received = _storescp(tmp_path, "+tls", str(certificates / "modality.key"),
-                                         str(certificates / "modality.pem"), "+cf", str(certificates / "ca.pem"))
+    pacs = Storescp(tmp_path, "+tls", str(certificates / "modality.key"), str(certificates / "modality.pem"),
+                    "+cf", str(certificates / "ca.pem"))
     try:
-        gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{port}", "--return-wait", "1",
+        gateway("returned", "--return-to", f"RETURNPACS@127.0.0.1:{pacs.port}", "--return-wait", "1",
                 "--tls-cert", str(certificates / "gateway.pem"), "--tls-key", str(certificates / "gateway.key"),
                 "--tls-ca", str(certificates / "ca.pem"))
         report = _put_report(stack, tmp_path, "1.2.826.0.1.3680043.8.498.22.90")
-        files = wait_for(lambda: list(received.glob("*")), 30, "the SR at the PACS over TLS")
+        files = wait_for(lambda: list(pacs.received.glob("*")), 30, "the SR at the PACS over TLS")
     finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
+        pacs.stop()
     assert pydicom.dcmread(files[0]).SOPInstanceUID == report.SOPInstanceUID

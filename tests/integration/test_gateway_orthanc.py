@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ import pydicom
 import pytest
 
 from dicom_cases import radiograph, reference_pixels, to_bytes
-from gateway_harness import drain, require_tool, start_gateway, wait_for
+from gateway_harness import drain, free_ports, require_tool, start_gateway, wait_for, wait_listening
 
 STUDY = "1.2.826.0.1.3680043.8.498.22.100"
 SERIES = "1.2.826.0.1.3680043.8.498.22.101"
@@ -31,15 +30,9 @@ SCORER_IDLE_S = 300
 HTTP_TIMEOUT_S = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Orthanc:
     def __init__(self, folder):
-        self.http_port, self.dicom_port = _free_port(), _free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         folder.mkdir(parents=True)
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps({
@@ -53,6 +46,7 @@ class Orthanc:
             self.process = subprocess.Popen([require_tool("Orthanc", "orthanc"), str(self.config)], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(self._up, ORTHANC_STARTUP_S, "Orthanc's REST API")
+        wait_listening(self.process, self.dicom_port, self.log, "Orthanc's DICOM server", ORTHANC_STARTUP_S)
 
     def _up(self):
         if self.process.poll() is not None:
